@@ -1,0 +1,25 @@
+"""nnscratch: a neural-network engine written from scratch on NumPy (CPU) and CuPy (GPU).
+
+    import nnscratch as ns
+    model = ns.models.cnn()                     # the paper's CNN
+    loss_fn = ns.CrossEntropyLoss()
+    opt = ns.Adam(model.parameters(), lr=1e-3)
+    loss = loss_fn(model(x), y)                  # x: (B, 3, 28, 28) float32, y: (B,) int
+    model.backward(loss_fn.backward()); opt.step(); opt.zero_grad()
+"""
+from . import init, kernels, models
+from .backend import get_array_module, gpu_available, to_device, to_numpy
+from .gradcheck import GradcheckError, GradcheckResult, gradcheck
+from .layers import Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU, Sequential
+from .losses import CrossEntropyLoss, Loss, MSELoss, one_hot
+from .optim import SGD, Adam, Optimizer
+from .random import manual_seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Module", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
+    "Loss", "CrossEntropyLoss", "MSELoss", "one_hot", "Optimizer", "SGD", "Adam",
+    "models", "init", "kernels", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
+    "get_array_module", "gpu_available", "to_device", "to_numpy",
+]

@@ -1,0 +1,68 @@
+"""Kernel dispatch: the array decides which twin runs.
+
+    CuPy array            -> kernels/gpu.py       (CUDA, via CuPy)
+    NumPy array, default  -> kernels/cpu.py       (numba)
+    NumPy array, "reference" chosen, or numba missing -> kernels/reference.py
+
+``set_cpu_kernels("reference")`` (or the environment variable
+``NNSCRATCH_CPU_KERNELS=reference``) runs the plain-NumPy oracle on the CPU,
+e.g. to see what numba changes.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from ..backend import is_gpu_array
+from . import reference
+
+CPU_CHOICES = ("numba", "reference")
+_choice = {"cpu": os.environ.get("NNSCRATCH_CPU_KERNELS", "numba")}
+
+
+def set_cpu_kernels(name: str):
+    """Choose the CPU twin: "numba" (fast, the default) or "reference" (plain NumPy)."""
+    if name not in CPU_CHOICES:
+        raise ValueError(f"set_cpu_kernels: expected one of {CPU_CHOICES}, got {name!r}")
+    _choice["cpu"] = name
+
+
+def cpu_kernels() -> str:
+    """The CPU twin in use: "numba", or "reference" when chosen or when numba is missing."""
+    if _choice["cpu"] == "numba" and _numba() is not None:
+        return "numba"
+    return "reference"
+
+
+def _numba():
+    try:
+        return importlib.import_module(".cpu", __name__)
+    except ImportError:
+        return None
+
+
+def for_array(x):
+    """The kernel module (reference, cpu or gpu) that handles ``x``."""
+    if is_gpu_array(x):
+        return importlib.import_module(".gpu", __name__)
+    return _numba() if cpu_kernels() == "numba" else reference
+
+
+def im2col(x, kh, kw, stride=1, padding=0):
+    """x: (B, C, H, W) -> cols: (B * OH * OW, C * kh * kw)."""
+    return for_array(x).im2col(x, kh, kw, stride, padding)
+
+
+def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
+    """cols: (B * OH * OW, C * kh * kw) -> dx: (B, C, H, W)."""
+    return for_array(cols).col2im(cols, x_shape, kh, kw, stride, padding)
+
+
+def maxpool_forward(x, k, stride):
+    """x: (B, C, H, W) -> (out, argmax), each (B, C, OH, OW)."""
+    return for_array(x).maxpool_forward(x, k, stride)
+
+
+def maxpool_backward(grad, argmax, x_shape, k, stride):
+    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W)."""
+    return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride)

@@ -1,0 +1,134 @@
+"""CuPy twins of :mod:`reference`: one CUDA thread per output element.
+
+Every kernel *gathers* (each thread computes its own output from its inputs)
+instead of scattering with atomics, so results are deterministic: ``col2im`` and
+the pooling backward pass sum, for one input pixel, the windows that contain it.
+The kernels are compiled by CuPy on first use and cached by it.
+"""
+from __future__ import annotations
+
+import functools
+
+from ..backend import _cupy
+from .reference import out_size
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    cp = _cupy()
+    im2col = cp.ElementwiseKernel(
+        "raw T x, int32 C, int32 H, int32 W, int32 kh, int32 kw, int32 s, int32 p, int32 OH, int32 OW",
+        "T col",
+        """
+        int K = C * kh * kw;
+        int row = i / K, k = i % K;
+        int b = row / (OH * OW), ohw = row % (OH * OW);
+        int oh = ohw / OW, ow = ohw % OW;
+        int c = k / (kh * kw), ij = k % (kh * kw);
+        int y = oh * s - p + ij / kw, xx = ow * s - p + ij % kw;
+        col = (y >= 0 && y < H && xx >= 0 && xx < W) ? x[((b * C + c) * H + y) * W + xx] : (T)0;
+        """,
+        "nnscratch_im2col")
+    col2im = cp.ElementwiseKernel(
+        "raw T cols, int32 C, int32 H, int32 W, int32 kh, int32 kw, int32 s, int32 p, int32 OH, int32 OW",
+        "T dx",
+        """
+        int xx = i % W, y = (i / W) % H, c = (i / (W * H)) % C, b = i / (W * H * C);
+        int K = C * kh * kw;
+        T acc = 0;
+        for (int di = 0; di < kh; ++di) {
+            int t = y + p - di;                 // = oh * s when (y, xx) sits at offset di of row oh
+            if (t < 0 || t % s != 0) continue;
+            int oh = t / s;
+            if (oh >= OH) continue;
+            for (int dj = 0; dj < kw; ++dj) {
+                int u = xx + p - dj;
+                if (u < 0 || u % s != 0) continue;
+                int ow = u / s;
+                if (ow >= OW) continue;
+                acc += cols[((b * OH + oh) * OW + ow) * K + (c * kh + di) * kw + dj];
+            }
+        }
+        dx = acc;
+        """,
+        "nnscratch_col2im")
+    pool_fwd = cp.ElementwiseKernel(
+        "raw T x, int32 H, int32 W, int32 k, int32 s, int32 OH, int32 OW",
+        "T out, int32 argmax",
+        """
+        int ow = i % OW, oh = (i / OW) % OH, bc = i / (OW * OH);
+        const T* plane = &x[0] + (long long)bc * H * W;
+        int y0 = oh * s, x0 = ow * s;
+        T best = plane[y0 * W + x0];
+        int where = 0;
+        for (int a = 0; a < k; ++a)
+            for (int b = 0; b < k; ++b) {
+                T v = plane[(y0 + a) * W + x0 + b];
+                if (v > best) { best = v; where = a * k + b; }   // first maximum wins a tie
+            }
+        out = best;
+        argmax = where;
+        """,
+        "nnscratch_maxpool_forward")
+    pool_bwd = cp.ElementwiseKernel(
+        "raw T grad, raw int32 argmax, int32 H, int32 W, int32 k, int32 s, int32 OH, int32 OW",
+        "T dx",
+        """
+        int xx = i % W, y = (i / W) % H, bc = i / (W * H);
+        long long base = (long long)bc * OH * OW;
+        T acc = 0;
+        for (int a = 0; a < k; ++a) {
+            int t = y - a;
+            if (t < 0 || t % s != 0 || t / s >= OH) continue;
+            for (int b = 0; b < k; ++b) {
+                int u = xx - b;
+                if (u < 0 || u % s != 0 || u / s >= OW) continue;
+                long long o = base + (t / s) * OW + u / s;
+                if (argmax[o] == a * k + b) acc += grad[o];
+            }
+        }
+        dx = acc;
+        """,
+        "nnscratch_maxpool_backward")
+    return im2col, col2im, pool_fwd, pool_bwd
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0):
+    """x: (B, C, H, W) -> cols: (B * OH * OW, C * kh * kw)."""
+    cp = _cupy()
+    B, C, H, W = x.shape
+    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    cols = cp.empty((B * OH * OW, C * kh * kw), dtype=x.dtype)
+    _kernels()[0](cp.ascontiguousarray(x), C, H, W, kh, kw, stride, padding, OH, OW, cols)
+    return cols
+
+
+def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0):
+    """cols: (B * OH * OW, C * kh * kw) -> dx: (B, C, H, W), overlaps summed."""
+    cp = _cupy()
+    B, C, H, W = x_shape
+    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    dx = cp.empty(x_shape, dtype=cols.dtype)
+    _kernels()[1](cp.ascontiguousarray(cols), C, H, W, kh, kw, stride, padding, OH, OW, dx)
+    return dx
+
+
+def maxpool_forward(x, k: int, stride: int):
+    """x: (B, C, H, W) -> (out, argmax): (B, C, OH, OW) each; argmax = i * k + j."""
+    cp = _cupy()
+    B, C, H, W = x.shape
+    shape = (B, C, out_size(H, k, stride), out_size(W, k, stride))
+    out = cp.empty(shape, dtype=x.dtype)
+    argmax = cp.empty(shape, dtype=cp.int32)
+    _kernels()[2](cp.ascontiguousarray(x), H, W, k, stride, shape[2], shape[3], out, argmax)
+    return out, argmax
+
+
+def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
+    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W)."""
+    cp = _cupy()
+    B, C, OH, OW = grad.shape
+    dx = cp.empty(x_shape, dtype=grad.dtype)
+    _kernels()[3](cp.ascontiguousarray(grad), cp.ascontiguousarray(argmax),
+                  x_shape[2], x_shape[3], k, stride, OH, OW, dx)
+    return dx

@@ -1,0 +1,79 @@
+"""Plain-NumPy kernels: the readable oracle every fast twin is tested against.
+
+Shapes (NCHW, as in PyTorch):
+    x:    (B, C, H, W) input
+    cols: (B * OH * OW, C * kh * kw)   one row per output pixel (a "patch"),
+          columns ordered (c, i, j) like ``weight.reshape(out_channels, -1)``
+    OH = (H + 2 * padding - kh) // stride + 1, and OW likewise.
+
+The loops run over the kernel offsets (i, j) only, never over pixels: each
+offset copies one strided view of the padded image, as Chainer's ``im2col`` does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
+    """Output length of a sliding window along one axis (floor, as PyTorch)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0):
+    """x: (B, C, H, W) -> cols: (B * OH * OW, C * kh * kw)."""
+    B, C, H, W = x.shape
+    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    patches = np.empty((B, C, kh, kw, OH, OW), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            # every output pixel's (i, j) neighbour, for all pixels at once
+            patches[:, :, i, j] = xp[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride]
+    # (B, C, kh, kw, OH, OW) -> (B, OH, OW, C, kh, kw): one patch per row
+    return patches.transpose(0, 4, 5, 1, 2, 3).reshape(B * OH * OW, C * kh * kw)
+
+
+def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0):
+    """The adjoint of :func:`im2col`: cols (B * OH * OW, C * kh * kw) -> dx (B, C, H, W).
+
+    A pixel that appears in several patches receives the sum of their values,
+    which is exactly the gradient of the copy that ``im2col`` made.
+    """
+    B, C, H, W = x_shape
+    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    patches = cols.reshape(B, OH, OW, C, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    dxp = np.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride] += patches[:, :, i, j]
+    return np.ascontiguousarray(dxp[:, :, padding:padding + H, padding:padding + W])
+
+
+def maxpool_forward(x, k: int, stride: int):
+    """x: (B, C, H, W) -> (out, argmax), both (B, C, OH, OW).
+
+    ``argmax`` is the winner's offset inside its window, i * k + j; on a tie
+    the first offset in row-major order wins, as in PyTorch.
+    """
+    B, C, H, W = x.shape
+    OH, OW = out_size(H, k, stride), out_size(W, k, stride)
+    windows = np.stack([x[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride]
+                        for i in range(k) for j in range(k)])          # (k*k, B, C, OH, OW)
+    argmax = windows.argmax(axis=0)                                    # first maximum on ties
+    out = np.take_along_axis(windows, argmax[None], axis=0)[0]
+    return out, argmax.astype(np.int32)
+
+
+def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
+    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W).
+
+    Only the winner of each window influenced the output, so only it receives
+    the gradient; pixels shared by overlapping windows add up their shares.
+    """
+    B, C, OH, OW = grad.shape
+    dx = np.zeros(x_shape, dtype=grad.dtype)
+    for i in range(k):
+        for j in range(k):
+            won = argmax == i * k + j
+            dx[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride] += np.where(won, grad, 0)
+    return dx

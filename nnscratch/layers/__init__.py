@@ -1,0 +1,8 @@
+"""The layer library: every layer is a ``Module`` with ``forward`` and ``backward``."""
+from .activation import Flatten, ReLU
+from .conv import Conv2d
+from .linear import Linear
+from .module import Module, Parameter, Sequential
+from .pool import MaxPool2d
+
+__all__ = ["Module", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten"]

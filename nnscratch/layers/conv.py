@@ -1,0 +1,94 @@
+"""2-D convolution as im2col plus one matrix product."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import init, kernels
+from ..backend import get_array_module
+from ..checks import check_array, check_grad, check_matches_parameter, check_shape, no_forward
+from ..kernels.reference import out_size
+from .linear import _check_positive
+from .module import Module, Parameter
+
+
+def _pair(name: str, value) -> tuple:
+    """An int or a pair of ints, as a pair."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"Conv2d: {name} must be an int or a pair of ints, got {value!r}")
+    return tuple(int(v) for v in pair)
+
+
+class Conv2d(Module):
+    """Cross-correlation, as in PyTorch.
+
+    x: (B, in_channels, H, W) -> y: (B, out_channels, OH, OW),
+    OH = (H + 2 * padding - kh) // stride + 1 (and OW likewise).
+    weight: (out_channels, in_channels, kh, kw), He-normal; bias: (out_channels,), zeros.
+
+    Forward: cols = im2col(x): (B*OH*OW, C*kh*kw); y = cols @ W^T + b, where W is
+    the weight flattened to (out_channels, C*kh*kw). The backward pass is that
+    matrix product's backward plus col2im, the adjoint of im2col.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = True, dtype=np.float32, rng=None):
+        _check_positive("Conv2d", in_channels=in_channels, out_channels=out_channels)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.stride = _pair("stride", stride)
+        self.padding = _pair("padding", padding)
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(f"Conv2d: kernel_size and stride must be >= 1 and padding >= 0, got "
+                             f"kernel_size={kernel_size}, stride={stride}, padding={padding}")
+        if self.stride[0] != self.stride[1] or self.padding[0] != self.padding[1]:
+            raise ValueError("Conv2d: the kernels support equal stride and padding along H and W only, "
+                             f"got stride={self.stride}, padding={self.padding}")
+        kh, kw = self.kernel_size
+        self.weight = Parameter(init.he_normal((out_channels, in_channels, kh, kw), dtype=dtype, rng=rng))
+        self.bias = Parameter(init.zeros((out_channels,), dtype=dtype)) if bias else None
+        self._cache = None
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+
+    def output_shape(self, x_shape: tuple) -> tuple:
+        """(B, C, H, W) -> (B, out_channels, OH, OW)."""
+        (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
+        return (x_shape[0], self.out_channels, out_size(x_shape[2], kh, s, p), out_size(x_shape[3], kw, s, p))
+
+    def forward(self, x):
+        """x: (B, in_channels, H, W) -> (B, out_channels, OH, OW)."""
+        check_array(self, x)
+        check_shape(self, x, (None, self.in_channels, None, None), "(B, C, H, W)")
+        check_matches_parameter(self, x, self.weight)
+        (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
+        if x.shape[2] + 2 * p < kh or x.shape[3] + 2 * p < kw:
+            raise ValueError(f"{self}: input of {x.shape[2]}x{x.shape[3]} pixels (padding {p}) is smaller "
+                             f"than the {kh}x{kw} kernel; got shape {tuple(x.shape)}")
+        B, _, OH, OW = self.output_shape(x.shape)
+        cols = kernels.im2col(x, kh, kw, s, p)                      # (B*OH*OW, C*kh*kw)
+        w = self.weight.data.reshape(self.out_channels, -1)          # (OC, C*kh*kw)
+        y = cols @ w.T                                               # (B*OH*OW, OC)
+        if self.bias is not None:
+            y += self.bias.data
+        self._cache = (x.shape, cols)
+        # rows are (b, oh, ow): back to NCHW with one copy
+        xp = get_array_module(y)
+        return xp.ascontiguousarray(y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2))
+
+    def backward(self, grad):
+        """grad: (B, out_channels, OH, OW) -> (B, in_channels, H, W); accumulates weight and bias grads."""
+        if self._cache is None:
+            raise no_forward(self)
+        x_shape, cols = self._cache
+        check_grad(self, grad, self.output_shape(x_shape), cols.dtype)
+        (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
+        g = grad.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)   # (B*OH*OW, OC)
+        w = self.weight.data.reshape(self.out_channels, -1)
+        self.weight.grad += (g.T @ cols).reshape(self.weight.shape)
+        if self.bias is not None:
+            self.bias.grad += g.sum(axis=0)
+        return kernels.col2im(g @ w, x_shape, kh, kw, s, p)
+

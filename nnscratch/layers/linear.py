@@ -1,0 +1,57 @@
+"""Fully connected layer: y = x W^T + b."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import init
+from ..checks import check_array, check_grad, check_matches_parameter, check_shape, no_forward
+from .module import Module, Parameter
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias.
+
+    x: (B, in_features) -> y: (B, out_features).
+    weight: (out_features, in_features), He-normal; bias: (out_features,), zeros.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32, rng=None):
+        _check_positive(type(self).__name__, in_features=in_features, out_features=out_features)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = Parameter(init.he_normal((out_features, in_features), dtype=dtype, rng=rng))
+        self.bias = Parameter(init.zeros((out_features,), dtype=dtype)) if bias else None
+        self._x = None
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def forward(self, x):
+        """x: (B, in_features) -> (B, out_features)."""
+        check_array(self, x)
+        check_shape(self, x, (None, self.in_features), "(B, in_features)")
+        check_matches_parameter(self, x, self.weight)
+        self._x = x
+        y = x @ self.weight.data.T
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, grad):
+        """grad: (B, out_features) -> (B, in_features); accumulates weight.grad and bias.grad.
+
+        dL/dW = grad^T x, dL/db = sum over the batch of grad, dL/dx = grad W.
+        """
+        if self._x is None:
+            raise no_forward(self)
+        check_grad(self, grad, (self._x.shape[0], self.out_features), self._x.dtype)
+        self.weight.grad += grad.T @ self._x
+        if self.bias is not None:
+            self.bias.grad += grad.sum(axis=0)
+        return grad @ self.weight.data
+
+
+def _check_positive(owner: str, **sizes):
+    """Layer sizes are positive integers."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")

@@ -1,0 +1,211 @@
+"""``Parameter``, ``Module`` and ``Sequential``: the skeleton every layer hangs on.
+
+A module owns parameters and child modules as plain attributes, in the order
+they were assigned; that order names them in ``state_dict`` ("0.weight",
+"fc1.bias", ...) exactly as PyTorch does. There is no autograd graph: each layer
+keeps from ``forward`` what its own ``backward`` needs, and ``Sequential`` runs
+the layers' backward passes in reverse order (the chain rule, one layer at a time).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from ..backend import check_device, get_array_module, to_device, to_numpy
+
+
+class Parameter:
+    """A trainable array and its gradient.
+
+    data: the values, any shape; grad: same shape and dtype, accumulated by
+    ``backward`` (``+=``) and cleared by ``zero_grad``.
+    """
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = get_array_module(data).zeros_like(data)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def zero_grad(self):
+        self.grad.fill(0)
+
+    def _replace(self, data):
+        """Swap in moved or cast data; a fresh zero gradient follows it."""
+        self.data = data
+        self.grad = get_array_module(data).zeros_like(data)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class: ``forward(x)`` computes, ``backward(grad_out)`` returns ``grad_in``.
+
+    Subclasses implement ``forward`` and ``backward``; everything else
+    (parameters, modes, state, devices) is shared here.
+    """
+
+    training = True
+
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, grad):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # ---- structure --------------------------------------------------------------
+    def named_children(self):
+        """(name, module) for each direct child, in assignment order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_parameters(self, prefix: str = ""):
+        """(dotted name, Parameter) for this module's and every descendant's parameters."""
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+        for name, child in self.named_children():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def parameters(self) -> list:
+        """Every parameter of the model, in ``state_dict`` order."""
+        return [p for _, p in self.named_parameters()]
+
+    def modules(self):
+        """This module and all its descendants, depth first."""
+        yield self
+        for _, child in self.named_children():
+            yield from child.modules()
+
+    def num_parameters(self) -> int:
+        """Total count of trainable numbers."""
+        return sum(p.size for p in self.parameters())
+
+    # ---- modes ------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        """Training mode (the default); returns ``self``. No layer here acts differently yet,
+        but code written against the API keeps working when one (dropout, batch norm) is added."""
+        for m in self.modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode; returns ``self``."""
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.zero_grad()
+
+    # ---- state ------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """name -> NumPy copy of each parameter (safe to keep: later steps do not change it)."""
+        return OrderedDict((name, to_numpy(p.data).copy()) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state, strict: bool = True):
+        """Copy values from ``state`` (name -> array) into the parameters, in place.
+
+        Shapes must match; values are cast to each parameter's dtype and moved to
+        its device. With ``strict`` every name must appear on both sides.
+        """
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for name, p in own.items():
+            if name not in state:
+                continue
+            value = np.asarray(to_numpy(state[name]))
+            if value.shape != p.shape:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {name} has shape {value.shape} "
+                                 f"in the state but {p.shape} in the model")
+            xp = get_array_module(p.data)
+            p.data[...] = xp.asarray(value.astype(p.dtype, copy=False))
+        return self
+
+    def to(self, device: str | None = None, dtype=None):
+        """Move every parameter to ``device`` ("cpu" or "gpu") and/or cast to ``dtype``; returns ``self``.
+
+        The Parameter objects stay the same, so an optimizer built earlier still
+        holds them (its own state moves with ``optimizer.to(device)``).
+        Gradients are reset to zero.
+        """
+        if device is not None:
+            check_device(device)
+        for p in self.parameters():
+            data = p.data
+            if dtype is not None:
+                data = data.astype(dtype, copy=False)
+            if device is not None:
+                data = to_device(data, device)
+            if data is not p.data:
+                p._replace(data)
+        return self
+
+    # ---- printing ---------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        children = list(self.named_children())
+        if not children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"  ({name}): " + repr(child).replace("\n", "\n  ") for name, child in children]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Layers applied in order; the backward pass runs them in reverse.
+
+    Children are named "0", "1", ... as in PyTorch, so ``state_dict`` keys match.
+    """
+
+    def __init__(self, *layers: Module):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: argument {i} is a {type(layer).__name__}, not a Module")
+        self.layers = list(layers)
+
+    def named_children(self):
+        for i, layer in enumerate(self.layers):
+            yield str(i), layer
+
+    def named_parameters(self, prefix: str = ""):
+        for name, child in self.named_children():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, grad):
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad

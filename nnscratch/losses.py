@@ -1,0 +1,131 @@
+"""Loss functions: ``forward`` returns a Python float, ``backward()`` the gradient
+with respect to the predictions, both averaged over the batch."""
+from __future__ import annotations
+
+from .backend import get_array_module, is_gpu_array, to_device, device_of
+from .checks import check_array, check_shape, no_forward
+
+
+class Loss:
+    """Base class: ``loss(pred, target)`` is ``loss.forward(pred, target)``."""
+
+    def __call__(self, pred, target) -> float:
+        return self.forward(pred, target)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def _check_labels(owner, target, batch: int, num_classes: int):
+    """Integer class labels of shape (B,) in [0, num_classes)."""
+    if not hasattr(target, "dtype") or target.dtype.kind not in "iu":
+        kind = getattr(target, "dtype", type(target).__name__)
+        raise TypeError(f"{owner}: expected integer class labels of shape (B,), got {kind}")
+    if tuple(target.shape) != (batch,):
+        raise ValueError(f"{owner}: expected labels of shape (B,) = ({batch},) to match the logits, "
+                         f"got {tuple(target.shape)}")
+    if batch:
+        lo, hi = int(target.min()), int(target.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{owner}: labels must lie in [0, {num_classes}) for {num_classes} classes, "
+                             f"got values from {lo} to {hi}")
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax cross-entropy on raw logits, as PyTorch's ``CrossEntropyLoss``.
+
+    logits: (B, K) floats; target: (B,) ints in [0, K).
+    loss = sum_i w[y_i] * (logsumexp(z_i) - z_i[y_i]) / sum_i w[y_i], with w = 1 by default.
+    The log-sum-exp subtracts each row's maximum first, so logits of any size
+    (1e3, -1e3) neither overflow nor underflow.
+    Gradient: (softmax(z_i) - onehot(y_i)) * w[y_i] / sum_i w[y_i].
+    """
+
+    def __init__(self, weight=None):
+        if weight is not None:
+            check_array(self, weight, "class weight")
+            if weight.ndim != 1 or bool((weight < 0).any()):
+                raise ValueError(f"{self}: weight must be a 1-D array of non-negative class weights, "
+                                 f"got shape {tuple(weight.shape)}")
+        self.weight = weight
+        self._cache = None
+
+    def __repr__(self):
+        return "CrossEntropyLoss()" if self.weight is None else f"CrossEntropyLoss(weight={self.weight.tolist()})"
+
+    def forward(self, logits, target) -> float:
+        """logits: (B, K), target: (B,) -> mean loss (float)."""
+        check_array(self, logits, "logits")
+        check_shape(self, logits, (None, None), "(B, num_classes)", "logits")
+        B, K = logits.shape
+        _check_labels(self, target, B, K)
+        if is_gpu_array(target) != is_gpu_array(logits):
+            raise TypeError(f"{self}: the labels are on the {device_of(target).upper()} but the logits on the "
+                            f"{device_of(logits).upper()}; move them with ns.to_device(y, '{device_of(logits)}')")
+        xp = get_array_module(logits)
+        shifted = logits - logits.max(axis=1, keepdims=True)              # (B, K), max 0 per row
+        exp = xp.exp(shifted)
+        sumexp = exp.sum(axis=1, keepdims=True)
+        log_p = shifted - xp.log(sumexp)                                  # log-softmax
+        rows = xp.arange(B)
+        nll = -log_p[rows, target]                                         # (B,)
+        w = xp.ones(B, dtype=logits.dtype) if self.weight is None else self._class_weight(xp, logits)[target]
+        total = w.sum()
+        if self.weight is not None and float(total) == 0:
+            raise ValueError(f"{self}: every label in the batch has class weight 0, the mean is undefined")
+        self._cache = (exp / sumexp, target, w / total)
+        return float((w * nll).sum() / total)
+
+    def _class_weight(self, xp, logits):
+        if self.weight.shape[0] != logits.shape[1]:
+            raise ValueError(f"{self}: weight has {self.weight.shape[0]} entries but the logits have "
+                             f"{logits.shape[1]} classes")
+        return to_device(self.weight, device_of(logits)).astype(logits.dtype, copy=False)
+
+    def backward(self):
+        """-> dloss/dlogits: (B, K)."""
+        if self._cache is None:
+            raise no_forward(self)
+        prob, target, scale = self._cache
+        grad = prob.copy()
+        grad[get_array_module(grad).arange(grad.shape[0]), target] -= 1
+        grad *= scale[:, None]
+        return grad
+
+
+class MSELoss(Loss):
+    """Mean squared error over all elements: mean((pred - target)^2).
+
+    pred and target: the same shape (for classification, target is one-hot).
+    Gradient: 2 (pred - target) / pred.size.
+    """
+
+    def __init__(self):
+        self._diff = None
+
+    def forward(self, pred, target) -> float:
+        """pred, target: same shape -> mean over every element (float)."""
+        check_array(self, pred, "prediction")
+        check_array(self, target, "target")
+        if tuple(pred.shape) != tuple(target.shape):
+            raise ValueError(f"{self}: expected a target of the prediction's shape {tuple(pred.shape)}, "
+                             f"got {tuple(target.shape)}; for class labels use ns.one_hot(y, num_classes)")
+        if is_gpu_array(target) != is_gpu_array(pred):
+            raise TypeError(f"{self}: the target is on the {device_of(target).upper()} but the prediction on the "
+                            f"{device_of(pred).upper()}; move it with ns.to_device(t, '{device_of(pred)}')")
+        self._diff = pred - target.astype(pred.dtype, copy=False)
+        return float((self._diff * self._diff).mean())
+
+    def backward(self):
+        """-> dloss/dpred, the prediction's shape."""
+        if self._diff is None:
+            raise no_forward(self)
+        return self._diff * (2.0 / self._diff.size)
+
+
+def one_hot(labels, num_classes: int, dtype="float32"):
+    """labels: (B,) ints -> (B, num_classes) of 0 and 1, on the labels' device."""
+    xp = get_array_module(labels)
+    out = xp.zeros((labels.shape[0], num_classes), dtype=dtype)
+    out[xp.arange(labels.shape[0]), labels] = 1
+    return out

@@ -1,0 +1,170 @@
+"""Optimizers with PyTorch's update rules, updating parameters in place."""
+from __future__ import annotations
+
+import math
+
+from .backend import check_device, device_of, get_array_module, is_gpu_array, to_device, to_numpy
+
+
+class Optimizer:
+    """Holds the parameters (and per-parameter state) of one model.
+
+    params: an iterable of ``Parameter`` (e.g. ``model.parameters()``).
+    """
+
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"{type(self).__name__}: lr must be a positive number, got {lr!r}")
+        self.lr = float(lr)
+        self.state = [dict() for _ in self.params]   # one dict of arrays per parameter
+
+    def zero_grad(self):
+        for p in self.params:
+            p.zero_grad()
+
+    def step(self):
+        for p, state in zip(self.params, self.state):
+            self._check_device(p, state)
+            self._update(p, state)
+
+    def _update(self, p, state):
+        raise NotImplementedError
+
+    def _check_device(self, p, state):
+        for name, buf in state.items():
+            if hasattr(buf, "shape") and is_gpu_array(buf) != is_gpu_array(p.data):
+                raise RuntimeError(
+                    f"{type(self).__name__}: the state '{name}' is on the {device_of(buf).upper()} but its "
+                    f"parameter on the {device_of(p.data).upper()}; after model.to('{device_of(p.data)}') "
+                    f"call optimizer.to('{device_of(p.data)}')")
+
+    def to(self, device: str):
+        """Move the optimizer state to ``device``; returns ``self``."""
+        check_device(device)
+        for state in self.state:
+            for k, v in state.items():
+                if hasattr(v, "shape"):
+                    state[k] = to_device(v, device)
+        return self
+
+    def state_dict(self) -> dict:
+        """Hyperparameters and per-parameter state, as NumPy arrays."""
+        return {"hyper": self._hyper(),
+                "state": [{k: to_numpy(v).copy() if hasattr(v, "shape") else v for k, v in s.items()}
+                          for s in self.state]}
+
+    def load_state_dict(self, sd: dict):
+        if len(sd["state"]) != len(self.params):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state for {len(sd['state'])} parameters, "
+                             f"the optimizer has {len(self.params)}")
+        for k, v in sd["hyper"].items():
+            setattr(self, k, v)
+        self.state = []
+        for p, s in zip(self.params, sd["state"]):
+            xp = get_array_module(p.data)
+            self.state.append({k: xp.asarray(v) if hasattr(v, "shape") else v for k, v in s.items()})
+        return self
+
+    def _hyper(self) -> dict:
+        return {"lr": self.lr}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self._hyper().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _check_range(owner, name, value, lo, hi=math.inf, hi_open=False):
+    ok = isinstance(value, (int, float)) and lo <= value and (value < hi if hi_open else value <= hi)
+    if not ok:
+        raise ValueError(f"{owner}: {name} must lie in [{lo}, {hi}{')' if hi_open else ']'}, got {value!r}")
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, as ``torch.optim.SGD``.
+
+        g = grad + weight_decay * p
+        b = g on the first step, else momentum * b + (1 - dampening) * g
+        g = g + momentum * b if nesterov else b        (when momentum > 0)
+        p = p - lr * g
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 dampening: float = 0.0, nesterov: bool = False):
+        super().__init__(params, lr)
+        _check_range("SGD", "momentum", momentum, 0.0)
+        _check_range("SGD", "weight_decay", weight_decay, 0.0)
+        _check_range("SGD", "dampening", dampening, 0.0, 1.0)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov needs momentum > 0 and dampening = 0")
+        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+        self.dampening, self.nesterov = float(dampening), bool(nesterov)
+
+    def _hyper(self):
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "dampening": self.dampening, "nesterov": self.nesterov}
+
+    def _update(self, p, state):
+        g = p.grad
+        if self.weight_decay:
+            g = g + self.weight_decay * p.data
+        if self.momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.copy()
+            else:
+                buf *= self.momentum
+                buf += (1.0 - self.dampening) * g if self.dampening else g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p.data -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), as ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient).
+
+        g = grad + weight_decay * p
+        m = b1 * m + (1 - b1) * g;   v = b2 * v + (1 - b2) * g^2;   t = t + 1
+        p = p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    The bias corrections undo the pull of m and v towards their zero start.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"Adam: betas must be a pair, got {betas!r}")
+        for i, b in enumerate(betas):
+            _check_range("Adam", f"betas[{i}]", b, 0.0, 1.0, hi_open=True)
+        _check_range("Adam", "eps", eps, 0.0)
+        _check_range("Adam", "weight_decay", weight_decay, 0.0)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+
+    def _hyper(self):
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def _update(self, p, state):
+        b1, b2 = self.betas
+        xp = get_array_module(p.data)
+        g = p.grad
+        if self.weight_decay:
+            g = g + self.weight_decay * p.data
+        if "exp_avg" not in state:
+            state["step"] = 0
+            state["exp_avg"] = xp.zeros_like(p.data)
+            state["exp_avg_sq"] = xp.zeros_like(p.data)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        state["step"] += 1
+        t = state["step"]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        step_size = self.lr / (1.0 - b1 ** t)
+        denom = xp.sqrt(v)
+        denom /= math.sqrt(1.0 - b2 ** t)
+        denom += self.eps
+        p.data -= step_size * (m / denom)

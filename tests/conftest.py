@@ -1,0 +1,29 @@
+"""Shared test settings and helpers."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import nnscratch as ns
+
+# numba compiles on first call, so the first example of a test can be slow: no deadline.
+settings.register_profile("default", deadline=None, max_examples=40,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", deadline=None, max_examples=300,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+requires_gpu = pytest.mark.skipif(not ns.gpu_available(),
+                                  reason="no GPU: CuPy is not installed or sees no CUDA device")
+
+
+def away_from_zero(rng, shape, low=0.1, high=1.0):
+    """Random values with |v| in [low, high): no ReLU kink within a difference step."""
+    return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(low, high, size=shape)
+
+
+def distinct(rng, shape, gap=0.01):
+    """Values that differ pairwise by at least ``gap``: no max-pool ties within a difference step."""
+    n = int(np.prod(shape))
+    return (rng.permutation(n) * gap + rng.uniform(0, gap / 10, n)).reshape(shape) - n * gap / 2

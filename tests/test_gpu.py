@@ -1,0 +1,78 @@
+"""The same layers on CuPy arrays give NumPy's results; mixing devices is refused clearly."""
+import numpy as np
+import pytest
+
+import nnscratch as ns
+
+from conftest import requires_gpu
+
+
+@requires_gpu
+def test_cnn_forward_backward_and_step_on_gpu_match_cpu():
+    import cupy as cp
+    ns.manual_seed(0)
+    cpu_model = ns.models.cnn().to(dtype=np.float64)
+    gpu_model = ns.models.cnn().to(dtype=np.float64)
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    gpu_model.to("gpu")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 28, 28)), rng.integers(0, 8, 4)
+    for model, xx, yy in ((cpu_model, x, y), (gpu_model, cp.asarray(x), cp.asarray(y))):
+        opt, loss_fn = ns.Adam(model.parameters()), ns.CrossEntropyLoss()
+        loss_fn(model(xx), yy)
+        model.backward(loss_fn.backward())
+        opt.step()
+    assert isinstance(gpu_model.parameters()[0].data, cp.ndarray)
+    for k, v in cpu_model.state_dict().items():
+        np.testing.assert_allclose(gpu_model.state_dict()[k], v, rtol=1e-9, atol=1e-12)
+
+
+@requires_gpu
+def test_mse_and_one_hot_run_on_gpu():
+    import cupy as cp
+    y = cp.asarray([0, 2, 1])
+    t = ns.one_hot(y, 3)
+    assert isinstance(t, cp.ndarray)
+    loss_fn = ns.MSELoss()
+    assert loss_fn(t * 2, t) == pytest.approx(1 / 3)
+    assert isinstance(loss_fn.backward(), cp.ndarray)
+
+
+@requires_gpu
+def test_numpy_input_to_a_gpu_model_says_what_to_do():
+    model = ns.Linear(4, 2).to("gpu")
+    with pytest.raises(TypeError, match=r"input is on the CPU .* parameters are on the GPU.*to_device\(x, 'gpu'\)"):
+        model(np.ones((1, 4), np.float32))
+
+
+@requires_gpu
+def test_cupy_input_to_a_cpu_model_says_what_to_do():
+    import cupy as cp
+    with pytest.raises(TypeError, match=r"input is on the GPU .* parameters are on the CPU.*model.to\('gpu'\)"):
+        ns.Linear(4, 2)(cp.ones((1, 4), cp.float32))
+
+
+@requires_gpu
+def test_optimizer_state_follows_with_to_and_refuses_a_mismatch():
+    import cupy as cp
+    model = ns.Linear(3, 2)
+    opt = ns.Adam(model.parameters())
+    x = np.ones((2, 3), np.float32)
+    model.backward(np.ones_like(model(x)))
+    opt.step()
+    model.to("gpu")
+    with pytest.raises(RuntimeError, match=r"optimizer.to\('gpu'\)"):
+        opt.step()
+    opt.to("gpu")
+    model(cp.asarray(x))
+    model.backward(cp.ones((2, 2), cp.float32))
+    opt.step()
+    assert isinstance(opt.state[0]["exp_avg"], cp.ndarray)
+
+
+@requires_gpu
+def test_to_device_round_trip():
+    x = np.arange(6.0).reshape(2, 3)
+    g = ns.to_device(x, "gpu")
+    assert ns.get_array_module(g).__name__ == "cupy"
+    np.testing.assert_array_equal(ns.to_numpy(g), x)

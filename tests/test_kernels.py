@@ -1,0 +1,163 @@
+"""The numba and CuPy kernels equal the plain-NumPy reference on many shapes."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nnscratch.kernels import cpu, reference
+from nnscratch.kernels.reference import out_size
+
+from conftest import requires_gpu
+
+
+@st.composite
+def conv_case(draw):
+    """(x shape, kh, kw, stride, padding) where the kernel fits the padded input."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride, pad = draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, kh - 2 * pad), 11))
+    W = draw(st.integers(max(1, kw - 2 * pad), 11))
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 4)), H, W), kh, kw, stride, pad
+
+
+@st.composite
+def pool_case(draw):
+    """(x shape, k, stride), including odd sizes and overlapping windows (stride < k)."""
+    k, stride = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    H, W = draw(st.integers(k, 11)), draw(st.integers(k, 11))
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 4)), H, W), k, stride
+
+
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+def naive_conv(x, w, stride, pad):
+    """Direct definition of cross-correlation: the oracle for im2col itself."""
+    B, C, H, W = x.shape
+    OC, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    OH, OW = out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
+    y = np.zeros((B, OC, OH, OW))
+    for b in range(B):
+        for o in range(OC):
+            for i in range(OH):
+                for j in range(OW):
+                    y[b, o, i, j] = (xp[b, :, i * stride:i * stride + kh, j * stride:j * stride + kw] * w[o]).sum()
+    return y
+
+
+@given(conv_case(), st.integers(0, 2**32 - 1))
+def test_reference_im2col_times_weight_is_the_convolution(case, seed):
+    shape, kh, kw, s, p = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((3, shape[1], kh, kw))
+    cols = reference.im2col(x, kh, kw, s, p)
+    B, OH, OW = shape[0], out_size(shape[2], kh, s, p), out_size(shape[3], kw, s, p)
+    y = (cols @ w.reshape(3, -1).T).reshape(B, OH, OW, 3).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(y, naive_conv(x, w, s, p), rtol=1e-12, atol=1e-12)
+
+
+@given(conv_case(), st.integers(0, 2**32 - 1))
+def test_reference_col2im_is_the_adjoint_of_im2col(case, seed):
+    # <im2col(x), c> == <x, col2im(c)> for all x, c: col2im is im2col's transpose
+    shape, kh, kw, s, p = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    cols = reference.im2col(x, kh, kw, s, p)
+    c = rng.standard_normal(cols.shape)
+    lhs = (cols * c).sum()
+    rhs = (x * reference.col2im(c, shape, kh, kw, s, p)).sum()
+    assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
+
+
+@given(conv_case(), DTYPES, st.integers(0, 2**32 - 1))
+def test_numba_im2col_equals_reference(case, dtype, seed):
+    shape, kh, kw, s, p = case
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    got = cpu.im2col(x, kh, kw, s, p)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, reference.im2col(x, kh, kw, s, p))
+
+
+@given(conv_case(), DTYPES, st.integers(0, 2**32 - 1))
+def test_numba_col2im_equals_reference(case, dtype, seed):
+    shape, kh, kw, s, p = case
+    OH, OW = out_size(shape[2], kh, s, p), out_size(shape[3], kw, s, p)
+    cols = np.random.default_rng(seed).standard_normal((shape[0] * OH * OW, shape[1] * kh * kw)).astype(dtype)
+    got = cpu.col2im(cols, shape, kh, kw, s, p)
+    assert got.dtype == dtype and got.shape == shape
+    tol = 1e-5 if dtype == np.float32 else 1e-12   # sums of overlaps in another order
+    np.testing.assert_allclose(got, reference.col2im(cols, shape, kh, kw, s, p), rtol=tol, atol=tol)
+
+
+@given(pool_case(), DTYPES, st.integers(0, 2**32 - 1))
+def test_numba_maxpool_forward_equals_reference_ties_included(case, dtype, seed):
+    shape, k, s = case
+    # small integers make ties common: both must pick the first maximum of a window
+    x = np.random.default_rng(seed).integers(-3, 4, size=shape).astype(dtype)
+    out, arg = cpu.maxpool_forward(x, k, s)
+    ref_out, ref_arg = reference.maxpool_forward(x, k, s)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(arg, ref_arg)
+
+
+@given(pool_case(), DTYPES, st.integers(0, 2**32 - 1))
+def test_numba_maxpool_backward_equals_reference(case, dtype, seed):
+    shape, k, s = case
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, size=shape).astype(dtype)
+    _, arg = reference.maxpool_forward(x, k, s)
+    g = rng.standard_normal(arg.shape).astype(dtype)
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(cpu.maxpool_backward(g, arg, shape, k, s),
+                               reference.maxpool_backward(g, arg, shape, k, s), rtol=tol, atol=tol)
+
+
+def test_maxpool_floors_odd_sizes_like_pytorch():
+    out, _ = reference.maxpool_forward(np.zeros((1, 1, 7, 7)), 2, 2)
+    assert out.shape == (1, 1, 3, 3)
+
+
+def test_maxpool_backward_routes_gradient_to_the_argmax_only():
+    x = np.array([[[[1.0, 5.0], [3.0, 2.0]]]])
+    out, arg = reference.maxpool_forward(x, 2, 2)
+    assert out.item() == 5.0 and arg.item() == 1
+    dx = reference.maxpool_backward(np.array([[[[7.0]]]]), arg, x.shape, 2, 2)
+    np.testing.assert_array_equal(dx, [[[[0.0, 7.0], [0.0, 0.0]]]])
+
+
+# ---- CuPy twins ------------------------------------------------------------------------
+
+@requires_gpu
+@given(conv_case(), DTYPES, st.integers(0, 2**32 - 1))
+def test_cupy_im2col_and_col2im_equal_reference(case, dtype, seed):
+    import cupy as cp
+    from nnscratch.kernels import gpu
+    shape, kh, kw, s, p = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    np.testing.assert_array_equal(cp.asnumpy(gpu.im2col(cp.asarray(x), kh, kw, s, p)),
+                                  reference.im2col(x, kh, kw, s, p))
+    cols = rng.standard_normal(reference.im2col(x, kh, kw, s, p).shape).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(cp.asnumpy(gpu.col2im(cp.asarray(cols), shape, kh, kw, s, p)),
+                               reference.col2im(cols, shape, kh, kw, s, p), rtol=tol, atol=tol)
+
+
+@requires_gpu
+@given(pool_case(), DTYPES, st.integers(0, 2**32 - 1))
+def test_cupy_maxpool_equals_reference_ties_included(case, dtype, seed):
+    import cupy as cp
+    from nnscratch.kernels import gpu
+    shape, k, s = case
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, size=shape).astype(dtype)
+    out, arg = gpu.maxpool_forward(cp.asarray(x), k, s)
+    ref_out, ref_arg = reference.maxpool_forward(x, k, s)
+    np.testing.assert_array_equal(cp.asnumpy(out), ref_out)
+    np.testing.assert_array_equal(cp.asnumpy(arg), ref_arg)
+    g = rng.standard_normal(ref_arg.shape).astype(dtype)
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(cp.asnumpy(gpu.maxpool_backward(cp.asarray(g), arg, shape, k, s)),
+                               reference.maxpool_backward(g, ref_arg, shape, k, s), rtol=tol, atol=tol)

@@ -1,0 +1,96 @@
+"""Module plumbing: parameters, names, modes, state dicts, dtype and device moves."""
+import numpy as np
+import pytest
+
+import nnscratch as ns
+
+
+def small():
+    return ns.Sequential(ns.Conv2d(1, 2, 3, rng=0), ns.ReLU(), ns.Flatten(), ns.Linear(8, 3, rng=1))
+
+
+def test_parameters_are_named_like_pytorch():
+    model = small()
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert [p.shape for p in model.parameters()] == [(2, 1, 3, 3), (2,), (3, 8), (3,)]
+    assert model.num_parameters() == 18 + 2 + 24 + 3
+
+
+def test_custom_module_finds_attribute_children_in_order():
+    class Net(ns.Module):
+        def __init__(self):
+            self.features = ns.Conv2d(1, 1, 1, rng=0)
+            self.head = ns.Linear(4, 2, rng=0)
+
+    assert list(Net().state_dict()) == ["features.weight", "features.bias", "head.weight", "head.bias"]
+
+
+def test_state_dict_is_a_copy_and_load_restores_it():
+    model = small()
+    state = model.state_dict()
+    model.parameters()[0].data += 1
+    assert not np.array_equal(state["0.weight"], model.state_dict()["0.weight"])
+    model.load_state_dict(state)
+    assert all(np.array_equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_load_state_dict_reports_missing_unexpected_and_shape_mismatch():
+    model = small()
+    state = model.state_dict()
+    with pytest.raises(KeyError, match=r"missing keys \['3.bias'\], unexpected keys \['extra'\]"):
+        model.load_state_dict({**{k: v for k, v in state.items() if k != "3.bias"}, "extra": np.zeros(1)})
+    state["3.weight"] = np.zeros((3, 9))
+    with pytest.raises(ValueError, match=r"3.weight has shape \(3, 9\) in the state but \(3, 8\) in the model"):
+        model.load_state_dict(state)
+
+
+def test_train_and_eval_set_the_flag_everywhere():
+    model = small()
+    assert model.eval() is model and not any(m.training for m in model.modules())
+    assert all(m.training for m in model.train().modules())
+
+
+def test_to_dtype_casts_parameters_and_gradients():
+    model = small().to(dtype=np.float64)
+    assert all(p.dtype == np.float64 and p.grad.dtype == np.float64 for p in model.parameters())
+    assert model(np.zeros((1, 1, 4, 4))).dtype == np.float64
+
+
+def test_forward_keeps_float32():
+    out = ns.models.cnn()(np.zeros((2, 3, 28, 28), np.float32))
+    assert out.dtype == np.float32 and out.shape == (2, 8)
+
+
+def test_backward_accumulates_until_zero_grad():
+    layer = ns.Linear(2, 1, rng=0)
+    x, g = np.ones((1, 2), np.float32), np.ones((1, 1), np.float32)
+    layer(x)
+    layer.backward(g)
+    layer.backward(g)
+    np.testing.assert_array_equal(layer.weight.grad, [[2.0, 2.0]])
+    layer.zero_grad()
+    assert (layer.weight.grad == 0).all()
+
+
+def test_repr_reads_like_pytorch():
+    text = repr(small())
+    assert "(0): Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), padding=(0, 0))" in text
+    assert "(3): Linear(in_features=8, out_features=3, bias=True)" in text
+
+
+def test_cpu_kernel_choice_gives_the_same_results():
+    ns.manual_seed(0)
+    model = ns.models.cnn()
+    x = np.random.default_rng(0).standard_normal((3, 3, 28, 28)).astype(np.float32)
+    try:
+        ns.kernels.set_cpu_kernels("reference")
+        ref = model(x)
+        ref_dx = model.backward(np.ones_like(ref))
+        ns.kernels.set_cpu_kernels("numba")
+        assert ns.kernels.cpu_kernels() == "numba"
+        np.testing.assert_allclose(model(x), ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(model.backward(np.ones_like(ref)), ref_dx, rtol=1e-4, atol=1e-6)
+    finally:
+        ns.kernels.set_cpu_kernels("numba")
+    with pytest.raises(ValueError):
+        ns.kernels.set_cpu_kernels("fortran")
