@@ -73,3 +73,16 @@ def cnn(in_channels: int = 3, image_size: int = 28, num_classes: int = 8, dtype=
         width = hidden
     layers.append(Linear(width, num_classes, dtype=dtype, rng=rng))
     return Sequential(*layers)
+
+
+ARCHS = ("mlnn", "cnn")
+
+
+def build(arch: str, in_channels: int, image_size: int, num_classes: int, hidden_size: int | None = None,
+          hidden_layers: int = 1, dtype=np.float32, rng=None) -> Sequential:
+    """One of the paper's networks by name ("mlnn" or "cnn"), sized for a dataset."""
+    if arch == "mlnn":
+        return mlnn(hidden_size, hidden_layers, in_channels, image_size, num_classes, dtype=dtype, rng=rng)
+    if arch == "cnn":
+        return cnn(in_channels, image_size, num_classes, dtype=dtype, rng=rng)
+    raise ValueError(f"unknown architecture {arch!r}: expected one of {', '.join(ARCHS)}")

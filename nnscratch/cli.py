@@ -1,0 +1,33 @@
+"""Shared command-line plumbing: one clear line and exit status 2 for bad input, no traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class UsageError(Exception):
+    """Bad input from the user; the message is printed as one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with defaults shown in --help and a one-line error (exit status 2)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_cli(body) -> int:
+    """Run ``body()``; user-facing errors become one line on stderr and exit status 2."""
+    from .data import DataError
+    try:
+        return body() or 0
+    except (UsageError, DataError) as e:
+        first, *rest = str(e).splitlines() or [""]
+        print(f"error: {first}", file=sys.stderr)
+        for line in rest:
+            print(line, file=sys.stderr)
+        return 2

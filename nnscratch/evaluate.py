@@ -1,0 +1,95 @@
+"""Evaluate a run's saved model on a split of its dataset; print the metrics and redraw the figures.
+
+    python -m nnscratch.evaluate RUN_DIR [--split test|val]
+
+Writes metrics_<split>.json, per_class_precision_recall_<split>.png and
+confusion_matrix_<split>.png into RUN_DIR (training's own metrics.json is left as it was).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import models
+from .backend import to_device
+from .cli import ArgumentParser, UsageError, run_cli
+from .data import SPLITS, load
+from .files import load_checkpoint, write_json
+from .metrics import classification_report, format_report
+from .training import EVAL_BATCH, predict, resolve_device, write_figures
+
+
+def load_model(run_dir: Path):
+    """(model, meta) rebuilt from RUN_DIR/model.npz."""
+    try:
+        state, meta = load_checkpoint(run_dir / "model.npz")
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    try:
+        model = models.build(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"],
+                             meta.get("hidden_size"), meta.get("hidden_layers", 1))
+        model.load_state_dict(state)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"{run_dir / 'model.npz'} does not rebuild a model: {e}") from None
+    return model, meta
+
+
+def evaluate(run_dir, split: str = "test", data_dir=None, dataset_name=None, device: str = "auto",
+             progress: bool = True) -> dict:
+    """Metrics of the saved model on ``split``; writes the split's metrics and figures."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"no run folder at {run_dir}")
+    model, meta = load_model(run_dir)
+    config = {}
+    if (run_dir / "config.json").is_file():
+        config = json.loads((run_dir / "config.json").read_text())
+    name = dataset_name or meta.get("dataset") or config.get("dataset", "bloodmnist")
+    dataset = load(name, data_dir or config.get("data_dir"), progress=progress)
+    got = (dataset.channels, dataset.image_size, dataset.num_classes)
+    want = (meta["in_channels"], meta["image_size"], meta["num_classes"])
+    if got != want:
+        raise UsageError(f"the model in {run_dir} takes {want[0]} x {want[1]} x {want[1]} images and "
+                         f"{want[2]} classes, but {dataset.name} has {got[0]} x {got[1]} x {got[1]} and {got[2]}")
+    device = resolve_device(device)
+    model.to(device)
+    part = dataset.split(split)
+    x = to_device(part.images, device)
+    t0 = time.perf_counter()
+    probs = predict(model, x)
+    seconds = time.perf_counter() - t0
+    report = classification_report(part.labels, probs, dataset.label_names)
+    report.update(split=split, dataset=dataset.name, best_epoch=meta.get("best_epoch"),
+                  timing={"inference_seconds": seconds, "inference_images_per_second": len(part) / seconds,
+                          "inference_batch_size": EVAL_BATCH, "device": device})
+    write_json(run_dir / f"metrics_{split}.json", report)
+    title = config.get("preset") or meta["arch"]
+    write_figures(run_dir, [], report, title, suffix=f"_{split}")
+    return report
+
+
+def main(argv=None) -> int:
+    p = ArgumentParser(prog="python -m nnscratch.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by python -m nnscratch.train")
+    p.add_argument("--split", choices=list(SPLITS[1:]), default="test", help="which split to evaluate")
+    p.add_argument("--data-dir", default=None, help="folder searched first for the dataset "
+                   "(default: the run's, then $NNSCRATCH_DATA_DIR, then ~/.medmnist)")
+    p.add_argument("--dataset", default=None, help="dataset name (default: the one the model was trained on)")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where to compute")
+    args = p.parse_args(argv)
+
+    def body():
+        report = evaluate(args.run_dir, args.split, args.data_dir, args.dataset, args.device)
+        print(format_report(report, f"{args.run_dir}: {report['dataset']} {args.split} split, "
+                                    f"{report['num_samples']} images"))
+        print(f"inference: {report['timing']['inference_images_per_second']:.0f} images/s on "
+              f"{report['timing']['device']}; wrote metrics_{args.split}.json and figures to {args.run_dir}")
+        return 0
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    from nnscratch.evaluate import main as _main
+    sys.exit(_main())

@@ -1,0 +1,87 @@
+"""Atomic file writing and model checkpoints.
+
+Every file is first written to a temporary file in the same folder, then
+renamed over the target (``os.replace`` is atomic on one file system), so an
+interrupted run never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .backend import to_numpy
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path, text: str):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+META_KEY = "__meta__"
+
+
+def save_model(path, model, meta: dict):
+    """Write ``model``'s weights and ``meta`` (what rebuilds it: arch, sizes, labels) to one .npz."""
+    arrays = {name: to_numpy(p.data) for name, p in model.named_parameters()}
+    arrays[META_KEY] = np.array(json.dumps(meta, default=_jsonable))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_checkpoint(path) -> tuple[dict, dict]:
+    """(state dict name -> array, meta dict) from a file written by :func:`save_model`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z[META_KEY]))
+            state = {k: z[k] for k in z.files if k != META_KEY}
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(f"{path} is not an nnscratch model file ({e})") from None
+    return state, meta

@@ -1,0 +1,110 @@
+"""The paper's evaluation framework, from the confusion matrix and the class scores.
+
+Quality: accuracy, precision, recall, F1. Efficacy: sensitivity (= recall) and
+specificity. Plus balanced accuracy and one-vs-rest ROC AUC (MedMNIST's headline
+metric beside accuracy). Conventions follow scikit-learn: a ratio whose
+denominator is 0 counts as 0; an AUC is undefined (None) for a class that is
+absent or is the only one present, and the macro AUC averages the defined ones.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .medmnist_info import short_label
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """(K, K) int counts: row = true class, column = predicted class."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
+def _ratio(num, den):
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def roc_auc(is_positive, scores) -> float | None:
+    """Area under the ROC curve of ``scores`` for a binary truth, by the rank-sum
+    (Mann-Whitney U) formula with average ranks for ties; None if one class is absent."""
+    is_positive = np.asarray(is_positive, dtype=bool)
+    n_pos = int(is_positive.sum())
+    n_neg = is_positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(scores.size)
+    # average rank within each run of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], scores.size]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0      # 1-based ranks s+1 .. e, averaged
+    u = ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def classification_report(y_true, scores, label_names) -> dict:
+    """Everything ``metrics.json`` holds but the timing.
+
+    y_true: (N,) int labels; scores: (N, K) class probabilities (or any scores
+    whose arg-max is the prediction); label_names: K names.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    K = len(label_names)
+    if scores.ndim != 2 or scores.shape != (y_true.shape[0], K):
+        raise ValueError(f"classification_report: expected scores of shape ({y_true.shape[0]}, {K}), "
+                         f"got {scores.shape}")
+    y_pred = scores.argmax(axis=1)
+    cm = confusion_matrix(y_true, y_pred, K)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1)                     # true members of each class
+    predicted = cm.sum(axis=0)
+    fp, fn = predicted - tp, support - tp
+    tn = cm.sum() - tp - fp - fn
+    precision, recall, specificity = _ratio(tp, predicted), _ratio(tp, support), _ratio(tn, tn + fp)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    aucs = [roc_auc(y_true == k, scores[:, k]) for k in range(K)]
+    weights = support / max(support.sum(), 1)
+    defined = [a for a in aucs if a is not None]
+
+    def averages(values):
+        return {"macro": float(np.mean(values)), "weighted": float(np.sum(weights * values))}
+    per = {"precision": precision, "recall": recall, "f1": f1, "specificity": specificity}
+    return {
+        "num_samples": int(y_true.size),
+        "accuracy": float(tp.sum() / max(y_true.size, 1)),
+        "balanced_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
+        "macro": {k: averages(v)["macro"] for k, v in per.items()},
+        "weighted": {k: averages(v)["weighted"] for k, v in per.items()},
+        "auc": float(np.mean(defined)) if defined else None,
+        "per_class": [
+            {"label": k, "name": label_names[k], "support": int(support[k]), "precision": float(precision[k]),
+             "recall": float(recall[k]), "sensitivity": float(recall[k]), "f1": float(f1[k]),
+             "specificity": float(specificity[k]), "auc": aucs[k]}
+            for k in range(K)],
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def format_report(report: dict, title: str = "") -> str:
+    """The report as a plain-text table, for the terminal."""
+    lines = [title] if title else []
+    lines.append(f"accuracy {report['accuracy']:.4f}   balanced accuracy {report['balanced_accuracy']:.4f}   "
+                 f"macro AUC {report['auc'] if report['auc'] is None else format(report['auc'], '.4f')}")
+    head = f"{'class':<26}{'support':>8}{'precision':>10}{'recall':>8}{'f1':>8}{'specif.':>9}{'auc':>8}"
+    lines += [head, "-" * len(head)]
+    for c in report["per_class"]:
+        auc = "-" if c["auc"] is None else f"{c['auc']:.4f}"
+        name = f"{c['label']} {short_label(c['name'])}"
+        lines.append(f"{name[:25]:<26}{c['support']:>8}{c['precision']:>10.4f}{c['recall']:>8.4f}"
+                     f"{c['f1']:>8.4f}{c['specificity']:>9.4f}{auc:>8}")
+    lines.append("-" * len(head))
+    for avg in ("macro", "weighted"):
+        a = report[avg]
+        lines.append(f"{avg + ' average':<26}{report['num_samples']:>8}{a['precision']:>10.4f}{a['recall']:>8.4f}"
+                     f"{a['f1']:>8.4f}{a['specificity']:>9.4f}")
+    return "\n".join(lines)

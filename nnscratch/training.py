@@ -1,0 +1,336 @@
+"""Training and evaluation of the paper's networks on a MedMNIST dataset, and the run folder.
+
+``run(config)`` trains, keeps the weights of the best validation epoch, evaluates
+them on the test split and writes the run folder:
+
+    config.json            every setting, seed, device, versions, data file
+    history.json/.csv      per epoch: train_loss, train_acc, val_loss, val_acc, seconds
+    model.npz              weights plus what rebuilds the model (files.save_model)
+    metrics.json           metrics.classification_report on the test split, plus timing
+    loss_curves.png  accuracy_curves.png  per_class_precision_recall.png  confusion_matrix.png
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__, losses, models, optim, plots
+from .backend import get_array_module, gpu_available, to_device, to_numpy
+from .cli import UsageError
+from .data import Dataset, batches, load, num_batches
+from .files import save_model, write_json, write_text
+from .metrics import classification_report
+from .random import manual_seed
+
+EVAL_BATCH = 256
+
+# The paper's Tables 1 and 2. Every preset: 15 epochs, He initialisation, ReLU, one hidden
+# layer of (n_input + n_classes) / 2 = 1180 units for the MLNN.
+PRESETS = {
+    f"{arch}-test{i}": dict(arch=arch, **setting)
+    for arch in models.ARCHS
+    for i, setting in enumerate([dict(optimizer="adam", lr=1e-3, loss="ce"),
+                                 dict(optimizer="sgd", lr=1e-2, momentum=0.9, loss="ce"),
+                                 dict(optimizer="adam", lr=1e-3, loss="mse")], start=1)
+}
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "mlnn"
+    preset: str | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    loss: str = "ce"
+    epochs: int = 15
+    batch_size: int = 64
+    hidden_size: int | None = None
+    hidden_layers: int = 1
+    class_weights: str = "none"
+    device: str = "auto"
+    seed: int = 0
+    dataset: str = "bloodmnist"
+    data_dir: str | None = None
+    out: str | None = None
+    limit_train: int | None = None      # first N training images only (tests, quick looks)
+
+    def validate(self):
+        """Raise UsageError for any setting out of range."""
+        checks = [
+            (self.arch in models.ARCHS, f"unknown --arch {self.arch!r}: expected one of {', '.join(models.ARCHS)}"),
+            (self.preset is None or self.preset in PRESETS,
+             f"unknown --preset {self.preset!r}: expected one of {', '.join(PRESETS)}"),
+            (self.optimizer in ("adam", "sgd"), f"unknown --optimizer {self.optimizer!r}: expected adam or sgd"),
+            (self.loss in ("ce", "mse"), f"unknown --loss {self.loss!r}: expected ce or mse"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}"),
+            (math.isfinite(self.momentum) and self.momentum >= 0, f"--momentum must be >= 0, got {self.momentum}"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.hidden_size is None or self.hidden_size >= 1, f"--hidden-size must be at least 1, got {self.hidden_size}"),
+            (self.hidden_layers >= 1, f"--hidden-layers must be at least 1, got {self.hidden_layers}"),
+            (self.arch == "mlnn" or (self.hidden_size is None and self.hidden_layers == 1),
+             "--hidden-size and --hidden-layers apply to --arch mlnn only"),
+            (self.class_weights in ("none", "balanced"),
+             f"unknown --class-weights {self.class_weights!r}: expected none or balanced"),
+            (self.class_weights == "none" or self.loss == "ce", "--class-weights balanced needs --loss ce"),
+            (self.device in ("auto", "cpu", "gpu"), f"unknown --device {self.device!r}: expected auto, cpu or gpu"),
+            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (self.limit_train is None or self.limit_train >= 1, "--limit-train must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        return self
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if device == "gpu" and not gpu_available():
+        raise UsageError("--device gpu: no GPU is available (CuPy is missing or sees no CUDA device); "
+                         "use --device cpu or auto")
+    return device
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and batch."""
+
+
+# ---- pieces -----------------------------------------------------------------------------------
+
+def make_loss(config: TrainConfig, train_labels: np.ndarray, num_classes: int, device: str):
+    """(loss function, target(y) -> what the loss compares the logits with)."""
+    if config.loss == "mse":
+        return losses.MSELoss(), lambda y: losses.one_hot(y, num_classes)
+    weight = None
+    if config.class_weights == "balanced":
+        # scikit-learn's "balanced": n_samples / (n_classes * count); absent classes weigh 0
+        counts = np.bincount(train_labels, minlength=num_classes).astype(np.float64)
+        weight = np.divide(len(train_labels), num_classes * counts, out=np.zeros(num_classes), where=counts > 0)
+        weight = to_device(weight.astype(np.float32), device)
+    return losses.CrossEntropyLoss(weight=weight), lambda y: y
+
+
+def make_optimizer(config: TrainConfig, model):
+    if config.optimizer == "sgd":
+        return optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    return optim.Adam(model.parameters(), lr=config.lr)
+
+
+def softmax(z):
+    xp = get_array_module(z)
+    e = xp.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict(model, images, batch_size: int = EVAL_BATCH):
+    """Class probabilities (N, K) as a NumPy float32 array, in evaluation mode."""
+    model.eval()
+    out = [to_numpy(softmax(model(images[s:s + batch_size]))) for s in range(0, len(images), batch_size)]
+    model.train()
+    return np.concatenate(out)
+
+
+def evaluate_split(model, images, labels, loss_fn, target, batch_size: int = EVAL_BATCH):
+    """(mean loss, accuracy) over a whole split."""
+    model.eval()
+    total, correct = 0.0, 0
+    for xb, yb in batches(images, labels, batch_size):
+        logits = model(xb)
+        total += loss_fn(logits, target(yb)) * len(yb)
+        correct += int((logits.argmax(axis=1) == yb).sum())
+    model.train()
+    n = len(labels)
+    return total / n, correct / n
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: list = field(default_factory=list)
+    metrics: dict | None = None
+    status: str = "completed"
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{config.preset or config.arch}-{stamp}"
+    path, n = base, 2
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    return path
+
+
+def versions() -> dict:
+    import numba
+    v = {"nnscratch": __version__, "python": platform.python_version(), "numpy": np.__version__,
+         "numba": numba.__version__}
+    if gpu_available():
+        import cupy
+        v["cupy"] = cupy.__version__
+    return v
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+    if gpu_available():
+        import cupy
+        info["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    return info
+
+
+def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = True,
+        log=print) -> RunResult:
+    """Train, evaluate and write the run folder; see the module docstring."""
+    config.validate()
+    device = resolve_device(config.device)
+    if dataset is None:
+        dataset = load(config.dataset, config.data_dir, progress=progress)
+    run_dir = Path(config.out) if config.out else default_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    train, val, test = dataset.train, dataset.val, dataset.test
+    x_train, y_train = train.images, train.labels
+    if config.limit_train:
+        x_train, y_train = x_train[:config.limit_train], y_train[:config.limit_train]
+    K = dataset.num_classes
+    manual_seed(config.seed)
+    model = models.build(config.arch, dataset.channels, dataset.image_size, K, config.hidden_size,
+                         config.hidden_layers, rng=np.random.default_rng(config.seed))
+    shuffle_rng = np.random.default_rng([config.seed, 1])
+    model.to(device)
+    xs = {"train": (x_train, y_train), "val": (val.images, val.labels), "test": (test.images, test.labels)}
+    xs = {k: (to_device(x, device), to_device(y, device)) for k, (x, y) in xs.items()}
+    loss_fn, target = make_loss(config, y_train, K, device)
+    opt = make_optimizer(config, model)
+
+    settings = {**asdict(config), "device_used": device, "num_parameters": model.num_parameters(),
+                "dataset_file": str(dataset.path), "dataset_md5": dataset.md5, "label_names": dataset.label_names,
+                "channels": dataset.channels, "image_size": dataset.image_size, "num_classes": K,
+                "train_size": len(y_train), "val_size": len(val), "test_size": len(test),
+                "normalization": "x / 255 scaled to [0, 1], then (x - 0.5) / 0.5",
+                "versions": versions(), "machine": machine(), "started": _dt.datetime.now().isoformat(timespec="seconds"),
+                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "status": "running"}
+    write_json(run_dir / "config.json", settings)
+    log(f"{config.preset or config.arch}: {config.arch.upper()} ({model.num_parameters():,} parameters), "
+        f"{config.optimizer} lr={config.lr:g}, loss {config.loss}, {config.epochs} epochs of batch "
+        f"{config.batch_size} on {device}; {dataset.name}: {len(y_train)} train / {len(val)} val / {len(test)} test")
+    log(f"run folder: {run_dir}")
+
+    result = RunResult(run_dir)
+    history, best = result.history, {"val_acc": -1.0, "epoch": 0, "state": None}
+    train_seconds = []
+    n_batches = num_batches(len(y_train), config.batch_size)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            total, correct, seen = 0.0, 0, 0
+            bar = tqdm(batches(*xs["train"], config.batch_size, shuffle=True, rng=shuffle_rng), total=n_batches,
+                       desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress, unit="batch")
+            for b, (xb, yb) in enumerate(bar, start=1):
+                logits = model(xb)
+                loss = loss_fn(logits, target(yb))
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(f"the loss became {loss} at epoch {epoch}, batch {b} of {n_batches}; "
+                                           f"try a lower --lr (now {config.lr:g})")
+                model.backward(loss_fn.backward())
+                opt.step()
+                opt.zero_grad()
+                total += loss * len(yb)
+                correct += int((logits.argmax(axis=1) == yb).sum())
+                seen += len(yb)
+                bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
+            bar.close()
+            train_seconds.append(time.perf_counter() - t0)
+            val_loss, val_acc = evaluate_split(model, *xs["val"], loss_fn, target)
+            row = {"epoch": epoch, "train_loss": total / seen, "train_acc": correct / seen,
+                   "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - t0}
+            history.append(row)
+            if val_acc > best["val_acc"]:
+                best = {"val_acc": val_acc, "epoch": epoch, "state": model.state_dict()}   # a copy
+            log(f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['seconds']:.1f}s")
+            _write_history(run_dir, history)
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+        log(f"interrupted during epoch {len(history) + 1}: saving the {len(history)} finished epoch(s)")
+    except TrainingDiverged:
+        result.status = "diverged"
+        settings.update(status="diverged", epochs_done=len(history))
+        write_json(run_dir / "config.json", settings)
+        _write_history(run_dir, history)
+        raise
+
+    settings.update(status=result.status, epochs_done=len(history),
+                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
+    write_json(run_dir / "config.json", settings)
+    _write_history(run_dir, history)
+    if not history:
+        log("no epoch finished: nothing to evaluate")
+        return result
+
+    last_test_acc = evaluate_split(model, *xs["test"], loss_fn, target)[1]
+    model.load_state_dict(best["state"])
+    meta = {"arch": config.arch, "in_channels": dataset.channels, "image_size": dataset.image_size,
+            "num_classes": K, "hidden_size": config.hidden_size, "hidden_layers": config.hidden_layers,
+            "label_names": dataset.label_names, "dataset": dataset.name, "best_epoch": best["epoch"],
+            "normalization": settings["normalization"], "nnscratch": __version__}
+    save_model(run_dir / "model.npz", model, meta)
+
+    t0 = time.perf_counter()
+    probs = predict(model, xs["test"][0])
+    infer_s = time.perf_counter() - t0
+    report = classification_report(test.labels, probs, dataset.label_names)
+    report.update(
+        split="test", dataset=dataset.name, best_epoch=best["epoch"], best_val_acc=best["val_acc"],
+        last_epoch=len(history), last_epoch_test_accuracy=last_test_acc,
+        timing={"train_seconds_total": sum(train_seconds), "train_seconds_per_epoch": float(np.mean(train_seconds)),
+                "epoch_seconds_total": sum(h["seconds"] for h in history),
+                "inference_seconds": infer_s, "inference_images_per_second": len(test) / infer_s,
+                "inference_batch_size": EVAL_BATCH, "device": device})
+    write_json(run_dir / "metrics.json", report)
+    write_figures(run_dir, history, report, title=config.preset or config.arch)
+    result.metrics = report
+    auc = "undefined" if report["auc"] is None else f"{report['auc']:.4f}"
+    log(f"test accuracy {report['accuracy']:.4f} with the best-validation weights (epoch {best['epoch']}), "
+        f"{last_test_acc:.4f} with the last epoch's; macro F1 {report['macro']['f1']:.4f}, AUC {auc}")
+    log(f"wrote {run_dir}/: config.json history.json history.csv model.npz metrics.json and 4 figures")
+    return result
+
+
+def _write_history(run_dir: Path, history: list):
+    write_json(run_dir / "history.json", history)
+    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+    lines = [",".join(cols)] + [",".join(f"{h[c]:.6g}" if c != "epoch" else str(h[c]) for c in cols)
+                                for h in history]
+    write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
+
+
+def write_figures(run_dir: Path, history: list, report: dict, title: str, suffix: str = ""):
+    """The four figures of a run; ``suffix`` (e.g. "_val") marks figures of another split."""
+    split = report.get("split", "test")
+    if history:
+        plots.curves(history, "loss", run_dir / "loss_curves.png", f"{title}: loss per epoch")
+        plots.curves(history, "acc", run_dir / "accuracy_curves.png", f"{title}: accuracy per epoch")
+    plots.per_class_precision_recall(report, run_dir / f"per_class_precision_recall{suffix}.png",
+                                     f"{title}: precision and recall per class ({split})")
+    plots.confusion(report, run_dir / f"confusion_matrix{suffix}.png",
+                    f"{title}: confusion matrix ({split}, accuracy {report['accuracy']:.3f})")
