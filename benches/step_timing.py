@@ -46,7 +46,7 @@ def ours(arch, device, batch):
 
     def step():
         loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
+        model.backward(loss_fn.backward(), need_input_grad=False)
         opt.step()
         opt.zero_grad()
     return step, sync

@@ -1,8 +1,14 @@
-"""Optimizers with PyTorch's update rules, updating parameters in place."""
+"""Optimizers with PyTorch's update rules, updating parameters in place.
+
+The arithmetic of one step lives in the kernels (``kernels/reference.py`` reads
+like the formulas below; the numba and CuPy twins fuse it into one pass), so
+this file holds the bookkeeping: parameters, per-parameter state, devices.
+"""
 from __future__ import annotations
 
 import math
 
+from . import kernels
 from .backend import check_device, device_of, get_array_module, is_gpu_array, to_device, to_numpy
 
 
@@ -107,18 +113,12 @@ class SGD(Optimizer):
                 "dampening": self.dampening, "nesterov": self.nesterov}
 
     def _update(self, p, state):
-        g = p.grad
-        if self.weight_decay:
-            g = g + self.weight_decay * p.data
-        if self.momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = g.copy()
-            else:
-                buf *= self.momentum
-                buf += (1.0 - self.dampening) * g if self.dampening else g
-            g = g + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * g
+        buf = state.get("momentum_buffer")
+        first = buf is None
+        if self.momentum and first:
+            buf = state["momentum_buffer"] = get_array_module(p.data).empty_like(p.data)
+        kernels.sgd_update(p.data, p.grad, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
+                           self.nesterov, first)
 
 
 class Adam(Optimizer):
@@ -147,24 +147,9 @@ class Adam(Optimizer):
         return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
 
     def _update(self, p, state):
-        b1, b2 = self.betas
-        xp = get_array_module(p.data)
-        g = p.grad
-        if self.weight_decay:
-            g = g + self.weight_decay * p.data
         if "exp_avg" not in state:
-            state["step"] = 0
-            state["exp_avg"] = xp.zeros_like(p.data)
-            state["exp_avg_sq"] = xp.zeros_like(p.data)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+            xp = get_array_module(p.data)
+            state.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
         state["step"] += 1
-        t = state["step"]
-        m *= b1
-        m += (1.0 - b1) * g
-        v *= b2
-        v += (1.0 - b2) * (g * g)
-        step_size = self.lr / (1.0 - b1 ** t)
-        denom = xp.sqrt(v)
-        denom /= math.sqrt(1.0 - b2 ** t)
-        denom += self.eps
-        p.data -= step_size * (m / denom)
+        kernels.adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self.lr, self.betas[0],
+                            self.betas[1], self.eps, self.weight_decay, state["step"])

@@ -251,7 +251,7 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
                 if not math.isfinite(loss):
                     raise TrainingDiverged(f"the loss became {loss} at epoch {epoch}, batch {b} of {n_batches}; "
                                            f"try a lower --lr (now {config.lr:g})")
-                model.backward(loss_fn.backward())
+                model.backward(loss_fn.backward(), need_input_grad=False)
                 opt.step()
                 opt.zero_grad()
                 total += loss * len(yb)

@@ -29,6 +29,14 @@ def pool_case(draw):
 
 
 DTYPES = st.sampled_from([np.float32, np.float64])
+LAYOUTS = st.sampled_from(["nchw", "channels_last"])
+
+
+def in_layout(x, layout):
+    """The same (B, C, H, W) values, stored NCHW or channels-last (as a convolution's output is)."""
+    if layout == "nchw":
+        return x
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
 def naive_conv(x, w, stride, pad):
@@ -54,7 +62,8 @@ def test_reference_im2col_times_weight_is_the_convolution(case, seed):
     w = rng.standard_normal((3, shape[1], kh, kw))
     cols = reference.im2col(x, kh, kw, s, p)
     B, OH, OW = shape[0], out_size(shape[2], kh, s, p), out_size(shape[3], kw, s, p)
-    y = (cols @ w.reshape(3, -1).T).reshape(B, OH, OW, 3).transpose(0, 3, 1, 2)
+    # columns are ordered (i, j, c): the weight in that order is w.transpose(0, 2, 3, 1)
+    y = (cols @ w.transpose(0, 2, 3, 1).reshape(3, -1).T).reshape(B, OH, OW, 3).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(y, naive_conv(x, w, s, p), rtol=1e-12, atol=1e-12)
 
 
@@ -71,11 +80,11 @@ def test_reference_col2im_is_the_adjoint_of_im2col(case, seed):
     assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
 
 
-@given(conv_case(), DTYPES, st.integers(0, 2**32 - 1))
-def test_numba_im2col_equals_reference(case, dtype, seed):
+@given(conv_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
+def test_numba_im2col_equals_reference(case, dtype, layout, seed):
     shape, kh, kw, s, p = case
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-    got = cpu.im2col(x, kh, kw, s, p)
+    got = cpu.im2col(in_layout(x, layout), kh, kw, s, p)
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, reference.im2col(x, kh, kw, s, p))
 
@@ -91,26 +100,26 @@ def test_numba_col2im_equals_reference(case, dtype, seed):
     np.testing.assert_allclose(got, reference.col2im(cols, shape, kh, kw, s, p), rtol=tol, atol=tol)
 
 
-@given(pool_case(), DTYPES, st.integers(0, 2**32 - 1))
-def test_numba_maxpool_forward_equals_reference_ties_included(case, dtype, seed):
+@given(pool_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
+def test_numba_maxpool_forward_equals_reference_ties_included(case, dtype, layout, seed):
     shape, k, s = case
     # small integers make ties common: both must pick the first maximum of a window
     x = np.random.default_rng(seed).integers(-3, 4, size=shape).astype(dtype)
-    out, arg = cpu.maxpool_forward(x, k, s)
+    out, arg = cpu.maxpool_forward(in_layout(x, layout), k, s)
     ref_out, ref_arg = reference.maxpool_forward(x, k, s)
     np.testing.assert_array_equal(out, ref_out)
     np.testing.assert_array_equal(arg, ref_arg)
 
 
-@given(pool_case(), DTYPES, st.integers(0, 2**32 - 1))
-def test_numba_maxpool_backward_equals_reference(case, dtype, seed):
+@given(pool_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
+def test_numba_maxpool_backward_equals_reference(case, dtype, layout, seed):
     shape, k, s = case
     rng = np.random.default_rng(seed)
     x = rng.integers(-3, 4, size=shape).astype(dtype)
     _, arg = reference.maxpool_forward(x, k, s)
     g = rng.standard_normal(arg.shape).astype(dtype)
     tol = 1e-6 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(cpu.maxpool_backward(g, arg, shape, k, s),
+    np.testing.assert_allclose(cpu.maxpool_backward(in_layout(g, layout), in_layout(arg, layout), shape, k, s),
                                reference.maxpool_backward(g, arg, shape, k, s), rtol=tol, atol=tol)
 
 
@@ -125,6 +134,46 @@ def test_maxpool_backward_routes_gradient_to_the_argmax_only():
     assert out.item() == 5.0 and arg.item() == 1
     dx = reference.maxpool_backward(np.array([[[[7.0]]]]), arg, x.shape, 2, 2)
     np.testing.assert_array_equal(dx, [[[[0.0, 7.0], [0.0, 0.0]]]])
+
+
+def test_numba_im2col_writes_into_a_given_buffer():
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    buf = np.empty((2 * 25, 27), np.float32)
+    assert cpu.im2col(x, 3, 3, 1, 1, out=buf) is buf
+    np.testing.assert_array_equal(buf, reference.im2col(x, 3, 3, 1, 1))
+
+
+# ---- optimizer updates -------------------------------------------------------------------
+
+SHAPES = st.lists(st.integers(1, 7), min_size=1, max_size=3).map(tuple)
+
+
+@given(SHAPES, DTYPES, st.floats(0, 0.1), st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_numba_adam_update_equals_reference(shape, dtype, wd, step, seed):
+    rng = np.random.default_rng(seed)
+    p, g, m = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    v = rng.uniform(0, 1, shape).astype(dtype)
+    ref = [a.copy() for a in (p, m, v)]
+    reference.adam_update(ref[0], g, ref[1], ref[2], 1e-2, 0.9, 0.999, 1e-8, wd, step)
+    cpu.adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, wd, step)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for got, want in zip((p, m, v), ref):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@given(SHAPES, DTYPES, st.sampled_from([0.0, 0.5, 0.9]), st.sampled_from([0.0, 0.3]), st.booleans(), st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_numba_sgd_update_equals_reference(shape, dtype, momentum, dampening, nesterov, first, seed):
+    nesterov = nesterov and momentum > 0 and dampening == 0
+    rng = np.random.default_rng(seed)
+    p, g, buf = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    ref_p, ref_buf = p.copy(), buf.copy()
+    reference.sgd_update(ref_p, g, ref_buf, 0.1, momentum, dampening, 0.01, nesterov, first)
+    cpu.sgd_update(p, g, buf, 0.1, momentum, dampening, 0.01, nesterov, first)
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(p, ref_p, rtol=tol, atol=tol)
+    if momentum:
+        np.testing.assert_allclose(buf, ref_buf, rtol=tol, atol=tol)
 
 
 # ---- CuPy twins ------------------------------------------------------------------------
@@ -161,3 +210,26 @@ def test_cupy_maxpool_equals_reference_ties_included(case, dtype, seed):
     tol = 1e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(cp.asnumpy(gpu.maxpool_backward(cp.asarray(g), arg, shape, k, s)),
                                reference.maxpool_backward(g, ref_arg, shape, k, s), rtol=tol, atol=tol)
+
+
+@requires_gpu
+@given(SHAPES, DTYPES, st.integers(1, 5), st.booleans(), st.integers(0, 2**32 - 1))
+def test_cupy_optimizer_updates_equal_reference(shape, dtype, step, first, seed):
+    import cupy as cp
+    from nnscratch.kernels import gpu
+    rng = np.random.default_rng(seed)
+    p, g, m = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    v = rng.uniform(0, 1, shape).astype(dtype)
+    ref = [a.copy() for a in (p, m, v)]
+    reference.adam_update(ref[0], g, ref[1], ref[2], 1e-2, 0.9, 0.999, 1e-8, 0.01, step)
+    dev = [cp.asarray(a) for a in (p, m, v)]
+    gpu.adam_update(dev[0], cp.asarray(g), dev[1], dev[2], 1e-2, 0.9, 0.999, 1e-8, 0.01, step)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for got, want in zip(dev, ref):
+        np.testing.assert_allclose(cp.asnumpy(got), want, rtol=tol, atol=tol)
+    ref_p, ref_buf, buf = p.copy(), m.copy(), cp.asarray(m)
+    dp = cp.asarray(p)
+    reference.sgd_update(ref_p, g, ref_buf, 0.1, 0.9, 0.0, 0.01, True, first)
+    gpu.sgd_update(dp, cp.asarray(g), buf, 0.1, 0.9, 0.0, 0.01, True, first)
+    np.testing.assert_allclose(cp.asnumpy(dp), ref_p, rtol=tol, atol=tol)
+    np.testing.assert_allclose(cp.asnumpy(buf), ref_buf, rtol=tol, atol=tol)

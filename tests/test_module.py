@@ -94,3 +94,18 @@ def test_cpu_kernel_choice_gives_the_same_results():
         ns.kernels.set_cpu_kernels("numba")
     with pytest.raises(ValueError):
         ns.kernels.set_cpu_kernels("fortran")
+
+
+def test_backward_without_input_gradient_gives_the_same_parameter_gradients():
+    ns.manual_seed(0)
+    for model in (ns.models.cnn(), ns.models.mlnn(hidden_size=20)):
+        x = np.random.default_rng(1).standard_normal((3, 3, 28, 28)).astype(np.float32)
+        g = np.ones((3, 8), np.float32)
+        model(x)
+        assert model.backward(g) is not None
+        full = [p.grad.copy() for p in model.parameters()]
+        model.zero_grad()
+        model(x)
+        assert model.backward(g, need_input_grad=False) is None
+        for a, p in zip(full, model.parameters()):
+            np.testing.assert_array_equal(a, p.grad)

@@ -1,5 +1,8 @@
 """Kernel dispatch: the array decides which twin runs.
 
+Kernels: im2col, col2im, max-pooling forward and backward, and the optimizers'
+fused updates (Adam, SGD).
+
     CuPy array            -> kernels/gpu.py       (CUDA, via CuPy)
     NumPy array, default  -> kernels/cpu.py       (numba)
     NumPy array, "reference" chosen, or numba missing -> kernels/reference.py
@@ -48,13 +51,13 @@ def for_array(x):
     return _numba() if cpu_kernels() == "numba" else reference
 
 
-def im2col(x, kh, kw, stride=1, padding=0):
-    """x: (B, C, H, W) -> cols: (B * OH * OW, C * kh * kw)."""
-    return for_array(x).im2col(x, kh, kw, stride, padding)
+def im2col(x, kh, kw, stride=1, padding=0, out=None):
+    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C), columns ordered (i, j, c); into ``out`` if given."""
+    return for_array(x).im2col(x, kh, kw, stride, padding, out)
 
 
 def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
-    """cols: (B * OH * OW, C * kh * kw) -> dx: (B, C, H, W)."""
+    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), the adjoint of im2col."""
     return for_array(cols).col2im(cols, x_shape, kh, kw, stride, padding)
 
 
@@ -66,3 +69,13 @@ def maxpool_forward(x, k, stride):
 def maxpool_backward(grad, argmax, x_shape, k, stride):
     """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W)."""
     return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride)
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """In place: parameter p, moments m and v (same shape) take one Adam step with gradient g."""
+    return for_array(p).adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+
+
+def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """In place: parameter p (and momentum buffer ``buf``) take one SGD step with gradient g."""
+    return for_array(p).sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first)

@@ -1,16 +1,46 @@
 """numba twins of :mod:`reference`: same arguments, same results, compiled loops.
 
-Each kernel runs its outer loop with ``prange`` over independent slices (images,
-or image-channel planes), so threads never write the same element and results do
-not depend on the thread count. ``cache=True`` keeps the machine code on disk,
-so only the first run pays for compilation.
+Memory layout: the arrays are NCHW to every caller, but the kernels accept any
+strides, and where they allocate a feature map they give it the layout of the
+input it came from. A convolution's output, the matrix product's (B*OH*OW, OC)
+rows seen through a transposed view, is "channels-last" in memory (the channel
+is the fastest axis, as PyTorch's ``channels_last`` format); ReLU keeps that
+layout, pooling keeps it, and the next convolution's im2col and backward
+reshape then read it without a single transposing copy.
+
+Each kernel runs its outer loop with ``prange`` over images, so threads never
+write the same element and results do not depend on the thread count.
+``cache=True`` keeps the machine code on disk, so only the first run compiles.
 """
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 from numba import njit, prange
 
 from .reference import out_size
+
+# On a machine with few cores, OpenBLAS's threads and numba's OpenMP threads spin-wait
+# for work and take the cores from each other between a matrix product and a kernel:
+# a CNN training step ran twice as slowly. The workqueue layer does not spin. A layer
+# named by the user (NUMBA_THREADING_LAYER) is respected.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+
+def channels_last(x) -> bool:
+    """True when the channel axis of an (B, C, H, W) array is the fastest-varying in memory."""
+    return x.shape[1] > 1 and x.strides[1] < x.strides[3]
+
+
+def empty_nchw(shape, dtype, last: bool):
+    """An uninitialised (B, C, H, W) array, channels-last in memory when ``last``."""
+    if last:
+        B, C, H, W = shape
+        return np.empty((B, H, W, C), dtype=dtype).transpose(0, 3, 1, 2)
+    return np.empty(shape, dtype=dtype)
 
 
 @njit(parallel=True, cache=True)
@@ -20,99 +50,153 @@ def _im2col(x, kh, kw, stride, padding, OH, OW, cols):
         for oh in range(OH):
             for ow in range(OW):
                 row = (b * OH + oh) * OW + ow
-                col = 0
-                for c in range(C):
-                    for i in range(kh):
-                        y = oh * stride - padding + i
-                        for j in range(kw):
-                            xx = ow * stride - padding + j
-                            if 0 <= y < H and 0 <= xx < W:
-                                cols[row, col] = x[b, c, y, xx]
-                            else:
-                                cols[row, col] = 0
-                            col += 1
+                y0, x0 = oh * stride - padding, ow * stride - padding
+                for i in range(kh):
+                    y = y0 + i
+                    for j in range(kw):
+                        xx = x0 + j
+                        base = (i * kw + j) * C
+                        if 0 <= y < H and 0 <= xx < W:
+                            for c in range(C):      # contiguous for channels-last input
+                                cols[row, base + c] = x[b, c, y, xx]
+                        else:
+                            for c in range(C):
+                                cols[row, base + c] = 0
 
 
 @njit(parallel=True, cache=True)
 def _col2im(cols, kh, kw, stride, padding, OH, OW, dx):
     B, C, H, W = dx.shape
     for b in prange(B):
+        for y in range(H):
+            for xx in range(W):
+                for c in range(C):
+                    dx[b, c, y, xx] = 0
         for oh in range(OH):
             for ow in range(OW):
                 row = (b * OH + oh) * OW + ow
-                col = 0
-                for c in range(C):
-                    for i in range(kh):
-                        y = oh * stride - padding + i
-                        for j in range(kw):
-                            xx = ow * stride - padding + j
-                            if 0 <= y < H and 0 <= xx < W:
-                                dx[b, c, y, xx] += cols[row, col]
-                            col += 1
+                y0, x0 = oh * stride - padding, ow * stride - padding
+                for i in range(kh):
+                    y = y0 + i
+                    if y < 0 or y >= H:
+                        continue
+                    for j in range(kw):
+                        xx = x0 + j
+                        if xx < 0 or xx >= W:
+                            continue
+                        base = (i * kw + j) * C
+                        for c in range(C):
+                            dx[b, c, y, xx] += cols[row, base + c]
 
 
 @njit(parallel=True, cache=True)
 def _maxpool_forward(x, k, stride, out, argmax):
     B, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
-    for bc in prange(B * C):
-        b, c = bc // C, bc % C
+    for b in prange(B):
         for oh in range(OH):
             for ow in range(OW):
                 y0, x0 = oh * stride, ow * stride
-                best = x[b, c, y0, x0]
-                where = 0
-                for i in range(k):
-                    for j in range(k):
-                        v = x[b, c, y0 + i, x0 + j]
-                        if v > best:  # strict: the first maximum wins a tie
-                            best = v
-                            where = i * k + j
-                out[b, c, oh, ow] = best
-                argmax[b, c, oh, ow] = where
+                for c in range(C):
+                    best = x[b, c, y0, x0]
+                    where = 0
+                    for i in range(k):
+                        for j in range(k):
+                            v = x[b, c, y0 + i, x0 + j]
+                            if v > best:  # strict: the first maximum wins a tie
+                                best = v
+                                where = i * k + j
+                    out[b, c, oh, ow] = best
+                    argmax[b, c, oh, ow] = where
 
 
 @njit(parallel=True, cache=True)
 def _maxpool_backward(grad, argmax, k, stride, dx):
     B, C, OH, OW = grad.shape
-    for bc in prange(B * C):
-        b, c = bc // C, bc % C
+    H, W = dx.shape[2], dx.shape[3]
+    for b in prange(B):
+        for y in range(H):
+            for xx in range(W):
+                for c in range(C):
+                    dx[b, c, y, xx] = 0
         for oh in range(OH):
             for ow in range(OW):
-                a = argmax[b, c, oh, ow]
-                dx[b, c, oh * stride + a // k, ow * stride + a % k] += grad[b, c, oh, ow]
+                for c in range(C):
+                    a = argmax[b, c, oh, ow]
+                    dx[b, c, oh * stride + a // k, ow * stride + a % k] += grad[b, c, oh, ow]
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0):
-    """x: (B, C, H, W) -> cols: (B * OH * OW, C * kh * kw)."""
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None):
+    """x: (B, C, H, W), any memory layout -> cols: (B * OH * OW, kh * kw * C), into ``out`` if given."""
     B, C, H, W = x.shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
-    cols = np.empty((B * OH * OW, C * kh * kw), dtype=x.dtype)
+    cols = np.empty((B * OH * OW, C * kh * kw), dtype=x.dtype) if out is None else out
     _im2col(x, kh, kw, stride, padding, OH, OW, cols)
     return cols
 
 
 def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0):
-    """cols: (B * OH * OW, C * kh * kw) -> dx: (B, C, H, W), overlaps summed."""
+    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), channels-last in memory, overlaps summed."""
     B, C, H, W = x_shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
-    dx = np.zeros(x_shape, dtype=cols.dtype)
+    dx = empty_nchw(x_shape, cols.dtype, last=True)
     _col2im(cols, kh, kw, stride, padding, OH, OW, dx)
     return dx
 
 
 def maxpool_forward(x, k: int, stride: int):
-    """x: (B, C, H, W) -> (out, argmax): (B, C, OH, OW) each; argmax = i * k + j."""
+    """x: (B, C, H, W) -> (out, argmax): (B, C, OH, OW) each, in x's memory layout; argmax = i * k + j."""
     B, C, H, W = x.shape
     shape = (B, C, out_size(H, k, stride), out_size(W, k, stride))
-    out = np.empty(shape, dtype=x.dtype)
-    argmax = np.empty(shape, dtype=np.int32)
+    last = channels_last(x)
+    out = empty_nchw(shape, x.dtype, last)
+    argmax = empty_nchw(shape, np.int32, last)
     _maxpool_forward(x, k, stride, out, argmax)
     return out, argmax
 
 
 def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
-    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W)."""
-    dx = np.zeros(x_shape, dtype=grad.dtype)
+    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W), in the memory layout of ``argmax``."""
+    dx = empty_nchw(x_shape, grad.dtype, channels_last(argmax))
     _maxpool_backward(grad, argmax, k, stride, dx)
     return dx
+
+
+# ---- optimizer updates: one fused pass over the flattened arrays instead of NumPy's ~8 ----------
+
+@njit(parallel=True, cache=True)
+def _adam(p, g, m, v, step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, bias2_sqrt):
+    # every scalar arrives in the arrays' dtype (an int literal here would promote float32 to float64)
+    for i in prange(p.size):
+        gi = g[i] + weight_decay * p[i]
+        mi = beta1 * m[i] + one_minus_beta1 * gi
+        vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * (mi / (np.sqrt(vi) / bias2_sqrt + eps))
+
+
+@njit(parallel=True, cache=True)
+def _sgd(p, g, buf, lr, momentum, one_minus_dampening, weight_decay, nesterov, first):
+    for i in prange(p.size):
+        gi = g[i] + weight_decay * p[i]
+        if momentum != 0:
+            b = gi if first else momentum * buf[i] + one_minus_dampening * gi
+            buf[i] = b
+            gi = gi + momentum * b if nesterov else b
+        p[i] -= lr * gi
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """Fused twin of reference.adam_update (contiguous arrays of one shape)."""
+    # scalars in the arrays' dtype: float32 arithmetic vectorises twice as wide as float64
+    f = p.dtype.type
+    _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(lr / (1 - beta1 ** step)), f(beta1), f(beta2),
+          f(1 - beta1), f(1 - beta2), f(eps), f(weight_decay), f(np.sqrt(1 - beta2 ** step)))
+
+
+def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """Fused twin of reference.sgd_update (contiguous arrays of one shape)."""
+    flat, f = p.reshape(-1), p.dtype.type
+    _sgd(flat, g.reshape(-1), flat if buf is None else buf.reshape(-1), f(lr), f(momentum), f(1 - dampening),
+         f(weight_decay), nesterov, first)

@@ -21,10 +21,10 @@ def _kernels():
         "T col",
         """
         int K = C * kh * kw;
-        int row = i / K, k = i % K;
+        int row = i / K, k = i % K;                 // column k = (di * kw + dj) * C + c
         int b = row / (OH * OW), ohw = row % (OH * OW);
         int oh = ohw / OW, ow = ohw % OW;
-        int c = k / (kh * kw), ij = k % (kh * kw);
+        int c = k % C, ij = k / C;
         int y = oh * s - p + ij / kw, xx = ow * s - p + ij % kw;
         col = (y >= 0 && y < H && xx >= 0 && xx < W) ? x[((b * C + c) * H + y) * W + xx] : (T)0;
         """,
@@ -46,7 +46,7 @@ def _kernels():
                 if (u < 0 || u % s != 0) continue;
                 int ow = u / s;
                 if (ow >= OW) continue;
-                acc += cols[((b * OH + oh) * OW + ow) * K + (c * kh + di) * kw + dj];
+                acc += cols[((b * OH + oh) * OW + ow) * K + (di * kw + dj) * C + c];
             }
         }
         dx = acc;
@@ -93,18 +93,18 @@ def _kernels():
     return im2col, col2im, pool_fwd, pool_bwd
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0):
-    """x: (B, C, H, W) -> cols: (B * OH * OW, C * kh * kw)."""
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None):
+    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C), into ``out`` if given."""
     cp = _cupy()
     B, C, H, W = x.shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
-    cols = cp.empty((B * OH * OW, C * kh * kw), dtype=x.dtype)
+    cols = cp.empty((B * OH * OW, C * kh * kw), dtype=x.dtype) if out is None else out
     _kernels()[0](cp.ascontiguousarray(x), C, H, W, kh, kw, stride, padding, OH, OW, cols)
     return cols
 
 
 def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0):
-    """cols: (B * OH * OW, C * kh * kw) -> dx: (B, C, H, W), overlaps summed."""
+    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), overlaps summed."""
     cp = _cupy()
     B, C, H, W = x_shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
@@ -132,3 +132,45 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     _kernels()[3](cp.ascontiguousarray(grad), cp.ascontiguousarray(argmax),
                   x_shape[2], x_shape[3], k, stride, OH, OW, dx)
     return dx
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer_kernels():
+    cp = _cupy()
+    adam = cp.ElementwiseKernel(
+        "T g, float64 step_size, float64 b1, float64 b2, float64 eps, float64 wd, float64 bias2_sqrt",
+        "T p, T m, T v",
+        """
+        double gi = (double)g + wd * (double)p;
+        double mi = b1 * (double)m + (1 - b1) * gi;
+        double vi = b2 * (double)v + (1 - b2) * gi * gi;
+        m = (T)mi;
+        v = (T)vi;
+        p = (T)((double)p - step_size * (mi / (sqrt(vi) / bias2_sqrt + eps)));
+        """,
+        "nnscratch_adam")
+    sgd = cp.ElementwiseKernel(
+        "T g, float64 lr, float64 mom, float64 damp, float64 wd, bool nesterov, bool first",
+        "T p, T buf",
+        """
+        double gi = (double)g + wd * (double)p;
+        if (mom != 0) {
+            double b = first ? gi : mom * (double)buf + (1 - damp) * gi;
+            buf = (T)b;
+            gi = nesterov ? gi + mom * b : b;
+        }
+        p = (T)((double)p - lr * gi);
+        """,
+        "nnscratch_sgd")
+    return adam, sgd
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """Fused twin of reference.adam_update, one CUDA thread per element."""
+    _optimizer_kernels()[0](g, lr / (1 - beta1 ** step), beta1, beta2, eps, weight_decay,
+                            (1 - beta2 ** step) ** 0.5, p, m, v)
+
+
+def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """Fused twin of reference.sgd_update."""
+    _optimizer_kernels()[1](g, lr, momentum, dampening, weight_decay, nesterov, first, p, p if buf is None else buf)

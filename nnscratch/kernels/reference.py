@@ -2,8 +2,10 @@
 
 Shapes (NCHW, as in PyTorch):
     x:    (B, C, H, W) input
-    cols: (B * OH * OW, C * kh * kw)   one row per output pixel (a "patch"),
-          columns ordered (c, i, j) like ``weight.reshape(out_channels, -1)``
+    cols: (B * OH * OW, kh * kw * C)   one row per output pixel (a "patch"),
+          columns ordered (i, j, c): kernel row, kernel column, then channel,
+          which matches ``weight.transpose(0, 2, 3, 1).reshape(out_channels, -1)``.
+          (Channel last, so that a channels-last image is copied C values at a time.)
     OH = (H + 2 * padding - kh) // stride + 1, and OW likewise.
 
 The loops run over the kernel offsets (i, j) only, never over pixels: each
@@ -19,33 +21,36 @@ def out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0):
-    """x: (B, C, H, W) -> cols: (B * OH * OW, C * kh * kw)."""
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None):
+    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C), into ``out`` if given."""
     B, C, H, W = x.shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    patches = np.empty((B, C, kh, kw, OH, OW), dtype=x.dtype)
+    patches = np.empty((B, OH, OW, kh, kw, C), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            # every output pixel's (i, j) neighbour, for all pixels at once
-            patches[:, :, i, j] = xp[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride]
-    # (B, C, kh, kw, OH, OW) -> (B, OH, OW, C, kh, kw): one patch per row
-    return patches.transpose(0, 4, 5, 1, 2, 3).reshape(B * OH * OW, C * kh * kw)
+            # every output pixel's (i, j) neighbour, for all pixels and channels at once
+            patches[:, :, :, i, j, :] = xp[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride].transpose(0, 2, 3, 1)
+    cols = patches.reshape(B * OH * OW, kh * kw * C)            # one patch per row
+    if out is None:
+        return cols
+    out[...] = cols
+    return out
 
 
 def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0):
-    """The adjoint of :func:`im2col`: cols (B * OH * OW, C * kh * kw) -> dx (B, C, H, W).
+    """The adjoint of :func:`im2col`: cols (B * OH * OW, kh * kw * C) -> dx (B, C, H, W).
 
     A pixel that appears in several patches receives the sum of their values,
     which is exactly the gradient of the copy that ``im2col`` made.
     """
     B, C, H, W = x_shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
-    patches = cols.reshape(B, OH, OW, C, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    patches = cols.reshape(B, OH, OW, kh, kw, C)
     dxp = np.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dxp[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride] += patches[:, :, i, j]
+            dxp[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride] += patches[:, :, :, i, j].transpose(0, 3, 1, 2)
     return np.ascontiguousarray(dxp[:, :, padding:padding + H, padding:padding + W])
 
 
@@ -77,3 +82,41 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
             won = argmax == i * k + j
             dx[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride] += np.where(won, grad, 0)
     return dx
+
+
+# ---- optimizer updates, in place (PyTorch's rules; see optim.py) -------------------------------
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """One Adam step on arrays of any one shape, all updated in place: p (parameter), m and v (moments).
+
+        g = g + weight_decay * p
+        m = beta1 * m + (1 - beta1) * g           v = beta2 * v + (1 - beta2) * g^2
+        p = p - lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
+    """
+    if weight_decay:
+        g = g + weight_decay * p
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    denom = np.sqrt(v) / np.sqrt(1 - beta2 ** step) + eps
+    p -= (lr / (1 - beta1 ** step)) * (m / denom)
+
+
+def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """One SGD step, in place; ``buf`` (the momentum buffer) is used only when momentum > 0.
+
+        g = g + weight_decay * p
+        buf = g on the first step, else momentum * buf + (1 - dampening) * g
+        p = p - lr * (g + momentum * buf if nesterov else buf)      (p - lr * g without momentum)
+    """
+    if weight_decay:
+        g = g + weight_decay * p
+    if momentum:
+        if first:
+            buf[...] = g
+        else:
+            buf *= momentum
+            buf += (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    p -= lr * g

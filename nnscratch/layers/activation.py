@@ -21,11 +21,11 @@ class ReLU(Module):
         self._positive, self._dtype = x > 0, x.dtype
         return get_array_module(x).maximum(x, 0)
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad: bool = True):
         if self._positive is None:
             raise no_forward(self)
         check_grad(self, grad, self._positive.shape, self._dtype)
-        return grad * self._positive
+        return grad * self._positive if need_input_grad else None
 
 
 class Flatten(Module):
@@ -41,7 +41,7 @@ class Flatten(Module):
         self._shape, self._dtype = x.shape, x.dtype
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad: bool = True):
         if self._shape is None:
             raise no_forward(self)
         B = self._shape[0]
@@ -49,4 +49,4 @@ class Flatten(Module):
         for d in self._shape[1:]:
             n *= d
         check_grad(self, grad, (B, n), self._dtype)
-        return grad.reshape(self._shape)
+        return grad.reshape(self._shape) if need_input_grad else None

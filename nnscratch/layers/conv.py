@@ -26,9 +26,12 @@ class Conv2d(Module):
     OH = (H + 2 * padding - kh) // stride + 1 (and OW likewise).
     weight: (out_channels, in_channels, kh, kw), He-normal; bias: (out_channels,), zeros.
 
-    Forward: cols = im2col(x): (B*OH*OW, C*kh*kw); y = cols @ W^T + b, where W is
-    the weight flattened to (out_channels, C*kh*kw). The backward pass is that
-    matrix product's backward plus col2im, the adjoint of im2col.
+    Forward: cols = im2col(x): (B*OH*OW, kh*kw*C), one patch per row with its
+    columns ordered (i, j, c); y = cols @ Wm^T + b, where Wm is the weight in that
+    same order, (out_channels, kh*kw*C). The backward pass is that matrix
+    product's backward plus col2im, the adjoint of im2col.
+    The output is an NCHW view of channels-last memory (the product's rows are
+    pixels), which the kernels read without copying; see ``kernels/cpu.py``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -48,6 +51,7 @@ class Conv2d(Module):
         self.weight = Parameter(init.he_normal((out_channels, in_channels, kh, kw), dtype=dtype, rng=rng))
         self.bias = Parameter(init.zeros((out_channels,), dtype=dtype)) if bias else None
         self._cache = None
+        self._cols = None                 # im2col buffer, reused across steps
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -57,6 +61,10 @@ class Conv2d(Module):
         """(B, C, H, W) -> (B, out_channels, OH, OW)."""
         (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
         return (x_shape[0], self.out_channels, out_size(x_shape[2], kh, s, p), out_size(x_shape[3], kw, s, p))
+
+    def _weight_matrix(self):
+        """The weight as (out_channels, kh * kw * C), columns in im2col's (i, j, c) order."""
+        return self.weight.data.transpose(0, 2, 3, 1).reshape(self.out_channels, -1)
 
     def forward(self, x):
         """x: (B, in_channels, H, W) -> (B, out_channels, OH, OW)."""
@@ -68,27 +76,38 @@ class Conv2d(Module):
             raise ValueError(f"{self}: input of {x.shape[2]}x{x.shape[3]} pixels (padding {p}) is smaller "
                              f"than the {kh}x{kw} kernel; got shape {tuple(x.shape)}")
         B, _, OH, OW = self.output_shape(x.shape)
-        cols = kernels.im2col(x, kh, kw, s, p)                      # (B*OH*OW, C*kh*kw)
-        w = self.weight.data.reshape(self.out_channels, -1)          # (OC, C*kh*kw)
-        y = cols @ w.T                                               # (B*OH*OW, OC)
+        cols = kernels.im2col(x, kh, kw, s, p, out=self._buffer(x, (B * OH * OW, kh * kw * self.in_channels)))
+        y = cols @ self._weight_matrix().T                           # (B*OH*OW, OC)
         if self.bias is not None:
             y += self.bias.data
         self._cache = (x.shape, cols)
-        # rows are (b, oh, ow): back to NCHW with one copy
-        xp = get_array_module(y)
-        return xp.ascontiguousarray(y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2))
+        return y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
 
-    def backward(self, grad):
-        """grad: (B, out_channels, OH, OW) -> (B, in_channels, H, W); accumulates weight and bias grads."""
+    def _buffer(self, x, shape):
+        """The column matrix of the last forward pass, reused when it fits: a fresh 10 MB array per
+        step costs page faults that are a visible share of a CNN step on the CPU."""
+        buf = self._cols
+        if buf is None or buf.shape != shape or buf.dtype != x.dtype or type(buf) is not type(x):
+            buf = self._cols = get_array_module(x).empty(shape, dtype=x.dtype)
+        return buf
+
+    def backward(self, grad, need_input_grad: bool = True):
+        """grad: (B, out_channels, OH, OW) -> (B, in_channels, H, W); accumulates weight and bias grads.
+
+        With ``need_input_grad=False`` (the first layer of a network) the input
+        gradient, a matrix product and a col2im, is skipped and None returned.
+        """
         if self._cache is None:
             raise no_forward(self)
         x_shape, cols = self._cache
         check_grad(self, grad, self.output_shape(x_shape), cols.dtype)
         (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
-        g = grad.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)   # (B*OH*OW, OC)
-        w = self.weight.data.reshape(self.out_channels, -1)
-        self.weight.grad += (g.T @ cols).reshape(self.weight.shape)
+        OC = self.out_channels
+        g = grad.transpose(0, 2, 3, 1).reshape(-1, OC)     # (B*OH*OW, OC); free for channels-last grad
+        dw = (g.T @ cols).reshape(OC, kh, kw, self.in_channels)
+        self.weight.grad += dw.transpose(0, 3, 1, 2)
         if self.bias is not None:
             self.bias.grad += g.sum(axis=0)
-        return kernels.col2im(g @ w, x_shape, kh, kw, s, p)
-
+        if not need_input_grad:
+            return None
+        return kernels.col2im(g @ self._weight_matrix(), x_shape, kh, kw, s, p)

@@ -36,10 +36,11 @@ class Linear(Module):
             y += self.bias.data
         return y
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, out_features) -> (B, in_features); accumulates weight.grad and bias.grad.
 
         dL/dW = grad^T x, dL/db = sum over the batch of grad, dL/dx = grad W.
+        With ``need_input_grad=False`` dL/dx is skipped and None returned.
         """
         if self._x is None:
             raise no_forward(self)
@@ -47,7 +48,7 @@ class Linear(Module):
         self.weight.grad += grad.T @ self._x
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)
-        return grad @ self.weight.data
+        return grad @ self.weight.data if need_input_grad else None
 
 
 def _check_positive(owner: str, **sizes):

@@ -62,7 +62,13 @@ class Module:
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad: bool = True):
+        """grad: dL/d(output) -> dL/d(input), accumulating every parameter's ``.grad``.
+
+        ``need_input_grad=False`` says the caller will not use dL/d(input) (the
+        model's first layer, in training): a layer may then skip computing it and
+        return None.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, x):
@@ -205,7 +211,16 @@ class Sequential(Module):
             x = layer(x)
         return x
 
-    def backward(self, grad):
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+    def backward(self, grad, need_input_grad: bool = True):
+        """Each layer's backward in reverse order (the chain rule). With ``need_input_grad=False``
+        the layers before the first one with parameters are not run at all, and that one skips
+        its own input gradient; None is returned."""
+        if not self.layers:
+            return grad
+        first = 0
+        if not need_input_grad:
+            with_params = [i for i, layer in enumerate(self.layers) if layer.parameters()]
+            first = with_params[0] if with_params else len(self.layers) - 1
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            grad = self.layers[i].backward(grad, need_input_grad=need_input_grad or i > first)
         return grad

@@ -41,10 +41,12 @@ class MaxPool2d(Module):
         self._cache = (x.shape, x.dtype, argmax)
         return out
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, C, OH, OW) -> (B, C, H, W)."""
         if self._cache is None:
             raise no_forward(self)
         x_shape, dtype, argmax = self._cache
         check_grad(self, grad, self.output_shape(x_shape), dtype)
+        if not need_input_grad:
+            return None
         return kernels.maxpool_backward(grad, argmax, x_shape, self.kernel_size, self.stride)
