@@ -198,8 +198,11 @@ def machine() -> dict:
 
 
 def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = True,
-        log=print) -> RunResult:
-    """Train, evaluate and write the run folder; see the module docstring."""
+        log=print, figures: bool = True) -> RunResult:
+    """Train, evaluate and write the run folder; see the module docstring.
+
+    ``figures=False`` leaves out the four PNG files (the reproduction draws its own).
+    """
     config.validate()
     device = resolve_device(config.device)
     if dataset is None:
@@ -307,12 +310,14 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
                 "inference_seconds": infer_s, "inference_images_per_second": len(test) / infer_s,
                 "inference_batch_size": EVAL_BATCH, "device": device})
     write_json(run_dir / "metrics.json", report)
-    write_figures(run_dir, history, report, title=config.preset or config.arch)
+    if figures:
+        write_figures(run_dir, history, report, title=config.preset or config.arch)
     result.metrics = report
     auc = "undefined" if report["auc"] is None else f"{report['auc']:.4f}"
     log(f"test accuracy {report['accuracy']:.4f} with the best-validation weights (epoch {best['epoch']}), "
         f"{last_test_acc:.4f} with the last epoch's; macro F1 {report['macro']['f1']:.4f}, AUC {auc}")
-    log(f"wrote {run_dir}/: config.json history.json history.csv model.npz metrics.json and 4 figures")
+    log(f"wrote {run_dir}/: config.json history.json history.csv model.npz metrics.json"
+        + (" and 4 figures" if figures else ""))
     return result
 
 

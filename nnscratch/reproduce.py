@@ -1,0 +1,78 @@
+"""Re-run the paper's six configurations and write the report beside the paper's.
+
+    python -m nnscratch.reproduce [--epochs 15] [--seeds 0 ...] [--device auto] [--out docs/results]
+
+Trains MLNN-Test1..3 and CNN-Test1..3 exactly as Tables 1 and 2 set them, each seed
+into its own run folder under OUT/runs/, then writes OUT.md (docs/results.md by
+default) with the table, the targets, the comparison with the paper and the
+figures in OUT/.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .cli import ArgumentParser, UsageError, run_cli
+from .data import load
+from .report import CONFIGS, write_report
+from .training import PRESETS, TrainConfig, TrainingDiverged, machine, resolve_device, run, versions
+
+
+def main(argv=None) -> int:
+    p = ArgumentParser(prog="python -m nnscratch.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=15, help="epochs per configuration (the paper's 15)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; several give mean ± std")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where to train")
+    p.add_argument("--out", default="docs/results", help="figures and run folders go here, the report to OUT.md")
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), metavar="NAME",
+                   help=f"a subset of {', '.join(CONFIGS)}")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per step")
+    p.add_argument("--dataset", default="bloodmnist", help="MedMNIST 2-D set")
+    p.add_argument("--data-dir", default=None, help="folder searched first for the dataset "
+                   "(then $NNSCRATCH_DATA_DIR, ~/.medmnist)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+
+    def body():
+        if args.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+        if any(s < 0 for s in args.seeds):
+            raise UsageError("--seeds must be >= 0")
+        device = resolve_device(args.device)
+        out = Path(args.out)
+        runs_dir = out / "runs"
+        dataset = load(args.dataset, args.data_dir, progress=not args.quiet)
+        jobs = [(c, s) for c in args.configs for s in args.seeds]
+        start = time.perf_counter()
+        bar = tqdm(jobs, desc="reproduction", unit="run", disable=args.quiet, position=0)
+        for c, s in bar:
+            bar.set_description(f"reproduction: {c} seed {s}")
+            config = TrainConfig(**PRESETS[c], preset=c, epochs=args.epochs, seed=s, device=device,
+                                 batch_size=args.batch_size, dataset=args.dataset, data_dir=args.data_dir,
+                                 out=str(runs_dir / f"{c}-seed{s}"))
+            try:
+                run(config, dataset, progress=not args.quiet, log=tqdm.write, figures=False)
+            except TrainingDiverged as e:
+                tqdm.write(f"{c} seed {s}: {e}")
+        context = {
+            "command": " ".join(["python -m nnscratch.reproduce"] + (sys.argv[1:] if argv is None else list(argv))),
+            "date": _dt.date.today().isoformat(), "wall_minutes": (time.perf_counter() - start) / 60,
+            "machine": machine(), "versions": versions(), "device": device, "seeds": args.seeds,
+            "epochs": args.epochs, "batch_size": args.batch_size, "dataset": dataset.name, "md5": dataset.md5,
+            "num_classes": dataset.num_classes,
+            "sizes": f"{len(dataset.train)} train / {len(dataset.val)} validation / {len(dataset.test)} test images",
+        }
+        md = out.parent / f"{out.name}.md"
+        write_report(md, out, runs_dir, context)
+        print(f"wrote {md} and its figures in {out}/ ({context['wall_minutes']:.1f} minutes)")
+        return 0
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    from nnscratch.reproduce import main as _main
+    sys.exit(_main())

@@ -1,0 +1,65 @@
+"""python -m nnscratch.reproduce end to end on a small synthetic data set."""
+import json
+
+import numpy as np
+import pytest
+
+from nnscratch import reproduce
+from nnscratch.report import CONFIGS, METRICS, NAMES, get
+
+from synthetic import write_medmnist
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repro")
+    write_medmnist(root / "tinymnist.npz", classes=8, size=12, n=(96, 32, 40))
+    out = root / "docs" / "results"
+    code = reproduce.main(["--epochs", "1", "--seeds", "0", "1", "--dataset", "tinymnist", "--data-dir", str(root),
+                           "--out", str(out), "--quiet"])
+    return code, out
+
+
+def table_rows(md: str) -> dict:
+    """configuration name -> its cells, from the results table."""
+    rows = {}
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] in NAMES.values() and len(cells) == 3 + len(METRICS) + 2:
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_report_and_every_figure_are_written(reproduced):
+    code, out = reproduced
+    assert code == 0
+    md = (out.parent / "results.md").read_text()
+    figures = sorted(p.name for p in out.glob("*.png"))
+    assert len(figures) == 10                      # the paper's 8, the MLNN/CNN comparison, an overview
+    for name in figures:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(results/{name})" in md
+    for section in ("## Results", "## Targets", "## Beside the paper", "## Figures", "Command: `python -m "
+                    "nnscratch.reproduce --epochs 1 --seeds 0 1", "Machine:", "Versions:"):
+        assert section in md
+    for c in CONFIGS:
+        for seed in (0, 1):
+            assert (out / "runs" / f"{c}-seed{seed}" / "metrics.json").is_file()
+
+
+def test_table_numbers_equal_the_runs_metrics(reproduced):
+    _, out = reproduced
+    rows = table_rows((out.parent / "results.md").read_text())
+    assert set(rows) == set(NAMES.values())
+    for c in CONFIGS:
+        metrics = [json.loads((out / "runs" / f"{c}-seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        cells = rows[NAMES[c]]
+        for i, (_, key) in enumerate(METRICS):
+            values = [get(m, key) for m in metrics]
+            expected = f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+            assert cells[2 + i] == expected, (c, key)
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    assert reproduce.main(["--epochs", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
