@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared run for a GPU machine: installs nothing, runs the GPU tests (and the kernel
-# tests, which include the CuPy twins), then times a training step on NumPy and CuPy (and
+# tests, which include the CuPy twins), then runs benches/speed.py: training steps and layers on NumPy, numba and CuPy (and
 # PyTorch where installed) and prints a table.
 #   usage: bash benches/gpu_check.sh        (from the repository root)
 set -uo pipefail
@@ -16,5 +16,5 @@ except Exception as e:
 PY
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py tests/test_against_torch.py -x
 status=$?
-python3 benches/step_timing.py --repeats "${REPEATS:-30}"
+python3 benches/speed.py --repeats "${REPEATS:-20}"
 exit $status

@@ -115,42 +115,6 @@ def _pair_figure(path, title, draw, left, right):
     plots._save(fig, path)
 
 
-def _curves(ax, history, key):
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train", color=plots.COLORS["train"])
-    ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", ms=3, label="validation", color=plots.COLORS["val"])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy" if key == "acc" else "loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-
-
-def _bars(ax, metrics):
-    per = metrics["per_class"]
-    x = np.arange(len(per))
-    for i, key in enumerate(("precision", "recall")):
-        ax.bar(x + (i - 0.5) * 0.38, [c[key] for c in per], 0.38, label=key, color=plots.COLORS[key])
-    ax.set_xticks(x, [short_label(c["name"]) for c in per], rotation=35, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.12)
-    ax.legend(loc="upper center", ncol=2, frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-
-
-def _confusion(ax, metrics):
-    cm = np.asarray(metrics["confusion_matrix"])
-    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    names = [short_label(c["name"]) for c in metrics["per_class"]]
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-
-
 def _sens_spec(path, runs):
     import matplotlib.pyplot as plt
     m, c = runs["mlnn-test1"][0]["metrics"], runs["cnn-test1"][0]["metrics"]
@@ -200,21 +164,20 @@ def write_figures(fig_dir: Path, runs: dict, table: dict) -> list:
         left, right = (f"{A} (Adam, lr 0.001)", first[a]), (f"{S} (SGD + momentum, lr 0.01)", first[s])
         specs = [
             (f"fig{f_loss}_{arch}_loss.png", f"Fig. {f_loss}: {arch.upper()} loss per epoch",
-             lambda ax, r: _curves(ax, r["history"], "loss")),
+             lambda ax, r: plots.draw_curves(ax, r["history"], "loss")),
             (f"fig{f_acc}_{arch}_accuracy.png", f"Fig. {f_acc}: {arch.upper()} accuracy per epoch",
-             lambda ax, r: _curves(ax, r["history"], "acc")),
+             lambda ax, r: plots.draw_curves(ax, r["history"], "acc")),
             (f"fig{f_bars}_{arch}_precision_recall.png",
              f"Fig. {f_bars}: {arch.upper()} precision and recall per class (test)",
-             lambda ax, r: _bars(ax, r["metrics"])),
-            (f"fig{f_cm}_{arch}_confusion.png", f"Fig. {f_cm}: {arch.upper()} confusion matrices (test)",
-             lambda ax, r: _confusion(ax, r["metrics"])),
+             lambda ax, r: plots.draw_precision_recall(ax, r["metrics"], labels=False)),
+            (f"fig{f_cm}_{arch}_confusion.png", f"Fig. {f_cm}: {arch.upper()} confusion matrices (test)", None),
         ]
         for name, title, draw in specs:
             if "confusion" in name:
                 import matplotlib.pyplot as plt
                 fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
                 for ax, (label, item) in zip(axes, (left, right)):
-                    _confusion(ax, item["metrics"])
+                    plots.draw_confusion(ax, item["metrics"], fontsize=7)
                     ax.set_title(f"{label}: accuracy {item['metrics']['accuracy']:.3f}", fontsize=9)
                 fig.suptitle(title)
                 plots._save(fig, fig_dir / name)

@@ -43,6 +43,15 @@ def empty_nchw(shape, dtype, last: bool):
     return np.empty(shape, dtype=dtype)
 
 
+@njit(cache=True)
+def _zero_image(a, b):
+    """a[b] = 0 for a (B, C, H, W) array of any layout, channel innermost (contiguous when channels-last)."""
+    for y in range(a.shape[2]):
+        for xx in range(a.shape[3]):
+            for c in range(a.shape[1]):
+                a[b, c, y, xx] = 0
+
+
 @njit(parallel=True, cache=True)
 def _im2col(x, kh, kw, stride, padding, OH, OW, cols):
     B, C, H, W = x.shape
@@ -68,10 +77,7 @@ def _im2col(x, kh, kw, stride, padding, OH, OW, cols):
 def _col2im(cols, kh, kw, stride, padding, OH, OW, dx):
     B, C, H, W = dx.shape
     for b in prange(B):
-        for y in range(H):
-            for xx in range(W):
-                for c in range(C):
-                    dx[b, c, y, xx] = 0
+        _zero_image(dx, b)
         for oh in range(OH):
             for ow in range(OW):
                 row = (b * OH + oh) * OW + ow
@@ -112,12 +118,8 @@ def _maxpool_forward(x, k, stride, out, argmax):
 @njit(parallel=True, cache=True)
 def _maxpool_backward(grad, argmax, k, stride, dx):
     B, C, OH, OW = grad.shape
-    H, W = dx.shape[2], dx.shape[3]
     for b in prange(B):
-        for y in range(H):
-            for xx in range(W):
-                for c in range(C):
-                    dx[b, c, y, xx] = 0
+        _zero_image(dx, b)
         for oh in range(OH):
             for ow in range(OW):
                 for c in range(C):

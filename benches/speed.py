@@ -1,0 +1,221 @@
+"""Speed of nnscratch against PyTorch, per network and per layer, printed as tables.
+
+    python benches/speed.py [--batch 64] [--repeats 15] [--arch cnn mlnn] [--no-layers]
+
+Per architecture: median time of one training step (forward, backward, Adam) and the epoch it
+implies (11,959 BloodMNIST images), inference images per second at batch 256, the ratio to
+PyTorch, and the fraction of the arithmetic floor reached (the step's FLOPs at the speed of one
+large float32 matrix product on this machine). nnscratch and PyTorch steps are timed in
+alternating rounds so that drift hits both. Per layer of the CNN: forward and backward times with
+the reference (plain NumPy), numba and, on a GPU, CuPy kernels. Every figure is a median after a
+warm-up. PyTorch rows appear where it is installed. Nothing here asserts anything about speed.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import nnscratch as ns
+from nnscratch.layers import Conv2d, Linear
+
+TRAIN_IMAGES = 11959
+
+
+# ---- arithmetic ------------------------------------------------------------------------------
+
+def step_flops(model, batch: int) -> float:
+    """FLOPs of one training step: forward, weight gradients, and input gradients but the first layer's."""
+    x = np.zeros((1, 3, 28, 28), np.float32)
+    total, first = 0.0, True
+    for layer in model:
+        y = layer(x)
+        if isinstance(layer, (Conv2d, Linear)):
+            w = layer.weight.size
+            pixels = y.shape[2] * y.shape[3] if y.ndim == 4 else 1
+            f = 2.0 * w * pixels * batch                      # one multiply-add per weight per output pixel
+            total += f * (2 if first else 3)                   # forward + dW (+ dX)
+            first = False
+        x = y
+    return total
+
+
+def matmul_gflops(repeats=5) -> float:
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    a @ a
+    t = min(_time(lambda: a @ a) for _ in range(repeats))
+    return 2 * 2048 ** 3 / t / 1e9
+
+
+def _time(fn, sync=lambda: None):
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+# ---- the two engines -----------------------------------------------------------------------------
+
+def ours(arch, device, batch):
+    ns.manual_seed(0)
+    model = getattr(ns.models, arch)()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, 28, 28)).astype(np.float32)
+    xi = rng.standard_normal((256, 3, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 8, batch)
+    sync = lambda: None  # noqa: E731
+    if device == "gpu":
+        import cupy as cp
+        model.to("gpu")
+        x, xi, y = cp.asarray(x), cp.asarray(xi), cp.asarray(y)
+        sync = cp.cuda.Device().synchronize  # noqa: E731
+    opt, loss_fn = ns.Adam(model.parameters()), ns.CrossEntropyLoss()
+
+    def step():
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        opt.step()
+        opt.zero_grad()
+
+    def infer():
+        model.eval()
+        model(xi)
+        model.train()
+    return step, infer, sync
+
+
+def theirs(arch, device, batch):
+    import torch
+    nn = torch.nn
+    torch.manual_seed(0)
+    if arch == "cnn":
+        model = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(1152, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 8))
+    else:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(2352, 1180), nn.ReLU(), nn.Linear(1180, 8))
+    dev = "cuda" if device == "gpu" else "cpu"
+    model.to(dev)
+    x = torch.randn(batch, 3, 28, 28, device=dev)
+    xi = torch.randn(256, 3, 28, 28, device=dev)
+    y = torch.randint(0, 8, (batch,), device=dev)
+    opt, loss_fn = torch.optim.Adam(model.parameters()), nn.CrossEntropyLoss()
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    def infer():
+        with torch.no_grad():
+            model.eval()
+            model(xi)
+            model.train()
+    return step, infer, sync
+
+
+def race(engines: dict, warmup: int, repeats: int) -> dict:
+    """Median step and inference seconds per engine, timed in alternating rounds."""
+    for step, infer, sync in engines.values():
+        for _ in range(warmup):
+            step()
+            infer()
+        sync()
+    steps = {k: [] for k in engines}
+    infers = {k: [] for k in engines}
+    for _ in range(repeats):
+        for k, (step, infer, sync) in engines.items():
+            steps[k].append(_time(step, sync))
+            infers[k].append(_time(infer, sync))
+    return {k: (statistics.median(steps[k]), statistics.median(infers[k])) for k in engines}
+
+
+# ---- per layer --------------------------------------------------------------------------------------
+
+def layer_times(batch, warmup, repeats):
+    """(layer name, kernels, forward ms, backward ms) for the CNN's layers."""
+    variants = [("reference", "cpu"), ("numba", "cpu")] + ([("cupy", "gpu")] if ns.gpu_available() else [])
+    rows = []
+    for kernels, device in variants:
+        ns.kernels.set_cpu_kernels("reference" if kernels == "reference" else "numba")
+        ns.manual_seed(0)
+        model = ns.models.cnn().to(device)
+        x = ns.to_device(np.random.default_rng(0).standard_normal((batch, 3, 28, 28)).astype(np.float32), device)
+        sync = lambda: None  # noqa: E731
+        if device == "gpu":
+            import cupy as cp
+            sync = cp.cuda.Device().synchronize  # noqa: E731
+        inputs, h = [], x
+        for layer in model:
+            inputs.append(h)
+            h = layer(h)
+        for i, layer in enumerate(model):
+            if isinstance(layer, (Linear,)) or type(layer).__name__ == "Flatten":
+                continue
+            xin = inputs[i]
+            out = layer(xin)
+            g = ns.get_array_module(out).ones_like(out)
+            fwd, bwd = [], []
+            for r in range(warmup + repeats):
+                tf = _time(lambda: layer(xin), sync)
+                tb = _time(lambda: layer.backward(g, need_input_grad=i > 0), sync)
+                if r >= warmup:
+                    fwd.append(tf)
+                    bwd.append(tb)
+            rows.append((f"{i:2d} {layer}", kernels, statistics.median(fwd) * 1e3, statistics.median(bwd) * 1e3))
+    ns.kernels.set_cpu_kernels("numba")
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--batch", type=int, default=64, help="images per training step")
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds (medians are shown)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (compilation, caches)")
+    p.add_argument("--arch", nargs="+", default=["cnn", "mlnn"], choices=["cnn", "mlnn"])
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+    args = p.parse_args(argv)
+    try:
+        import torch
+        have_torch = True
+        torch_note = f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:
+        have_torch, torch_note = False, "PyTorch not installed: its rows are left out"
+    devices = ["cpu"] + (["gpu"] if ns.gpu_available() else [])
+    gflops = matmul_gflops()
+    print(f"batch {args.batch}, float32, Adam; medians of {args.repeats} alternating rounds after {args.warmup} "
+          f"warm-up; {torch_note}; float32 2048^3 matrix product here: {gflops:.0f} GFLOP/s\n")
+    print("| arch | device | engine | ms / step | s / epoch | inference img/s (batch 256) | step time vs PyTorch "
+          "| floor reached |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    steps_per_epoch = -(-TRAIN_IMAGES // args.batch)
+    for arch in args.arch:
+        flops = step_flops(getattr(ns.models, arch)(), args.batch)
+        for device in devices:
+            engines = {"nnscratch": ours(arch, device, args.batch)}
+            if have_torch and (device == "cpu" or torch.cuda.is_available()):
+                engines["PyTorch"] = theirs(arch, device, args.batch)
+            result = race(engines, args.warmup, args.repeats)
+            for name, (step_s, infer_s) in result.items():
+                ratio = step_s / result["PyTorch"][0] if "PyTorch" in result else float("nan")
+                floor = (flops / (gflops * 1e9)) / step_s if device == "cpu" else float("nan")
+                print(f"| {arch} | {device} | {name} | {step_s * 1e3:.2f} | {step_s * steps_per_epoch:.2f} | "
+                      f"{256 / infer_s:,.0f} | {ratio:.2f}x | "
+                      + (f"{floor:.0%}" if floor == floor else "-") + " |", flush=True)
+        print(f"|  |  | ({arch}: {flops / 1e9:.2f} GFLOP per step) |  |  |  |  |  |")
+    if not args.no_layers:
+        print(f"\nCNN per layer, batch {args.batch}, ms (median of {args.repeats} after {args.warmup})\n")
+        print("| layer | kernels | forward | backward |")
+        print("| --- | --- | ---: | ---: |")
+        for name, kernels, f, b in layer_times(args.batch, args.warmup, args.repeats):
+            print(f"| {name} | {kernels} | {f:.2f} | {b:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
