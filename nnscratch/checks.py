@@ -5,21 +5,42 @@ so that a wrong shape deep inside a model points at the layer that refused it.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 from .backend import device_of, get_array_module, is_gpu_array
+
+# Set while a Sequential runs its layers after the first: those layers are fed by the layer before
+# them, not by a user, so they skip the one check that reads every element (finiteness), which on a
+# GPU would also wait for the device at every layer. Overflow inside a model still surfaces: the
+# loss then comes out NaN, and training stops naming the epoch and batch.
+_TRUSTED = contextvars.ContextVar("nnscratch_trusted_input", default=False)
+
+
+@contextlib.contextmanager
+def trusted_inputs():
+    """Within this block, layers skip the finiteness check of their input (shapes are still checked)."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 def _is_array(x) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "ndim")
 
 
-def check_array(owner, x, what: str = "input"):
-    """A NumPy/CuPy floating-point array with only finite values, or a clear error."""
+def check_array(owner, x, what: str = "input", finite: bool = True):
+    """A NumPy/CuPy floating-point array (with only finite values, when ``finite``), or a clear error."""
     if not _is_array(x):
         raise TypeError(f"{owner}: expected the {what} as a NumPy or CuPy array, got {type(x).__name__}")
     if x.dtype.kind != "f":
         raise TypeError(
             f"{owner}: expected a floating-point {what} (float32 or float64), got dtype {x.dtype}; "
             f"convert it with x.astype(np.float32)")
+    if not finite or _TRUSTED.get():
+        return
     xp = get_array_module(x)
     if x.size and not bool(xp.isfinite(x).all()):
         raise ValueError(f"{owner}: the {what} of shape {tuple(x.shape)} contains non-finite values (NaN or inf)")

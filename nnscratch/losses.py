@@ -55,7 +55,7 @@ class CrossEntropyLoss(Loss):
 
     def forward(self, logits, target) -> float:
         """logits: (B, K), target: (B,) -> mean loss (float)."""
-        check_array(self, logits, "logits")
+        check_array(self, logits, "logits", finite=False)   # NaN logits give a NaN loss, which training reports
         check_shape(self, logits, (None, None), "(B, num_classes)", "logits")
         B, K = logits.shape
         _check_labels(self, target, B, K)
@@ -105,7 +105,7 @@ class MSELoss(Loss):
 
     def forward(self, pred, target) -> float:
         """pred, target: same shape -> mean over every element (float)."""
-        check_array(self, pred, "prediction")
+        check_array(self, pred, "prediction", finite=False)
         check_array(self, target, "target")
         if tuple(pred.shape) != tuple(target.shape):
             raise ValueError(f"{self}: expected a target of the prediction's shape {tuple(pred.shape)}, "

@@ -249,8 +249,9 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
             bar = tqdm(batches(*xs["train"], config.batch_size, shuffle=True, rng=shuffle_rng), total=n_batches,
                        desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress, unit="batch")
             for b, (xb, yb) in enumerate(bar, start=1):
-                logits = model(xb)
-                loss = loss_fn(logits, target(yb))
+                with np.errstate(over="ignore", invalid="ignore"):   # a diverging step is reported below
+                    logits = model(xb)
+                    loss = loss_fn(logits, target(yb))
                 if not math.isfinite(loss):
                     raise TrainingDiverged(f"the loss became {loss} at epoch {epoch}, batch {b} of {n_batches}; "
                                            f"try a lower --lr (now {config.lr:g})")

@@ -98,8 +98,8 @@ def test_cross_entropy_label_errors():
         loss(logits, np.array([[0], [1], [2]]))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\).*from 0 to 4"):
         loss(logits, np.array([0, 1, 4]))
-    with pytest.raises(ValueError, match="CrossEntropyLoss.*non-finite"):
-        loss(np.full((3, 4), np.nan, f32), np.array([0, 1, 2]))
+    # non-finite logits are not refused but give a NaN loss, which training reports with epoch and batch
+    assert np.isnan(loss(np.full((3, 4), np.nan, f32), np.array([0, 1, 2])))
     with pytest.raises(ValueError, match="weight has 3 entries but the logits have 4 classes"):
         ns.CrossEntropyLoss(weight=np.ones(3))(logits, np.array([0, 1, 2]))
 
@@ -130,3 +130,20 @@ def test_unknown_device_and_missing_gpu_are_clear():
     if not ns.gpu_available():
         with pytest.raises(RuntimeError, match="no GPU is available"):
             ns.Linear(2, 2).to("gpu")
+
+
+def test_a_model_checks_its_input_once_and_names_the_first_layer():
+    model = ns.Sequential(ns.Linear(4, 3), ns.ReLU(), ns.Linear(3, 2))
+    x = np.ones((2, 4), f32)
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"Linear\(in_features=4.*non-finite"):
+        model(x)
+    with pytest.raises(ValueError, match=r"Linear\(in_features=3.*\(2, 4\)"):      # shapes still checked inside
+        ns.Sequential(ns.ReLU(), ns.Linear(3, 2))(np.ones((2, 4), f32))
+
+
+def test_overflow_inside_a_model_gives_a_nan_loss_not_an_exception():
+    model = ns.Sequential(ns.Linear(2, 2), ns.ReLU(), ns.Linear(2, 2))
+    model.parameters()[0].data[...] = np.inf
+    loss = ns.CrossEntropyLoss()(model(np.ones((1, 2), f32)), np.array([0]))
+    assert np.isnan(loss)

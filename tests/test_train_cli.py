@@ -167,6 +167,14 @@ def test_non_finite_loss_stops_training_naming_epoch_and_batch(data_dir, tmp_pat
     assert json.loads((out / "config.json").read_text())["status"] == "diverged"
 
 
+def test_real_divergence_is_reported_with_epoch_and_batch(data_dir, tmp_path, capsys):
+    code = run_cli(data_dir, tmp_path / "div", "--arch", "mlnn", "--hidden-size", "8", "--optimizer", "sgd",
+                   "--lr", "1e30", "--batch-size", "16")
+    err = capsys.readouterr().err
+    assert code == 1 and "training stopped: the loss became" in err and "at epoch 1, batch" in err
+    assert "Traceback" not in err
+
+
 def test_ctrl_c_stops_cleanly_after_saving_what_was_done(data_dir, tmp_path, monkeypatch, capsys):
     real = training.evaluate_split
     calls = {"n": 0}

@@ -13,6 +13,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..backend import check_device, get_array_module, to_device, to_numpy
+from ..checks import trusted_inputs
 
 
 class Parameter:
@@ -207,8 +208,14 @@ class Sequential(Module):
         return iter(self.layers)
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
+        """The layers in order. The first checks the input fully; the rest trust their predecessor's
+        output for finiteness (see checks.trusted_inputs) and check shapes only."""
+        if not self.layers:
+            return x
+        x = self.layers[0](x)
+        with trusted_inputs():
+            for layer in self.layers[1:]:
+                x = layer(x)
         return x
 
     def backward(self, grad, need_input_grad: bool = True):
