@@ -178,15 +178,21 @@ def test_numba_sgd_update_equals_reference(shape, dtype, momentum, dampening, ne
 
 # ---- CuPy twins ------------------------------------------------------------------------
 
+def on_gpu(x, layout):
+    """A CuPy copy of x in the given memory layout."""
+    import cupy as cp
+    return cp.asarray(x) if layout == "nchw" else cp.ascontiguousarray(cp.asarray(x).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
 @requires_gpu
-@given(conv_case(), DTYPES, st.integers(0, 2**32 - 1))
-def test_cupy_im2col_and_col2im_equal_reference(case, dtype, seed):
+@given(conv_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
+def test_cupy_im2col_and_col2im_equal_reference(case, dtype, layout, seed):
     import cupy as cp
     from nnscratch.kernels import gpu
     shape, kh, kw, s, p = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
-    np.testing.assert_array_equal(cp.asnumpy(gpu.im2col(cp.asarray(x), kh, kw, s, p)),
+    np.testing.assert_array_equal(cp.asnumpy(gpu.im2col(on_gpu(x, layout), kh, kw, s, p)),
                                   reference.im2col(x, kh, kw, s, p))
     cols = rng.standard_normal(reference.im2col(x, kh, kw, s, p).shape).astype(dtype)
     tol = 1e-5 if dtype == np.float32 else 1e-12
@@ -195,20 +201,20 @@ def test_cupy_im2col_and_col2im_equal_reference(case, dtype, seed):
 
 
 @requires_gpu
-@given(pool_case(), DTYPES, st.integers(0, 2**32 - 1))
-def test_cupy_maxpool_equals_reference_ties_included(case, dtype, seed):
+@given(pool_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
+def test_cupy_maxpool_equals_reference_ties_included(case, dtype, layout, seed):
     import cupy as cp
     from nnscratch.kernels import gpu
     shape, k, s = case
     rng = np.random.default_rng(seed)
     x = rng.integers(-3, 4, size=shape).astype(dtype)
-    out, arg = gpu.maxpool_forward(cp.asarray(x), k, s)
+    out, arg = gpu.maxpool_forward(on_gpu(x, layout), k, s)
     ref_out, ref_arg = reference.maxpool_forward(x, k, s)
     np.testing.assert_array_equal(cp.asnumpy(out), ref_out)
     np.testing.assert_array_equal(cp.asnumpy(arg), ref_arg)
     g = rng.standard_normal(ref_arg.shape).astype(dtype)
     tol = 1e-6 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(cp.asnumpy(gpu.maxpool_backward(cp.asarray(g), arg, shape, k, s)),
+    np.testing.assert_allclose(cp.asnumpy(gpu.maxpool_backward(on_gpu(g, layout), arg, shape, k, s)),
                                reference.maxpool_backward(g, ref_arg, shape, k, s), rtol=tol, atol=tol)
 
 

@@ -1,6 +1,8 @@
 """CuPy twins of :mod:`reference`: one CUDA thread per output element.
 
-Every kernel *gathers* (each thread computes its own output from its inputs)
+Inputs are indexed by their logical (B, C, H, W) position, which CuPy maps through the
+array's strides, so channels-last views need no copy. Every kernel *gathers* (each thread
+computes its own output from its inputs)
 instead of scattering with atomics, so results are deterministic: ``col2im`` and
 the pooling backward pass sum, for one input pixel, the windows that contain it.
 The kernels are compiled by CuPy on first use and cached by it.
@@ -57,13 +59,13 @@ def _kernels():
         "T out, int32 argmax",
         """
         int ow = i % OW, oh = (i / OW) % OH, bc = i / (OW * OH);
-        const T* plane = &x[0] + (long long)bc * H * W;
+        long long plane = (long long)bc * H * W;       // logical index: x may be channels-last in memory
         int y0 = oh * s, x0 = ow * s;
-        T best = plane[y0 * W + x0];
+        T best = x[plane + y0 * W + x0];
         int where = 0;
         for (int a = 0; a < k; ++a)
             for (int b = 0; b < k; ++b) {
-                T v = plane[(y0 + a) * W + x0 + b];
+                T v = x[plane + (y0 + a) * W + x0 + b];
                 if (v > best) { best = v; where = a * k + b; }   // first maximum wins a tie
             }
         out = best;
@@ -99,7 +101,7 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None):
     B, C, H, W = x.shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
     cols = cp.empty((B * OH * OW, C * kh * kw), dtype=x.dtype) if out is None else out
-    _kernels()[0](cp.ascontiguousarray(x), C, H, W, kh, kw, stride, padding, OH, OW, cols)
+    _kernels()[0](x, C, H, W, kh, kw, stride, padding, OH, OW, cols)     # x indexed logically: any layout
     return cols
 
 
@@ -120,7 +122,7 @@ def maxpool_forward(x, k: int, stride: int):
     shape = (B, C, out_size(H, k, stride), out_size(W, k, stride))
     out = cp.empty(shape, dtype=x.dtype)
     argmax = cp.empty(shape, dtype=cp.int32)
-    _kernels()[2](cp.ascontiguousarray(x), H, W, k, stride, shape[2], shape[3], out, argmax)
+    _kernels()[2](x, H, W, k, stride, shape[2], shape[3], out, argmax)
     return out, argmax
 
 
@@ -129,8 +131,7 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     cp = _cupy()
     B, C, OH, OW = grad.shape
     dx = cp.empty(x_shape, dtype=grad.dtype)
-    _kernels()[3](cp.ascontiguousarray(grad), cp.ascontiguousarray(argmax),
-                  x_shape[2], x_shape[3], k, stride, OH, OW, dx)
+    _kernels()[3](grad, argmax, x_shape[2], x_shape[3], k, stride, OH, OW, dx)
     return dx
 
 
