@@ -5,15 +5,19 @@
 Per architecture: median time of one training step (forward, backward, Adam) and the epoch it
 implies (11,959 BloodMNIST images), inference images per second at batch 256, the ratio to
 PyTorch, and the fraction of the arithmetic floor reached (the step's FLOPs at the speed of one
-large float32 matrix product on this machine). nnscratch and PyTorch steps are timed in
-alternating rounds so that drift hits both. Per layer of the CNN: forward and backward times with
+large float32 matrix product on this machine). nnscratch and PyTorch are timed in alternating
+rounds, each round in a fresh process of its own: in one process PyTorch's OpenMP workers keep
+spinning after each operation and take the cores from the next engine (both ran 2-5x slower). Per layer of the CNN: forward and backward times with
 the reference (plain NumPy), numba and, on a GPU, CuPy kernels. Every figure is a median after a
 warm-up. PyTorch rows appear where it is installed. Nothing here asserts anything about speed.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -119,20 +123,28 @@ def theirs(arch, device, batch):
     return step, infer, sync
 
 
-def race(engines: dict, warmup: int, repeats: int) -> dict:
-    """Median step and inference seconds per engine, timed in alternating rounds."""
-    for step, infer, sync in engines.values():
-        for _ in range(warmup):
-            step()
-            infer()
-        sync()
-    steps = {k: [] for k in engines}
-    infers = {k: [] for k in engines}
-    for _ in range(repeats):
-        for k, (step, infer, sync) in engines.items():
-            steps[k].append(_time(step, sync))
-            infers[k].append(_time(infer, sync))
-    return {k: (statistics.median(steps[k]), statistics.median(infers[k])) for k in engines}
+def worker(engine, arch, device, batch, warmup, repeats) -> dict:
+    """Run in a process of its own: step and inference times (seconds) of one engine."""
+    step, infer, sync = (ours if engine == "nnscratch" else theirs)(arch, device, batch)
+    for _ in range(warmup):
+        step()
+        infer()
+    sync()
+    return {"step": [_time(step, sync) for _ in range(repeats)],
+            "infer": [_time(infer, sync) for _ in range(max(3, repeats // 3))]}
+
+
+def race(engines: list, arch, device, args) -> dict:
+    """Median step and inference seconds per engine over ``args.rounds`` alternating fresh processes."""
+    times = {e: {"step": [], "infer": []} for e in engines}
+    for _ in range(args.rounds):
+        for e in engines:
+            cmd = [sys.executable, __file__, "--worker", e, arch, device, "--batch", str(args.batch),
+                   "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+            out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+            for k in ("step", "infer"):
+                times[e][k] += out[k]
+    return {e: (statistics.median(t["step"]), statistics.median(t["infer"])) for e, t in times.items()}
 
 
 # ---- per layer --------------------------------------------------------------------------------------
@@ -179,8 +191,13 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=15, help="timed rounds (medians are shown)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (compilation, caches)")
     p.add_argument("--arch", nargs="+", default=["cnn", "mlnn"], choices=["cnn", "mlnn"])
+    p.add_argument("--rounds", type=int, default=3, help="alternating fresh processes per engine")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+    p.add_argument("--worker", nargs=3, metavar=("ENGINE", "ARCH", "DEVICE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.batch, args.warmup, args.repeats)))
+        return
     try:
         import torch
         have_torch = True
@@ -189,8 +206,9 @@ def main(argv=None):
         have_torch, torch_note = False, "PyTorch not installed: its rows are left out"
     devices = ["cpu"] + (["gpu"] if ns.gpu_available() else [])
     gflops = matmul_gflops()
-    print(f"batch {args.batch}, float32, Adam; medians of {args.repeats} alternating rounds after {args.warmup} "
-          f"warm-up; {torch_note}; float32 2048^3 matrix product here: {gflops:.0f} GFLOP/s\n")
+    print(f"batch {args.batch}, float32, Adam; medians of {args.rounds} alternating processes x {args.repeats} steps, "
+          f"each after {args.warmup} warm-up steps; {torch_note}; float32 2048^3 matrix product here: "
+          f"{gflops:.0f} GFLOP/s\n")
     print("| arch | device | engine | ms / step | s / epoch | inference img/s (batch 256) | step time vs PyTorch "
           "| floor reached |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
@@ -198,10 +216,10 @@ def main(argv=None):
     for arch in args.arch:
         flops = step_flops(getattr(ns.models, arch)(), args.batch)
         for device in devices:
-            engines = {"nnscratch": ours(arch, device, args.batch)}
+            engines = ["nnscratch"]
             if have_torch and (device == "cpu" or torch.cuda.is_available()):
-                engines["PyTorch"] = theirs(arch, device, args.batch)
-            result = race(engines, args.warmup, args.repeats)
+                engines.append("PyTorch")
+            result = race(engines, arch, device, args)
             for name, (step_s, infer_s) in result.items():
                 ratio = step_s / result["PyTorch"][0] if "PyTorch" in result else float("nan")
                 floor = (flops / (gflops * 1e9)) / step_s if device == "cpu" else float("nan")
