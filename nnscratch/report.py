@@ -175,7 +175,8 @@ def write_figures(fig_dir: Path, runs: dict, table: dict) -> list:
         for name, title, draw in specs:
             if "confusion" in name:
                 import matplotlib.pyplot as plt
-                fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+                fig, axes = plt.subplots(1, 2, figsize=(14, 5.6))
+                fig.subplots_adjust(wspace=0.55)            # room for the right matrix's class names
                 for ax, (label, item) in zip(axes, (left, right)):
                     plots.draw_confusion(ax, item["metrics"], fontsize=7)
                     ax.set_title(f"{label}: accuracy {item['metrics']['accuracy']:.3f}", fontsize=9)
