@@ -34,14 +34,14 @@ def misclassified_grid(model, dataset, path, n=24):
     wrong = np.flatnonzero(pred != dataset.test.labels)[:n]
     cols = 6
     rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.1))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.3))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for ax, i in zip(np.atleast_1d(axes).ravel(), wrong):
         img = (dataset.test.images[i].transpose(1, 2, 0) + 1) / 2            # back from [-1, 1] to [0, 1]
         ax.imshow(img.squeeze(), cmap="gray" if img.shape[2] == 1 else None)
         true, guess = dataset.label_names[dataset.test.labels[i]], dataset.label_names[pred[i]]
-        ax.set_title(f"{short_label(true)}\n-> {short_label(guess)} ({probs[i, pred[i]]:.2f})", fontsize=7)
+        ax.set_title(f"{short_label(true)}\n-> {short_label(guess)} ({probs[i, pred[i]]:.2f})", fontsize=6.5)
     fig.suptitle(f"{len(wrong)} of {int((pred != dataset.test.labels).sum())} misclassified test cells "
                  "(true -> predicted, confidence)")
     fig.savefig(path, dpi=120, bbox_inches="tight")
