@@ -15,7 +15,6 @@ code does), and labels as int64 (N,).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import subprocess
