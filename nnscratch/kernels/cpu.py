@@ -127,6 +127,53 @@ def _maxpool_backward(grad, argmax, k, stride, dx):
                     dx[b, c, oh * stride + a // k, ow * stride + a % k] += grad[b, c, oh, ow]
 
 
+@njit(parallel=True, cache=True)
+def _maxpool_forward_cl(x, k, stride, out, argmax):
+    # Channels-last twin on contiguous (B, H, W, C) arrays: the innermost loop runs over C
+    # contiguous values with selects instead of branches, which LLVM vectorises (8x here).
+    B, H, W, C = x.shape
+    OH, OW = out.shape[1], out.shape[2]
+    for b in prange(B):
+        for oh in range(OH):
+            for ow in range(OW):
+                y0, x0 = oh * stride, ow * stride
+                o, a, first = out[b, oh, ow], argmax[b, oh, ow], x[b, y0, x0]
+                for c in range(C):
+                    o[c] = first[c]
+                    a[c] = 0
+                for i in range(k):
+                    for j in range(k):
+                        if i == 0 and j == 0:
+                            continue
+                        row, w = x[b, y0 + i, x0 + j], i * k + j
+                        for c in range(C):
+                            better = row[c] > o[c]       # strict: the first maximum wins a tie
+                            o[c] = row[c] if better else o[c]
+                            a[c] = w if better else a[c]
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_backward_cl(grad, argmax, k, stride, dx):
+    # Channels-last twin: every window adds its gradient where its winner sits (0 elsewhere), in
+    # the same window order as the general kernel, so the sums come out bit for bit the same.
+    B, OH, OW, C = grad.shape
+    for b in prange(B):
+        dx[b] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                g, a = grad[b, oh, ow], argmax[b, oh, ow]
+                for i in range(k):
+                    for j in range(k):
+                        d, w = dx[b, oh * stride + i, ow * stride + j], i * k + j
+                        for c in range(C):
+                            d[c] += g[c] if a[c] == w else 0
+
+
+def _as_channels_last(x):
+    """(B, C, H, W) -> contiguous (B, H, W, C): a free view for channels-last memory, else a copy."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
 def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None):
     """x: (B, C, H, W), any memory layout -> cols: (B * OH * OW, kh * kw * C), into ``out`` if given."""
     B, C, H, W = x.shape
@@ -152,14 +199,23 @@ def maxpool_forward(x, k: int, stride: int):
     last = channels_last(x)
     out = empty_nchw(shape, x.dtype, last)
     argmax = empty_nchw(shape, np.int32, last)
-    _maxpool_forward(x, k, stride, out, argmax)
+    if last and x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        _maxpool_forward_cl(x.transpose(0, 2, 3, 1), k, stride, out.transpose(0, 2, 3, 1),
+                            argmax.transpose(0, 2, 3, 1))
+    else:
+        _maxpool_forward(x, k, stride, out, argmax)
     return out, argmax
 
 
 def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W), in the memory layout of ``argmax``."""
-    dx = empty_nchw(x_shape, grad.dtype, channels_last(argmax))
-    _maxpool_backward(grad, argmax, k, stride, dx)
+    last = channels_last(argmax)
+    dx = empty_nchw(x_shape, grad.dtype, last)
+    if last and argmax.transpose(0, 2, 3, 1).flags.c_contiguous:
+        _maxpool_backward_cl(_as_channels_last(grad), argmax.transpose(0, 2, 3, 1), k, stride,
+                             dx.transpose(0, 2, 3, 1))
+    else:
+        _maxpool_backward(grad, argmax, k, stride, dx)
     return dx
 
 
