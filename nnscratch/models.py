@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import check_positive_int
 from .kernels.reference import out_size
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from .random import resolve_rng
-
-
-def _check_sizes(name, **sizes):
-    for k, v in sizes.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"models.{name}: {k} must be a positive integer, got {v!r}")
 
 
 def mlnn(hidden_size: int | None = None, hidden_layers: int = 1, in_channels: int = 3, image_size: int = 28,
@@ -26,12 +21,12 @@ def mlnn(hidden_size: int | None = None, hidden_layers: int = 1, in_channels: in
     ``hidden_size`` defaults to the paper's (n_input + n_classes) / 2, which is
     (2352 + 8) / 2 = 1180 for BloodMNIST (2,785,988 parameters).
     """
-    _check_sizes("mlnn", hidden_layers=hidden_layers, in_channels=in_channels, image_size=image_size,
+    check_positive_int("models.mlnn", hidden_layers=hidden_layers, in_channels=in_channels, image_size=image_size,
                  num_classes=num_classes)
     n_input = in_channels * image_size * image_size
     if hidden_size is None:
         hidden_size = (n_input + num_classes) // 2
-    _check_sizes("mlnn", hidden_size=hidden_size)
+    check_positive_int("models.mlnn", hidden_size=hidden_size)
     rng = resolve_rng(rng)
     layers, width = [Flatten()], n_input
     for _ in range(hidden_layers):
@@ -54,7 +49,7 @@ def cnn(in_channels: int = 3, image_size: int = 28, num_classes: int = 8, dtype=
     28 -> 14 -> 7 -> 3, the flattened features are 128 * 3 * 3 = 1152, and the
     network has 422,344 parameters.
     """
-    _check_sizes("cnn", in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    check_positive_int("models.cnn", in_channels=in_channels, image_size=image_size, num_classes=num_classes)
     side = image_size
     for _ in CNN_CHANNELS:
         side = out_size(side, 2, 2)

@@ -5,9 +5,8 @@ import numpy as np
 
 from .. import init, kernels
 from ..backend import get_array_module
-from ..checks import check_array, check_grad, check_matches_parameter, check_shape, no_forward
+from ..checks import check_array, check_positive_int, check_grad, check_matches_parameter, check_shape, no_forward
 from ..kernels.reference import out_size
-from .linear import _check_positive
 from .module import Module, Parameter
 
 
@@ -36,7 +35,7 @@ class Conv2d(Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, dtype=np.float32, rng=None):
-        _check_positive("Conv2d", in_channels=in_channels, out_channels=out_channels)
+        check_positive_int("Conv2d", in_channels=in_channels, out_channels=out_channels)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = _pair("kernel_size", kernel_size)
         self.stride = _pair("stride", stride)

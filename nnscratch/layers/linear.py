@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import init
-from ..checks import check_array, check_grad, check_matches_parameter, check_shape, no_forward
+from ..checks import check_array, check_positive_int, check_grad, check_matches_parameter, check_shape, no_forward
 from .module import Module, Parameter
 
 
@@ -16,7 +16,7 @@ class Linear(Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32, rng=None):
-        _check_positive(type(self).__name__, in_features=in_features, out_features=out_features)
+        check_positive_int(type(self).__name__, in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight = Parameter(init.he_normal((out_features, in_features), dtype=dtype, rng=rng))
         self.bias = Parameter(init.zeros((out_features,), dtype=dtype)) if bias else None
@@ -50,9 +50,3 @@ class Linear(Module):
             self.bias.grad += grad.sum(axis=0)
         return grad @ self.weight.data if need_input_grad else None
 
-
-def _check_positive(owner: str, **sizes):
-    """Layer sizes are positive integers."""
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")

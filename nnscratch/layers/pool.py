@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import kernels
-from ..checks import check_array, check_grad, check_shape, no_forward
+from ..checks import check_array, check_positive_int, check_grad, check_shape, no_forward
 from ..kernels.reference import out_size
 from .module import Module
 
@@ -17,9 +17,7 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size: int, stride: int | None = None):
         stride = kernel_size if stride is None else stride
-        for name, v in (("kernel_size", kernel_size), ("stride", stride)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"MaxPool2d: {name} must be a positive int, got {v!r}")
+        check_positive_int("MaxPool2d", kernel_size=kernel_size, stride=stride)
         self.kernel_size, self.stride = kernel_size, stride
         self._cache = None
 
