@@ -105,12 +105,16 @@ def reason(config: str, word: str, last_acc: float) -> str:
 
 # ---- figures -------------------------------------------------------------------------------------
 
-def _pair_figure(path, title, draw, left, right):
+def _pair_figure(path, title, draw, left, right, figsize=(12, 4.2), sharey=True, wspace=None, fontsize=None,
+                 subtitle=lambda label, item: label):
+    """Two runs side by side: ``draw(ax, run)`` on each axis, titled ``subtitle(label, run)``."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=figsize, sharey=sharey)
+    if wspace is not None:
+        fig.subplots_adjust(wspace=wspace)
     for ax, (label, item) in zip(axes, (left, right)):
         draw(ax, item)
-        ax.set_title(label)
+        ax.set_title(subtitle(label, item), fontsize=fontsize)
     fig.suptitle(title)
     plots._save(fig, path)
 
@@ -164,26 +168,20 @@ def write_figures(fig_dir: Path, runs: dict, table: dict) -> list:
         left, right = (f"{A} (Adam, lr 0.001)", first[a]), (f"{S} (SGD + momentum, lr 0.01)", first[s])
         specs = [
             (f"fig{f_loss}_{arch}_loss.png", f"Fig. {f_loss}: {arch.upper()} loss per epoch",
-             lambda ax, r: plots.draw_curves(ax, r["history"], "loss")),
+             lambda ax, r: plots.draw_curves(ax, r["history"], "loss"), {}),
             (f"fig{f_acc}_{arch}_accuracy.png", f"Fig. {f_acc}: {arch.upper()} accuracy per epoch",
-             lambda ax, r: plots.draw_curves(ax, r["history"], "acc")),
+             lambda ax, r: plots.draw_curves(ax, r["history"], "acc"), {}),
             (f"fig{f_bars}_{arch}_precision_recall.png",
              f"Fig. {f_bars}: {arch.upper()} precision and recall per class (test)",
-             lambda ax, r: plots.draw_precision_recall(ax, r["metrics"], labels=False)),
-            (f"fig{f_cm}_{arch}_confusion.png", f"Fig. {f_cm}: {arch.upper()} confusion matrices (test)", None),
+             lambda ax, r: plots.draw_precision_recall(ax, r["metrics"], labels=False), {}),
+            (f"fig{f_cm}_{arch}_confusion.png", f"Fig. {f_cm}: {arch.upper()} confusion matrices (test)",
+             lambda ax, r: plots.draw_confusion(ax, r["metrics"], fontsize=7),
+             # room between the matrices for the right one's class names
+             dict(figsize=(14, 5.6), sharey=False, wspace=0.55, fontsize=9,
+                  subtitle=lambda label, r: f"{label}: accuracy {r['metrics']['accuracy']:.3f}")),
         ]
-        for name, title, draw in specs:
-            if "confusion" in name:
-                import matplotlib.pyplot as plt
-                fig, axes = plt.subplots(1, 2, figsize=(14, 5.6))
-                fig.subplots_adjust(wspace=0.55)            # room for the right matrix's class names
-                for ax, (label, item) in zip(axes, (left, right)):
-                    plots.draw_confusion(ax, item["metrics"], fontsize=7)
-                    ax.set_title(f"{label}: accuracy {item['metrics']['accuracy']:.3f}", fontsize=9)
-                fig.suptitle(title)
-                plots._save(fig, fig_dir / name)
-            else:
-                _pair_figure(fig_dir / name, title, draw, left, right)
+        for name, title, draw, options in specs:
+            _pair_figure(fig_dir / name, title, draw, left, right, **options)
             made.append(name)
     if "mlnn-test1" in first and "cnn-test1" in first:
         _sens_spec(fig_dir / "fig9_mlnn_vs_cnn_sensitivity_specificity.png", runs)
