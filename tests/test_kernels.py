@@ -269,6 +269,20 @@ def test_cupy_maxpool_equals_reference_ties_included(case, dtype, layout, seed):
 
 
 @requires_gpu
+@given(st.lists(st.integers(1, 6), min_size=4, max_size=4).map(tuple), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
+def test_cupy_relu_equals_reference(shape, dtype, layout, seed):
+    import cupy as cp
+    from nnscratch.kernels import gpu
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    y = gpu.relu_forward(on_gpu(x, layout))
+    np.testing.assert_array_equal(cp.asnumpy(y), reference.relu_forward(x))
+    np.testing.assert_array_equal(cp.asnumpy(gpu.relu_backward(on_gpu(g, layout), y)),
+                                  reference.relu_backward(g, reference.relu_forward(x)))
+
+
+@requires_gpu
 @given(SHAPES, DTYPES, st.integers(1, 5), st.booleans(), st.integers(0, 2**32 - 1))
 def test_cupy_optimizer_updates_equal_reference(shape, dtype, step, first, seed):
     import cupy as cp

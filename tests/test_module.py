@@ -72,6 +72,30 @@ def test_backward_accumulates_until_zero_grad():
     assert (layer.weight.grad == 0).all()
 
 
+@pytest.mark.parametrize("make", [lambda: ns.Linear(3, 2, rng=0), lambda: ns.Conv2d(2, 2, 1, rng=0)])
+def test_lazy_zero_grad_keeps_what_was_added_by_hand(make):
+    # zero_grad only marks the gradient; a value added to it before backward must still count
+    layer = make()
+    shape = (1, 3) if isinstance(layer, ns.Linear) else (1, 2, 2, 2)
+    x = np.ones(shape, np.float32)
+    g = np.ones(layer.output_shape(shape) if hasattr(layer, "output_shape") else (1, 2), np.float32)
+    layer(x)
+    layer.backward(g)
+    once = {k: p.grad.copy() for k, p in layer.named_parameters()}
+    layer.zero_grad()
+    for p in layer.parameters():
+        p.grad += 1.0
+    layer(x)
+    layer.backward(g)
+    for k, p in layer.named_parameters():
+        np.testing.assert_array_equal(p.grad, once[k] + 1.0)
+    layer.zero_grad()
+    layer(x)
+    layer.backward(g)                       # straight after zero_grad: written in place, same values
+    for k, p in layer.named_parameters():
+        np.testing.assert_array_equal(p.grad, once[k])
+
+
 def test_repr_reads_like_pytorch():
     text = repr(small())
     assert "(0): Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), padding=(0, 0))" in text

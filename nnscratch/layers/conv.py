@@ -116,7 +116,7 @@ class Conv2d(Module):
         if self.bias is not None:
             # the column sums as a matrix-vector product: BLAS reads g once on every core, where
             # g.sum(axis=0) ran at a third of the speed (conv1: 1.1 ms -> 0.24 ms at batch 64)
-            self.bias.grad += self._ones(g) @ g
+            self.bias.accumulate_product(self._ones(g), g)
         if not need_input_grad:
             return None
         return kernels.col2im(g @ self._weight_matrix(), x_shape, kh, kw, s, p)

@@ -45,7 +45,7 @@ class Linear(Module):
         if self._x is None:
             raise no_forward(self)
         check_grad(self, grad, (self._x.shape[0], self.out_features), self._x.dtype)
-        self.weight.grad += grad.T @ self._x
+        self.weight.accumulate_product(grad.T, self._x)
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)
         return grad @ self.weight.data if need_input_grad else None
