@@ -11,7 +11,7 @@ from . import init, kernels, models
 from .backend import get_array_module, gpu_available, to_device, to_numpy
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU, Sequential
-from .losses import CrossEntropyLoss, Loss, MSELoss, one_hot
+from .losses import CrossEntropyLoss, Loss, MSELoss, SoftmaxMSELoss, one_hot
 from .optim import SGD, Adam, Optimizer
 from .random import manual_seed
 
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
-    "Loss", "CrossEntropyLoss", "MSELoss", "one_hot", "Optimizer", "SGD", "Adam",
+    "Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam",
     "models", "init", "kernels", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
     "get_array_module", "gpu_available", "to_device", "to_numpy",
 ]

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from .cli import ArgumentParser, UsageError, run_cli
-from .training import PRESETS, TrainConfig, TrainingDiverged, run
+from .training import LOSSES, PRESETS, TrainConfig, TrainingDiverged, run
 
 D = TrainConfig()   # the defaults, shown in --help
 
@@ -27,8 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["adam", "sgd"], help=f"adam, or sgd with momentum (default: {D.optimizer})")
     p.add_argument("--lr", type=float, help=f"learning rate (default: {D.lr:g}; the SGD presets use 0.01)")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {D.momentum:g}; ignored by adam)")
-    p.add_argument("--loss", choices=["ce", "mse"],
-                   help=f"ce = cross-entropy on logits, mse = mean squared error against one-hot targets "
+    p.add_argument("--loss", choices=list(LOSSES),
+                   help=f"ce = cross-entropy on the logits; mse = mean squared error between the softmax "
+                        f"probabilities and one-hot targets (the paper's Test3: its gradient vanishes when the "
+                        f"network is confidently wrong, the paper's explanation of its weaker MSE runs); "
+                        f"mse-logits = mean squared error between the raw logits and one-hot targets "
                         f"(default: {D.loss})")
     p.add_argument("--epochs", type=int, help=f"passes over the training set (default: {D.epochs}, the paper's)")
     p.add_argument("--batch-size", type=int,

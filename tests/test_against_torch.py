@@ -111,6 +111,18 @@ def test_mse_matches_torch(shape, seed):
     np.testing.assert_allclose(loss_fn.backward(), tp.grad.numpy(), **TOL)
 
 
+@given(st.integers(1, 6), st.integers(2, 6), st.sampled_from([0.1, 1.0, 30.0]), SEEDS)
+def test_softmax_mse_matches_torch(B, K, scale, seed):
+    rng = np.random.default_rng(seed)
+    logits, y = rng.standard_normal((B, K)) * scale, rng.integers(0, K, B)
+    tl = t(logits, True)
+    tloss = F.mse_loss(F.softmax(tl, dim=1), F.one_hot(torch.tensor(y), K).double())
+    tloss.backward()
+    loss_fn = ns.SoftmaxMSELoss()
+    assert loss_fn(logits, y) == pytest.approx(tloss.item(), rel=1e-10, abs=1e-15)
+    np.testing.assert_allclose(loss_fn.backward(), tl.grad.numpy(), **TOL)
+
+
 def run_both(make_ours, make_theirs, steps=7, seed=0):
     """The same random gradients fed to both optimizers for ``steps`` steps; returns both parameter lists."""
     rng = np.random.default_rng(seed)

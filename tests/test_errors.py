@@ -76,7 +76,7 @@ def test_backward_before_forward_says_so(layer):
         layer.backward(np.ones((1, 2), f32))
 
 
-@pytest.mark.parametrize("loss", [ns.CrossEntropyLoss(), ns.MSELoss()])
+@pytest.mark.parametrize("loss", [ns.CrossEntropyLoss(), ns.MSELoss(), ns.SoftmaxMSELoss()])
 def test_loss_backward_before_forward_says_so(loss):
     with pytest.raises(RuntimeError, match=r"backward was called before forward"):
         loss.backward()
@@ -89,9 +89,9 @@ def test_backward_gradient_of_the_wrong_shape():
         layer.backward(np.ones((4, 3), f32))
 
 
-def test_cross_entropy_label_errors():
+@pytest.mark.parametrize("loss", [ns.CrossEntropyLoss(), ns.SoftmaxMSELoss()])
+def test_label_errors_of_the_classification_losses(loss):
     logits = np.zeros((3, 4), f32)
-    loss = ns.CrossEntropyLoss()
     with pytest.raises(TypeError, match="integer class labels"):
         loss(logits, np.array([0.0, 1.0, 2.0]))
     with pytest.raises(ValueError, match=r"labels of shape \(B,\) = \(3,\).*got \(3, 1\)"):
@@ -100,6 +100,10 @@ def test_cross_entropy_label_errors():
         loss(logits, np.array([0, 1, 4]))
     # non-finite logits are not refused but give a NaN loss, which training reports with epoch and batch
     assert np.isnan(loss(np.full((3, 4), np.nan, f32), np.array([0, 1, 2])))
+
+
+def test_cross_entropy_weight_of_the_wrong_length():
+    logits = np.zeros((3, 4), f32)
     with pytest.raises(ValueError, match="weight has 3 entries but the logits have 4 classes"):
         ns.CrossEntropyLoss(weight=np.ones(3))(logits, np.array([0, 1, 2]))
 

@@ -39,6 +39,15 @@ def test_mse_and_one_hot_run_on_gpu():
 
 
 @requires_gpu
+def test_softmax_mse_runs_on_gpu_and_equals_the_cpu():
+    import cupy as cp
+    logits, y = np.random.default_rng(0).standard_normal((5, 4)), np.array([0, 3, 1, 1, 2])
+    cpu_loss, gpu_loss = ns.SoftmaxMSELoss(), ns.SoftmaxMSELoss()
+    assert gpu_loss(cp.asarray(logits), cp.asarray(y)) == pytest.approx(cpu_loss(logits, y), rel=1e-12)
+    np.testing.assert_allclose(cp.asnumpy(gpu_loss.backward()), cpu_loss.backward(), rtol=1e-10)
+
+
+@requires_gpu
 def test_numpy_input_to_a_gpu_model_says_what_to_do():
     model = ns.Linear(4, 2).to("gpu")
     with pytest.raises(TypeError, match=r"input is on the CPU .* parameters are on the GPU.*to_device\(x, 'gpu'\)"):

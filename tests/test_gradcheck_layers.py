@@ -72,6 +72,13 @@ def test_cross_entropy_gradients(B, K, scale, weighted, seed):
     assert ns.gradcheck(ns.CrossEntropyLoss(weight=weight), logits, y, mode="full").ok
 
 
+@given(st.integers(1, 6), st.integers(2, 6), st.sampled_from([0.1, 1.0, 5.0]), SEEDS)
+def test_softmax_mse_gradients(B, K, scale, seed):
+    rng = np.random.default_rng(seed)
+    assert ns.gradcheck(ns.SoftmaxMSELoss(), rng.standard_normal((B, K)) * scale, rng.integers(0, K, B),
+                        mode="full").ok
+
+
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=3), SEEDS)
 def test_mse_gradients(shape, seed):
     rng = np.random.default_rng(seed)

@@ -103,8 +103,19 @@ def test_mse_loss_and_balanced_class_weights_train(data_dir, tmp_path):
     assert run_cli(data_dir, tmp_path / "mse", "--preset", "mlnn-test3", "--hidden-size", "16", "--epochs", "1") == 0
     assert run_cli(data_dir, tmp_path / "bal", "--arch", "mlnn", "--hidden-size", "16", "--epochs", "1",
                    "--class-weights", "balanced") == 0
+    assert run_cli(data_dir, tmp_path / "msel", "--arch", "mlnn", "--hidden-size", "16", "--epochs", "1",
+                   "--loss", "mse-logits") == 0
     config = json.loads((tmp_path / "mse" / "config.json").read_text())
     assert (config["loss"], config["preset"]) == ("mse", "mlnn-test3")
+    assert json.loads((tmp_path / "msel" / "config.json").read_text())["loss"] == "mse-logits"
+
+
+@pytest.mark.parametrize("name,cls,one_hot", [("ce", ns.CrossEntropyLoss, False), ("mse", ns.SoftmaxMSELoss, False),
+                                              ("mse-logits", ns.MSELoss, True)])
+def test_each_loss_choice_builds_its_loss(name, cls, one_hot):
+    loss, target = training.make_loss(training.TrainConfig(loss=name), np.array([0, 1, 2]), 3, "cpu")
+    assert type(loss) is cls
+    assert target(np.array([2, 0])).shape == ((2, 3) if one_hot else (2,))
 
 
 @pytest.mark.parametrize("flags,message", [
