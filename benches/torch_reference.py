@@ -1,6 +1,6 @@
 """The paper's configurations trained with PyTorch, as an outside reference for nnscratch's accuracy.
 
-    python benches/torch_reference.py [--configs mlnn-test1 cnn-test1] [--seeds 0] [--batch-size 64]
+    python benches/torch_reference.py [--configs mlnn-test1 cnn-test1] [--seeds 0] [--batch-size 64] [--loss mse]
 
 Same data (nnscratch.data: MedMNIST normalisation to [-1, 1]), same networks, He-normal weights
 and zero biases, same optimizers and learning rates, 15 epochs, the same selection of the epoch
@@ -39,13 +39,14 @@ def build(arch, channels=3, size=28, classes=8):
     return net
 
 
-def train_one(preset, ds, seed, batch_size, epochs):
+def train_one(preset, ds, seed, batch_size, epochs, loss_override=None):
     cfg = PRESETS[preset]
     torch.manual_seed(seed)
     net = build(cfg["arch"], ds.channels, ds.image_size, ds.num_classes)
     opt = (torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=cfg.get("momentum", 0.9))
            if cfg["optimizer"] == "sgd" else torch.optim.Adam(net.parameters(), lr=cfg["lr"]))
-    mse = cfg["loss"] == "mse"
+    loss = loss_override or cfg["loss"]
+    mse = loss != "ce"
     loss_fn = nn.MSELoss() if mse else nn.CrossEntropyLoss()
     x, y = torch.from_numpy(ds.train.images), torch.from_numpy(ds.train.labels)
     rng = np.random.default_rng([seed, 1])
@@ -57,6 +58,8 @@ def train_one(preset, ds, seed, batch_size, epochs):
         for s in range(0, len(y), batch_size):
             idx = order[s:s + batch_size]
             out = net(x[idx])
+            if loss == "mse":                       # nnscratch's SoftmaxMSELoss: squared error after softmax
+                out = torch.softmax(out, 1)
             target = nn.functional.one_hot(y[idx], ds.num_classes).float() if mse else y[idx]
             opt.zero_grad()
             loss_fn(out, target).backward()
@@ -86,6 +89,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--loss", choices=["ce", "mse", "mse-logits"], default=None,
+                   help="override the presets' loss (mse: squared error after the softmax, as nnscratch's "
+                        "SoftmaxMSELoss; mse-logits: on the raw logits); default: each preset's own")
     args = p.parse_args(argv)
     ds = load("bloodmnist", args.data_dir)
     print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
@@ -93,10 +99,11 @@ def main(argv=None):
     print("| config | test accuracy | macro F1 | best val acc | train s / epoch |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for c in args.configs:
-        rows = [train_one(c, ds, s, args.batch_size, args.epochs) for s in args.seeds]
+        rows = [train_one(c, ds, s, args.batch_size, args.epochs, args.loss) for s in args.seeds]
         cols = list(zip(*rows))
         fmt = [", ".join(f"{v:.4f}" for v in col) for col in cols[:3]]
-        print(f"| {c} | {fmt[0]} | {fmt[1]} | {fmt[2]} | {statistics.mean(cols[3]):.2f} |", flush=True)
+        name = c if args.loss is None else f"{c} (--loss {args.loss})"
+        print(f"| {name} | {fmt[0]} | {fmt[1]} | {fmt[2]} | {statistics.mean(cols[3]):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -86,16 +86,44 @@ def verdict(ours: float, paper: float) -> str:
     return "better" if ours > paper else "worse"
 
 
-def reason(config: str, word: str, last_acc: float) -> str:
+def collapsed(run: dict) -> bool:
+    """True when a run puts (nearly) every test image into one class: a network stuck on a constant answer."""
+    cm = np.asarray(run["metrics"]["confusion_matrix"])
+    return cm.sum(axis=0).max() >= 0.99 * cm.sum()
+
+
+def mse_reason(config: str, word: str, runs: list) -> str:
+    """The likely reason for an MSE run's (Test3's) difference with the paper."""
+    seeds = [r["config"]["seed"] for r in runs]
+    stuck = [s for r, s in zip(runs, seeds) if collapsed(r)]
+    rest = [f"{r['metrics']['accuracy']:.3f} (seed {s})" for r, s in zip(runs, seeds) if s not in stuck]
+    text = ("the squared error is taken after the softmax, the setting in which the paper's explanation "
+            "(vanishing gradients) holds. ")
+    if stuck:
+        text += (f"In {len(stuck)} of {len(runs)} runs (seed {', '.join(map(str, stuck))}) the network put every "
+                 "image into one class within the first epoch: Adam's first steps move every weight by about "
+                 "the learning rate, which spreads the logits far apart, and once the softmax gives one class "
+                 "probability 1 in float32 the gradient is exactly zero and training never moves again "
+                 "(examples/05 draws the vanishing gradient). PyTorch started from the same weights on the "
+                 "same batches follows the same losses (benches/same_start.py), so this is the setup and its "
+                 "random draw, not the engine. ")
+        text += (f"The other runs reach {', '.join(rest)}." if rest else "No run escaped it.")
+    elif word == "better":
+        text += ("Its gradient vanishes only on confidently wrong images, and Adam rescales small gradients, so "
+                 "it still learns here; the paper states neither batch size, preprocessing nor seed.")
+    else:
+        text += "It learns slowly where the network is confidently wrong (examples/05)."
+    return text
+
+
+def reason(config: str, word: str, runs: list) -> str:
     """The likely reason for a difference with the paper, by configuration and direction."""
+    if config.endswith("test3"):
+        return mse_reason(config, word, runs)
     if word == "matches":
         return "same architecture and hyperparameters, same data split."
+    last_acc = mean_std([r["metrics"]["last_epoch_test_accuracy"] for r in runs])[0]
     if word == "better":
-        if config.endswith("test3"):
-            return ("the squared error of the softmax probabilities, with Adam at lr 0.001, still learns here: "
-                    "its gradient vanishes only on confidently wrong images, and Adam rescales small gradients; "
-                    "the paper states neither batch size, preprocessing nor seed, so its larger drop cannot be "
-                    "traced further.")
         return (f"not the choice of epoch (our last epoch scores {last_acc:.3f}); the paper states neither batch "
                 "size, preprocessing nor seed, and a PyTorch implementation of the same setup lands where we do "
                 "(docs/pytorch-reference.md).")
@@ -303,8 +331,7 @@ def render(runs: dict, table: dict, figures: list, fig_rel: str, context: dict) 
         acc, f1 = mean_std(table[c]["accuracy"])[0], mean_std(table[c]["macro.f1"])[0]
         p_acc, p_f1, where = PAPER[c]
         word = verdict(acc, p_acc)
-        last = mean_std(table[c]["last_acc"])[0]
-        lines.append(f"| {NAMES[c]} | {where} | {acc:.3f} / {f1:.3f} | {word} | {reason(c, word, last)} |")
+        lines.append(f"| {NAMES[c]} | {where} | {acc:.3f} / {f1:.3f} | {word} | {reason(c, word, runs[c])} |")
     if "mlnn-test1" in table and "cnn-test1" in table:
         sm, sc = mean_std(table["mlnn-test1"]["sec_per_epoch"])[0], mean_std(table["cnn-test1"]["sec_per_epoch"])[0]
         ratio = sc / sm

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from nnscratch import reproduce
+from nnscratch import report, reproduce
 from nnscratch.report import CONFIGS, METRICS, NAMES, get
 
 from synthetic import write_medmnist
@@ -63,3 +63,16 @@ def test_table_numbers_equal_the_runs_metrics(reproduced):
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert reproduce.main(["--epochs", "0", "--out", str(tmp_path / "r")]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def fake_run(seed, cm, accuracy):
+    return {"config": {"seed": seed}, "metrics": {"confusion_matrix": cm, "accuracy": accuracy}}
+
+
+def test_a_run_stuck_on_one_class_is_named_in_the_mse_reason():
+    stuck = fake_run(0, [[0, 5, 0], [0, 9, 0], [0, 6, 0]], 0.45)
+    fine = fake_run(1, [[5, 0, 0], [1, 8, 0], [0, 1, 5]], 0.90)
+    assert report.collapsed(stuck) and not report.collapsed(fine)
+    text = report.reason("mlnn-test3", "worse", [stuck, fine])
+    assert "In 1 of 2 runs (seed 0)" in text and "0.900 (seed 1)" in text
+    assert "one class" not in report.reason("cnn-test3", "better", [fine])

@@ -1,0 +1,97 @@
+"""Where one training step's time goes: every layer's forward and backward, timed inside real steps.
+
+    python benches/profile_step.py [--arch cnn] [--batch 64] [--steps 40] [--warmup 5]
+
+Runs the step of ``benches/speed.py`` (forward, cross-entropy, backward without the input gradient,
+Adam, zero_grad) on random data and prints the median time of each layer's forward and backward
+pass, of the three phases and of the whole step. Unlike the per-layer table of ``speed.py``, which
+times each layer alone on warm inputs, these figures include what a layer pays for running between
+the others: cold caches, threads waking up, OpenBLAS workers still spinning after a product.
+
+To compare two commits on this noisy machine, alternate them in fresh processes, e.g.
+
+    git worktree add /tmp/base <commit>
+    for i in 1 2 3; do PYTHONPATH=/tmp/base python benches/profile_step.py --total
+                       PYTHONPATH=. python benches/profile_step.py --total; done
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import time
+
+import numpy as np
+
+import nnscratch as ns
+
+
+def timed(times, key, fn):
+    """fn, with the duration of every call appended to times[key]."""
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times[key].append(time.perf_counter() - t0)
+        return out
+    return wrapper
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--arch", choices=["cnn", "mlnn"], default="cnn")
+    p.add_argument("--batch", type=int, default=64, help="images per step")
+    p.add_argument("--steps", type=int, default=40, help="timed steps (medians are shown)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, caches)")
+    p.add_argument("--total", action="store_true", help="print the step's median only")
+    args = p.parse_args(argv)
+
+    ns.manual_seed(0)
+    model = getattr(ns.models, args.arch)()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, 3, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 8, args.batch)
+    opt, loss_fn = ns.Adam(model.parameters()), ns.CrossEntropyLoss()
+    times = collections.defaultdict(list)
+    if not args.total:
+        for i, layer in enumerate(model):
+            name = f"{i:2d} {type(layer).__name__}"
+            layer.forward = timed(times, (name, "forward"), layer.forward)
+            layer.backward = timed(times, (name, "backward"), layer.backward)
+
+    def step():
+        t0 = time.perf_counter()
+        loss_fn(model(x), y)
+        t1 = time.perf_counter()
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad()
+        t3 = time.perf_counter()
+        for key, dt in (("forward + loss", t1 - t0), ("backward", t2 - t1), ("Adam + zero_grad", t3 - t2),
+                        ("step", t3 - t0)):
+            times[key].append(dt)
+
+    for _ in range(args.warmup):
+        step()
+    times.clear()
+    for _ in range(args.steps):
+        step()
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    if args.total:
+        print(f"{args.arch} step {ms['step']:.2f} ms")
+        return
+    print(f"{args.arch}, batch {args.batch}, median of {args.steps} steps, ms\n")
+    print("| layer | forward | backward |")
+    print("| --- | ---: | ---: |")
+    for i, layer in enumerate(model):
+        name = f"{i:2d} {type(layer).__name__}"
+        back = ms.get((name, "backward"))
+        print(f"| {name} | {ms[(name, 'forward')]:.2f} | {'-' if back is None else f'{back:.2f}'} |")
+    print()
+    for key in ("forward + loss", "backward", "Adam + zero_grad", "step"):
+        print(f"{key}: {ms[key]:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
