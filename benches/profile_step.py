@@ -1,6 +1,6 @@
 """Where one training step's time goes: every layer's forward and backward, timed inside real steps.
 
-    python benches/profile_step.py [--arch cnn] [--batch 64] [--steps 40] [--warmup 5]
+    python benches/profile_step.py [--arch cnn] [--batch 64] [--steps 40] [--warmup 5] [--products]
 
 Runs the step of ``benches/speed.py`` (forward, cross-entropy, backward without the input gradient,
 Adam, zero_grad) on random data and prints the median time of each layer's forward and backward
@@ -36,6 +36,40 @@ def timed(times, key, fn):
     return wrapper
 
 
+def conv_products(model, batch: int, repeats: int = 30):
+    """Print the three matrix products of each convolution (forward, weight and input gradients) timed
+    alone on random float32 data: the part of a convolution that BLAS does, for comparison with the
+    layer's time in the step."""
+    rng = np.random.default_rng(0)
+    side, total = 28, 0.0
+    print("| convolution | M x K x N | forward | weight grad | input grad | GFLOP/s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for i, layer in enumerate(model):
+        if isinstance(layer, ns.MaxPool2d):
+            side //= 2
+        if not isinstance(layer, ns.Conv2d):
+            continue
+        M, K, N = batch * side * side, layer.in_channels * 9, layer.out_channels
+        cols, w, g = (rng.standard_normal(s, dtype=np.float32) for s in ((M, K), (N, K), (M, N)))
+        ms = []
+        for fn in (lambda: cols @ w.T, lambda: g.T @ cols, lambda: g @ w):
+            for _ in range(3):
+                fn()
+            runs = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                runs.append(time.perf_counter() - t0)
+            ms.append(1e3 * statistics.median(runs))
+        if i == 0:
+            ms[2] = 0.0            # the first layer computes no input gradient in training
+        total += sum(ms)
+        flops = 2 * M * K * N * (2 if i == 0 else 3)
+        print(f"| {i} Conv2d | {M} x {K} x {N} | {ms[0]:.2f} | {ms[1]:.2f} | "
+              f"{'-' if i == 0 else f'{ms[2]:.2f}'} | {flops / sum(ms) / 1e6:.0f} |")
+    print(f"\nall convolution products: {total:.2f} ms")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -44,6 +78,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=40, help="timed steps (medians are shown)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, caches)")
     p.add_argument("--total", action="store_true", help="print the step's median only")
+    p.add_argument("--products", action="store_true",
+                   help="also time each convolution's three matrix products alone (--arch cnn)")
     args = p.parse_args(argv)
 
     ns.manual_seed(0)
@@ -91,6 +127,9 @@ def main(argv=None):
     print()
     for key in ("forward + loss", "backward", "Adam + zero_grad", "step"):
         print(f"{key}: {ms[key]:.2f} ms")
+    if args.products and args.arch == "cnn":
+        print()
+        conv_products(model, args.batch)
 
 
 if __name__ == "__main__":

@@ -65,14 +65,15 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "--epochs must be at least 1" in capsys.readouterr().err
 
 
-def fake_run(seed, cm, accuracy):
-    return {"config": {"seed": seed}, "metrics": {"confusion_matrix": cm, "accuracy": accuracy}}
+def fake_run(seed, losses, accuracy):
+    return {"config": {"seed": seed}, "metrics": {"accuracy": accuracy},
+            "history": [{"train_loss": v} for v in losses]}
 
 
-def test_a_run_stuck_on_one_class_is_named_in_the_mse_reason():
-    stuck = fake_run(0, [[0, 5, 0], [0, 9, 0], [0, 6, 0]], 0.45)
-    fine = fake_run(1, [[5, 0, 0], [1, 8, 0], [0, 1, 5]], 0.90)
-    assert report.collapsed(stuck) and not report.collapsed(fine)
-    text = report.reason("mlnn-test3", "worse", [stuck, fine])
+def test_a_run_whose_loss_froze_is_named_in_the_mse_reason():
+    frozen = fake_run(0, [0.3, 0.2076, 0.20765, 0.20764, 0.20765, 0.20765], 0.17)
+    fine = fake_run(1, [0.3, 0.06, 0.05, 0.05, 0.045, 0.043], 0.90)
+    assert report.stuck(frozen) and not report.stuck(fine)
+    text = report.reason("mlnn-test3", "worse", [frozen, fine])
     assert "In 1 of 2 runs (seed 0)" in text and "0.900 (seed 1)" in text
-    assert "one class" not in report.reason("cnn-test3", "better", [fine])
+    assert "froze" not in report.reason("cnn-test3", "better", [fine])
