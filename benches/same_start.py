@@ -4,9 +4,10 @@
 
 Builds the paper's network with nnscratch (He-normal weights from ``--seed``), copies the weights into
 the same network in PyTorch, and trains both with Adam (lr 0.001) on the same BloodMNIST batches (the
-shuffling order of ``python -m nnscratch.train``). Prints both losses and the mean spread between the
-largest and smallest logit every ``--every`` steps. Equal columns mean that a surprising run (e.g. an
-MSE run stuck on one class) comes from the setup and its random draw, not from the engine.
+shuffling order of ``python -m nnscratch.train``). Prints both losses and the mean spread between an
+image's largest and smallest logit, as each step computes them before its update, for the first four
+steps and every ``--every`` steps. Equal columns mean that a surprising run (e.g. an MSE run stuck on
+one class) comes from the setup and its random draw, not from the engine.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def main(argv=None):
         topt.zero_grad()
         tloss.backward()
         topt.step()
-        if step % args.every == 0 or step == args.steps - 1:
+        if step < 4 or step % args.every == 0 or step == args.steps - 1:
             spread, tspread = np.ptp(z, axis=1).mean(), np.ptp(tz.detach().numpy(), axis=1).mean()
             print(f"| {step} | {loss:.4f} | {tloss.item():.4f} | {spread:.1f} | {tspread:.1f} |", flush=True)
 
