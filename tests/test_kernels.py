@@ -168,7 +168,9 @@ def test_numba_relu_equals_reference(shape, dtype, layout, seed):
         x, g = in_layout(x, layout), in_layout(g, layout)
     y = cpu.relu_forward(x)
     np.testing.assert_array_equal(y, reference.relu_forward(x))
-    assert y.strides == x.strides                             # the layout is kept
+    assert y.flags.c_contiguous == x.flags.c_contiguous       # the layout is kept
+    if len(shape) == 4:
+        assert y.transpose(0, 2, 3, 1).flags.c_contiguous == x.transpose(0, 2, 3, 1).flags.c_contiguous
     np.testing.assert_array_equal(cpu.relu_backward(g, y), reference.relu_backward(g, y))
 
 
@@ -177,8 +179,13 @@ def test_numba_relu_keeps_nan_and_handles_mixed_layouts():
     x = np.array([[np.nan, -1.0, 2.0]], np.float32)
     assert np.isnan(cpu.relu_forward(x)[0, 0])
     y = cpu.relu_forward(in_layout(np.arange(-8, 8, dtype=np.float32).reshape(1, 4, 2, 2), "channels_last"))
-    g = np.ones((1, 4, 2, 2), np.float32)                      # NCHW grad, channels-last output
+    g = np.arange(16, dtype=np.float32).reshape(1, 4, 2, 2) + 1    # NCHW grad, channels-last output
     np.testing.assert_array_equal(cpu.relu_backward(g, y), reference.relu_backward(g, y))
+    y_nchw = np.ascontiguousarray(y)                                  # and the other way round
+    np.testing.assert_array_equal(cpu.relu_backward(in_layout(g, "channels_last"), y_nchw),
+                                  reference.relu_backward(g, y_nchw))
+    strided = np.arange(-20, 20, dtype=np.float32).reshape(2, 4, 5)[:, ::2]   # neither layout
+    np.testing.assert_array_equal(cpu.relu_forward(strided), reference.relu_forward(strided))
 
 
 def test_small_calls_run_the_serial_copy_and_large_ones_the_threaded(monkeypatch):

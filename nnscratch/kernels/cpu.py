@@ -261,32 +261,42 @@ def _relu_backward(grad, y, dx):
 
 
 def _flat(a):
-    """The 1-D view of ``a``'s memory, for C-contiguous and channels-last (B, C, H, W) arrays; else None."""
+    """(1-D view of ``a``'s memory, layout) for a C-contiguous ("c") or channels-last ("cl") (B, C, H, W)
+    array; (None, None) for any other layout."""
     if a.flags.c_contiguous:
-        return a.reshape(-1)
+        return a.reshape(-1), "c"
     if a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous:
-        return a.transpose(0, 2, 3, 1).reshape(-1)
-    return None
+        return a.transpose(0, 2, 3, 1).reshape(-1), "cl"
+    return None, None
+
+
+def _shaped(flat, shape, layout):
+    """The inverse of _flat: a 1-D array seen as ``shape`` in the given layout."""
+    if layout == "c":
+        return flat.reshape(shape)
+    B, C, H, W = shape
+    return flat.reshape(B, H, W, C).transpose(0, 3, 1, 2)
 
 
 def relu_forward(x):
     """Twin of reference.relu_forward; the output has x's memory layout."""
-    y = np.empty_like(x)                   # order "K": a channels-last x gives a channels-last y
-    xf, yf = _flat(x), _flat(y)
-    if xf is None or yf is None:
+    xf, layout = _flat(x)
+    if xf is None:
         return np.maximum(x, 0)
+    yf = np.empty_like(xf)
     _relu_forward(x.size, xf, yf)
-    return y
+    return _shaped(yf, x.shape, layout)
 
 
 def relu_backward(grad, y):
     """Twin of reference.relu_backward; one pass when grad and y share a memory layout."""
-    dx = np.empty_like(y)
-    gf, yf, df = _flat(grad), _flat(y), _flat(dx)
-    if gf is None or yf is None or df is None or grad.strides != y.strides:
+    gf, g_layout = _flat(grad)
+    yf, y_layout = _flat(y)
+    if gf is None or yf is None or g_layout != y_layout:
         return grad * (y > 0)
+    df = np.empty_like(yf)
     _relu_backward(grad.size, gf, yf, df)
-    return dx
+    return _shaped(df, y.shape, y_layout)
 
 
 # ---- optimizer updates: one fused pass over the flattened arrays instead of NumPy's ~8 ----------
