@@ -60,7 +60,7 @@ def main(argv=None):
     opt, topt = ns.Adam(model.parameters(), lr=1e-3), torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = {"ce": ns.CrossEntropyLoss(), "mse": ns.SoftmaxMSELoss(), "mse-logits": ns.MSELoss()}[args.loss]
     order = np.random.default_rng([args.seed, 1]).permutation(len(ds.train.labels))
-    print(f"| step | nnscratch loss | PyTorch loss | nnscratch logit spread | PyTorch logit spread |")
+    print("| step | nnscratch loss | PyTorch loss | nnscratch logit spread | PyTorch logit spread |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for step in range(args.steps):
         idx = order[(step * 64) % len(order):][:64]

@@ -31,6 +31,23 @@ def _check_labels(owner, target, batch: int, num_classes: int):
                              f"got values from {lo} to {hi}")
 
 
+def _check_logits_and_labels(owner, logits, target):
+    """logits: (B, K) floats, non-finite allowed (a NaN loss is what training reports); target: (B,) ints
+    in [0, K) on the logits' device."""
+    check_array(owner, logits, "logits", finite=False)
+    check_shape(owner, logits, (None, None), "(B, num_classes)", "logits")
+    _check_labels(owner, target, *logits.shape)
+    if is_gpu_array(target) != is_gpu_array(logits):
+        raise TypeError(f"{owner}: the labels are on the {device_of(target).upper()} but the logits on the "
+                        f"{device_of(logits).upper()}; move them with ns.to_device(y, '{device_of(logits)}')")
+
+
+def softmax(z):
+    """z: (B, K) logits -> (B, K) probabilities, each row's maximum subtracted first (no overflow)."""
+    exp = get_array_module(z).exp(z - z.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 class CrossEntropyLoss(Loss):
     """Softmax cross-entropy on raw logits, as PyTorch's ``CrossEntropyLoss``.
 
@@ -55,13 +72,8 @@ class CrossEntropyLoss(Loss):
 
     def forward(self, logits, target) -> float:
         """logits: (B, K), target: (B,) -> mean loss (float)."""
-        check_array(self, logits, "logits", finite=False)   # NaN logits give a NaN loss, which training reports
-        check_shape(self, logits, (None, None), "(B, num_classes)", "logits")
-        B, K = logits.shape
-        _check_labels(self, target, B, K)
-        if is_gpu_array(target) != is_gpu_array(logits):
-            raise TypeError(f"{self}: the labels are on the {device_of(target).upper()} but the logits on the "
-                            f"{device_of(logits).upper()}; move them with ns.to_device(y, '{device_of(logits)}')")
+        _check_logits_and_labels(self, logits, target)
+        B = logits.shape[0]
         xp = get_array_module(logits)
         shifted = logits - logits.max(axis=1, keepdims=True)              # (B, K), max 0 per row
         exp = xp.exp(shifted)
@@ -143,15 +155,8 @@ class SoftmaxMSELoss(Loss):
 
     def forward(self, logits, target) -> float:
         """logits: (B, K), target: (B,) -> mean loss (float)."""
-        check_array(self, logits, "logits", finite=False)   # NaN logits give a NaN loss, which training reports
-        check_shape(self, logits, (None, None), "(B, num_classes)", "logits")
-        _check_labels(self, target, *logits.shape)
-        if is_gpu_array(target) != is_gpu_array(logits):
-            raise TypeError(f"{self}: the labels are on the {device_of(target).upper()} but the logits on the "
-                            f"{device_of(logits).upper()}; move them with ns.to_device(y, '{device_of(logits)}')")
-        xp = get_array_module(logits)
-        exp = xp.exp(logits - logits.max(axis=1, keepdims=True))
-        prob = exp / exp.sum(axis=1, keepdims=True)                        # (B, K)
+        _check_logits_and_labels(self, logits, target)
+        prob = softmax(logits)                                             # (B, K)
         diff = prob - one_hot(target, logits.shape[1], dtype=logits.dtype)
         self._cache = (prob, diff)
         return float((diff * diff).mean())

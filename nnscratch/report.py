@@ -75,7 +75,6 @@ def summary(runs: dict) -> dict:
         row["sec_per_epoch"] = [r["metrics"]["timing"]["train_seconds_per_epoch"] for r in rs]
         row["img_per_s"] = [r["metrics"]["timing"]["inference_images_per_second"] for r in rs]
         row["best_epoch"] = [r["metrics"]["best_epoch"] for r in rs]
-        row["last_acc"] = [r["metrics"]["last_epoch_test_accuracy"] for r in rs]
         out[c] = row
     return out
 
@@ -92,7 +91,7 @@ def stuck(run: dict, epochs: int = 5) -> bool:
     return len(run["history"]) >= epochs and max(losses) - min(losses) <= 1e-3 * max(losses)
 
 
-def mse_reason(config: str, word: str, runs: list) -> str:
+def mse_reason(word: str, runs: list) -> str:
     """The likely reason for an MSE run's (Test3's) difference with the paper."""
     seeds = [r["config"]["seed"] for r in runs]
     frozen = [s for r, s in zip(runs, seeds) if stuck(r)]
@@ -100,7 +99,8 @@ def mse_reason(config: str, word: str, runs: list) -> str:
     text = ("the squared error is taken after the softmax, the setting in which the paper's explanation "
             "(vanishing gradients) holds. ")
     if frozen:
-        text += (f"In {len(frozen)} of {len(runs)} runs (seed{'s' if len(frozen) > 1 else ''} {', '.join(map(str, frozen))}) the training loss "
+        which = ("seeds " if len(frozen) > 1 else "seed ") + ", ".join(map(str, frozen))
+        text += (f"In {len(frozen)} of {len(runs)} runs ({which}) the training loss "
                  "froze within the first epochs (its last five epochs agree to 0.1 %): Adam's first steps move "
                  "every weight by about the learning rate, which spreads the logits far apart, and once the "
                  "softmax gives one class probability 1 in float32 the gradient is exactly zero and training "
@@ -120,7 +120,7 @@ def mse_reason(config: str, word: str, runs: list) -> str:
 def reason(config: str, word: str, runs: list) -> str:
     """The likely reason for a difference with the paper, by configuration and direction."""
     if config.endswith("test3"):
-        return mse_reason(config, word, runs)
+        return mse_reason(word, runs)
     if word == "matches":
         return "same architecture and hyperparameters, same data split."
     last_acc = mean_std([r["metrics"]["last_epoch_test_accuracy"] for r in runs])[0]

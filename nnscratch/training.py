@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__, losses, models, optim, plots
-from .backend import get_array_module, gpu_available, to_device, to_numpy
+from .backend import gpu_available, to_device, to_numpy
 from .cli import UsageError
 from .data import Dataset, batches, load, num_batches
 from .files import save_model, write_json, write_text
@@ -133,16 +133,10 @@ def make_optimizer(config: TrainConfig, model):
     return optim.Adam(model.parameters(), lr=config.lr)
 
 
-def softmax(z):
-    xp = get_array_module(z)
-    e = xp.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def predict(model, images, batch_size: int = EVAL_BATCH):
     """Class probabilities (N, K) as a NumPy float32 array, in evaluation mode."""
     model.eval()
-    out = [to_numpy(softmax(model(images[s:s + batch_size]))) for s in range(0, len(images), batch_size)]
+    out = [to_numpy(losses.softmax(model(images[s:s + batch_size]))) for s in range(0, len(images), batch_size)]
     model.train()
     return np.concatenate(out)
 

@@ -50,8 +50,7 @@ class Conv2d(Module):
         self.weight = Parameter(init.he_normal((out_channels, in_channels, kh, kw), dtype=dtype, rng=rng))
         self.bias = Parameter(init.zeros((out_channels,), dtype=dtype)) if bias else None
         self._cache = None
-        self._cols = None                 # im2col buffer, reused across steps
-        self._ones_cache = None           # ones for the bias gradient, see _ones
+        self._kept = {}                   # arrays reused across steps (see _keep)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -83,20 +82,22 @@ class Conv2d(Module):
         self._cache = (x.shape, cols)
         return y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
 
+    def _keep(self, name, like, shape, make):
+        """The array kept under ``name`` from an earlier step if it has ``shape`` and ``like``'s dtype and
+        device, else a new one from ``make`` ("empty" or "ones" of the array module), kept for next time."""
+        kept = self._kept.get(name)
+        if kept is None or kept.shape != shape or kept.dtype != like.dtype or type(kept) is not type(like):
+            kept = self._kept[name] = getattr(get_array_module(like), make)(shape, dtype=like.dtype)
+        return kept
+
     def _buffer(self, x, shape):
         """The column matrix of the last forward pass, reused when it fits: a fresh 10 MB array per
         step costs page faults that are a visible share of a CNN step on the CPU."""
-        buf = self._cols
-        if buf is None or buf.shape != shape or buf.dtype != x.dtype or type(buf) is not type(x):
-            buf = self._cols = get_array_module(x).empty(shape, dtype=x.dtype)
-        return buf
+        return self._keep("cols", x, shape, "empty")
 
     def _ones(self, g):
-        """A vector of len(g) ones in g's dtype and device, kept between steps."""
-        ones = self._ones_cache
-        if ones is None or ones.shape[0] != g.shape[0] or ones.dtype != g.dtype or type(ones) is not type(g):
-            ones = self._ones_cache = get_array_module(g).ones(g.shape[0], dtype=g.dtype)
-        return ones
+        """A vector of len(g) ones in g's dtype and device, for the bias gradient."""
+        return self._keep("ones", g, (g.shape[0],), "ones")
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, out_channels, OH, OW) -> (B, in_channels, H, W); accumulates weight and bias grads.
