@@ -1,6 +1,12 @@
 """Loss functions: ``forward`` returns a Python float, ``backward()`` the gradient
-with respect to the predictions, both averaged over the batch."""
+with respect to the predictions, both averaged over the batch.
+
+``forward`` checks its inputs and calls ``_forward``, which computes the loss as a 0-d array on the
+inputs' device without checks or a wait for the device (what a recorded CUDA graph replays, see
+``step.py``)."""
 from __future__ import annotations
+
+import numpy as np
 
 from .backend import get_array_module, is_gpu_array, to_device, device_of
 from .checks import check_array, check_shape, no_forward
@@ -11,6 +17,10 @@ class Loss:
 
     def __call__(self, pred, target) -> float:
         return self.forward(pred, target)
+
+    def _forward(self, pred, target):
+        """The loss as a 0-d array on the inputs' device; no checks, keeps what ``backward`` needs."""
+        raise NotImplementedError
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -73,6 +83,14 @@ class CrossEntropyLoss(Loss):
     def forward(self, logits, target) -> float:
         """logits: (B, K), target: (B,) -> mean loss (float)."""
         _check_logits_and_labels(self, logits, target)
+        with np.errstate(invalid="ignore", divide="ignore"):     # a zero total is reported just below
+            loss = self._forward(logits, target)
+        if self.weight is not None and float(self._total) == 0:
+            self._cache = None
+            raise ValueError(f"{self}: every label in the batch has class weight 0, the mean is undefined")
+        return float(loss)
+
+    def _forward(self, logits, target):
         B = logits.shape[0]
         xp = get_array_module(logits)
         shifted = logits - logits.max(axis=1, keepdims=True)              # (B, K), max 0 per row
@@ -82,11 +100,9 @@ class CrossEntropyLoss(Loss):
         rows = xp.arange(B)
         nll = -log_p[rows, target]                                         # (B,)
         w = xp.ones(B, dtype=logits.dtype) if self.weight is None else self._class_weight(xp, logits)[target]
-        total = w.sum()
-        if self.weight is not None and float(total) == 0:
-            raise ValueError(f"{self}: every label in the batch has class weight 0, the mean is undefined")
+        total = self._total = w.sum()
         self._cache = (exp / sumexp, target, w / total)
-        return float((w * nll).sum() / total)
+        return (w * nll).sum() / total
 
     def _class_weight(self, xp, logits):
         if self.weight.shape[0] != logits.shape[1]:
@@ -125,8 +141,11 @@ class MSELoss(Loss):
         if is_gpu_array(target) != is_gpu_array(pred):
             raise TypeError(f"{self}: the target is on the {device_of(target).upper()} but the prediction on the "
                             f"{device_of(pred).upper()}; move it with ns.to_device(t, '{device_of(pred)}')")
+        return float(self._forward(pred, target))
+
+    def _forward(self, pred, target):
         self._diff = pred - target.astype(pred.dtype, copy=False)
-        return float((self._diff * self._diff).mean())
+        return (self._diff * self._diff).mean()
 
     def backward(self):
         """-> dloss/dpred, the prediction's shape."""
@@ -156,10 +175,13 @@ class SoftmaxMSELoss(Loss):
     def forward(self, logits, target) -> float:
         """logits: (B, K), target: (B,) -> mean loss (float)."""
         _check_logits_and_labels(self, logits, target)
+        return float(self._forward(logits, target))
+
+    def _forward(self, logits, target):
         prob = softmax(logits)                                             # (B, K)
         diff = prob - one_hot(target, logits.shape[1], dtype=logits.dtype)
         self._cache = (prob, diff)
-        return float((diff * diff).mean())
+        return (diff * diff).mean()
 
     def backward(self):
         """-> dloss/dlogits: (B, K)."""

@@ -32,8 +32,31 @@ class Optimizer:
             p.zero_grad()
 
     def step(self):
+        """One update of every parameter from its ``.grad``."""
+        self._prepare()
+        self._apply()
+
+    def _prepare(self):
+        """The host's share of a step: devices checked, state created, step counts advanced.
+
+        It launches no work that reads a gradient, so a CUDA graph that recorded ``_apply``
+        (``step.py``) stays right when this part runs in Python before each replay.
+        """
         for p, state in zip(self.params, self.state):
             self._check_device(p, state)
+            self._prepare_one(p, state)
+
+    def _prepare_one(self, p, state):
+        pass
+
+    def _graph_ready(self) -> bool:
+        """After ``_prepare``: whether ``_apply`` reads every number that changes between steps from
+        device memory, so that a recorded CUDA graph of it can be replayed (step.py)."""
+        return True
+
+    def _apply(self):
+        """The device's share of a step: every parameter updated in place from its gradient."""
+        for p, state in zip(self.params, self.state):
             self._update(p, state)
 
     def _update(self, p, state):
@@ -112,13 +135,19 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
                 "dampening": self.dampening, "nesterov": self.nesterov}
 
+    def _prepare(self):
+        self._first = set()                   # ids of the parameters taking their first step
+        super()._prepare()
+
+    def _prepare_one(self, p, state):
+        if "momentum_buffer" not in state:
+            self._first.add(id(p))
+            if self.momentum:
+                state["momentum_buffer"] = get_array_module(p.data).empty_like(p.data)
+
     def _update(self, p, state):
-        buf = state.get("momentum_buffer")
-        first = buf is None
-        if self.momentum and first:
-            buf = state["momentum_buffer"] = get_array_module(p.data).empty_like(p.data)
-        kernels.sgd_update(p.data, p.grad, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
-                           self.nesterov, first)
+        kernels.sgd_update(p.data, p.grad, state.get("momentum_buffer"), self.lr, self.momentum, self.dampening,
+                           self.weight_decay, self.nesterov, id(p) in self._first)
 
 
 class Adam(Optimizer):
@@ -146,10 +175,40 @@ class Adam(Optimizer):
     def _hyper(self):
         return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
 
-    def _update(self, p, state):
+    def _prepare_one(self, p, state):
         if "exp_avg" not in state:
             xp = get_array_module(p.data)
             state.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
         state["step"] += 1
+
+    def _prepare(self):
+        super()._prepare()
+        self._coef = None
+        steps = {s["step"] for s in self.state}
+        if len(steps) == 1 and all(is_gpu_array(p.data) for p in self.params):
+            # On a GPU the two step-dependent factors go to the kernels through device memory, written
+            # here, so that a recorded CUDA graph of _apply reads each step's own values
+            t = steps.pop()
+            self._coef = self._coef_buffer()
+            self._coef[0:1].fill(self.lr / (1 - self.betas[0] ** t))
+            self._coef[1:2].fill((1 - self.betas[1] ** t) ** 0.5)
+
+    def _graph_ready(self) -> bool:
+        return self._coef is not None
+
+    def _coef_buffer(self):
+        """(2,) float64 on the GPU: the step size lr / (1 - beta1^t) and sqrt(1 - beta2^t), kept across steps."""
+        kept = getattr(self, "_coef_kept", None)
+        if kept is None:
+            import cupy as cp
+            kept = self._coef_kept = cp.empty(2, dtype=cp.float64)
+        return kept
+
+    def _update(self, p, state):
+        if self._coef is not None:
+            from .kernels import gpu
+            gpu.adam_update_coef(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self._coef,
+                                 self.betas[0], self.betas[1], self.eps, self.weight_decay)
+            return
         kernels.adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self.lr, self.betas[0],
                             self.betas[1], self.eps, self.weight_decay, state["step"])

@@ -160,6 +160,19 @@ def _optimizer_kernels():
         p = (T)((double)p - step_size * (mi / (sqrt(vi) / bias2_sqrt + eps)));
         """,
         "nnscratch_adam")
+    adam_coef = cp.ElementwiseKernel(
+        "T g, raw float64 coef, float64 b1, float64 b2, float64 eps, float64 wd",
+        "T p, T m, T v",
+        """
+        double step_size = coef[0], bias2_sqrt = coef[1];
+        double gi = (double)g + wd * (double)p;
+        double mi = b1 * (double)m + (1 - b1) * gi;
+        double vi = b2 * (double)v + (1 - b2) * gi * gi;
+        m = (T)mi;
+        v = (T)vi;
+        p = (T)((double)p - step_size * (mi / (sqrt(vi) / bias2_sqrt + eps)));
+        """,
+        "nnscratch_adam_coef")
     sgd = cp.ElementwiseKernel(
         "T g, float64 lr, float64 mom, float64 damp, float64 wd, bool nesterov, bool first",
         "T p, T buf",
@@ -173,13 +186,20 @@ def _optimizer_kernels():
         p = (T)((double)p - lr * gi);
         """,
         "nnscratch_sgd")
-    return adam, sgd
+    return adam, sgd, adam_coef
 
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     """Fused twin of reference.adam_update, one CUDA thread per element."""
     _optimizer_kernels()[0](g, lr / (1 - beta1 ** step), beta1, beta2, eps, weight_decay,
                             (1 - beta2 ** step) ** 0.5, p, m, v)
+
+
+def adam_update_coef(p, g, m, v, coef, beta1, beta2, eps, weight_decay):
+    """adam_update with the step's two factors read from device memory: coef = (lr / (1 - beta1^t),
+    sqrt(1 - beta2^t)), float64 (2,). A recorded CUDA graph replays this launch unchanged while the
+    optimizer writes each step's factors into ``coef`` before the replay."""
+    _optimizer_kernels()[2](g, coef, beta1, beta2, eps, weight_decay, p, m, v)
 
 
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
