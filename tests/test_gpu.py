@@ -1,6 +1,7 @@
 """The same layers on CuPy arrays give NumPy's results; mixing devices is refused clearly."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import nnscratch as ns
 
@@ -85,3 +86,32 @@ def test_to_device_round_trip():
     g = ns.to_device(x, "gpu")
     assert ns.get_array_module(g).__name__ == "cupy"
     np.testing.assert_array_equal(ns.to_numpy(g), x)
+
+
+@requires_gpu
+@settings(max_examples=60)
+@given(m=st.integers(1, 70), k=st.integers(1, 70), n=st.integers(1, 70), layout_a=st.sampled_from("rcsv"),
+       layout_b=st.sampled_from("rcs"), into=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_cublas_matmul_equals_numpy_for_every_layout(m, k, n, layout_a, layout_b, into, dtype):
+    """r: row-major, c: column-major (a transposed view), s: every other column (a strided view, copied
+    first), v: a vector (K,) for a."""
+    import cupy as cp
+    from nnscratch.kernels import cublas
+    rng = np.random.default_rng(m * 10007 + k * 101 + n)
+
+    def make(rows, cols, layout):
+        if layout == "c":
+            return cp.asarray(rng.standard_normal((cols, rows)).astype(dtype)).T
+        if layout == "s":
+            return cp.asarray(rng.standard_normal((rows, 2 * cols)).astype(dtype))[:, ::2]
+        return cp.asarray(rng.standard_normal((rows, cols)).astype(dtype))
+    a = cp.asarray(rng.standard_normal(k).astype(dtype)) if layout_a == "v" else make(m, k, layout_a)
+    b = make(k, n, layout_b)
+    expected = cp.asnumpy(a).astype(np.float64) @ cp.asnumpy(b).astype(np.float64)
+    out = cp.full(expected.shape, cp.nan, dtype=dtype) if into else None
+    got = cublas.matmul(a, b, out)
+    assert cublas.available() and got.shape == expected.shape and got.dtype == dtype
+    if into:
+        assert got is out
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(cp.asnumpy(got), expected, rtol=tol, atol=tol * np.sqrt(k))

@@ -1,7 +1,8 @@
 """Kernel dispatch: the array decides which twin runs.
 
 Kernels: im2col, col2im, max-pooling forward and backward, ReLU forward and
-backward, and the optimizers' fused updates (Adam, SGD).
+backward, the optimizers' fused updates (Adam, SGD), and the matrix product
+(NumPy's BLAS on the CPU, cuBLAS called directly on a GPU: see ``cublas.py``).
 
     CuPy array            -> kernels/gpu.py       (CUDA, via CuPy)
     NumPy array, default  -> kernels/cpu.py       (numba)
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 import os
+
+import numpy as np
 
 from ..backend import is_gpu_array
 from . import reference
@@ -49,6 +52,14 @@ def for_array(x):
     if is_gpu_array(x):
         return importlib.import_module(".gpu", __name__)
     return _numba() if cpu_kernels() == "numba" else reference
+
+
+def matmul(a, b, out=None):
+    """a (M, K) or (K,) @ b (K, N) -> (M, N) or (N,), into ``out`` if given."""
+    if is_gpu_array(a):
+        from . import cublas
+        return cublas.matmul(a, b, out)
+    return np.matmul(a, b, out=out)
 
 
 def im2col(x, kh, kw, stride=1, padding=0, out=None):

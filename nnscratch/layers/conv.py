@@ -76,7 +76,7 @@ class Conv2d(Module):
                              f"than the {kh}x{kw} kernel; got shape {tuple(x.shape)}")
         B, _, OH, OW = self.output_shape(x.shape)
         cols = kernels.im2col(x, kh, kw, s, p, out=self._buffer(x, (B * OH * OW, kh * kw * self.in_channels)))
-        y = cols @ self._weight_matrix().T                           # (B*OH*OW, OC)
+        y = kernels.matmul(cols, self._weight_matrix().T)            # (B*OH*OW, OC)
         if self.bias is not None:
             y += self.bias.data
         self._cache = (x.shape, cols)
@@ -112,7 +112,7 @@ class Conv2d(Module):
         (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
         OC = self.out_channels
         g = grad.transpose(0, 2, 3, 1).reshape(-1, OC)     # (B*OH*OW, OC); free for channels-last grad
-        dw = (g.T @ cols).reshape(OC, kh, kw, self.in_channels)
+        dw = kernels.matmul(g.T, cols).reshape(OC, kh, kw, self.in_channels)
         self.weight.grad += dw.transpose(0, 3, 1, 2)
         if self.bias is not None:
             # the column sums as a matrix-vector product: BLAS reads g once on every core, where
@@ -120,4 +120,4 @@ class Conv2d(Module):
             self.bias.accumulate_product(self._ones(g), g)
         if not need_input_grad:
             return None
-        return kernels.col2im(g @ self._weight_matrix(), x_shape, kh, kw, s, p)
+        return kernels.col2im(kernels.matmul(g, self._weight_matrix()), x_shape, kh, kw, s, p)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import init
+from .. import init, kernels
 from ..checks import check_array, check_positive_int, check_grad, check_matches_parameter, check_shape, no_forward
 from .module import Module, Parameter
 
@@ -31,7 +31,7 @@ class Linear(Module):
         check_shape(self, x, (None, self.in_features), "(B, in_features)")
         check_matches_parameter(self, x, self.weight)
         self._x = x
-        y = x @ self.weight.data.T
+        y = kernels.matmul(x, self.weight.data.T)
         if self.bias is not None:
             y += self.bias.data
         return y
@@ -48,5 +48,5 @@ class Linear(Module):
         self.weight.accumulate_product(grad.T, self._x)
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)
-        return grad @ self.weight.data if need_input_grad else None
+        return kernels.matmul(grad, self.weight.data) if need_input_grad else None
 

@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .. import kernels
 from ..backend import check_device, get_array_module, to_device, to_numpy
 from ..checks import trusted_inputs
 
@@ -47,10 +48,10 @@ class Parameter:
     def accumulate_product(self, a, b):
         """grad += a @ b, for a product of the gradient's shape (written in place after ``zero_grad``)."""
         if self._zero_pending:
-            get_array_module(self._grad).matmul(a, b, out=self._grad)
+            kernels.matmul(a, b, out=self._grad)
             self._zero_pending = False
         else:
-            self._grad += a @ b
+            self._grad += kernels.matmul(a, b)
 
     @property
     def shape(self) -> tuple:
