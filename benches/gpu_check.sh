@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# One prepared run for a GPU machine: installs nothing, runs the GPU tests (and the kernel
-# tests, which include the CuPy twins), then runs benches/speed.py: training steps and layers on NumPy, numba and CuPy (and
-# PyTorch where installed) and prints a table.
-#   usage: bash benches/gpu_check.sh        (from the repository root)
+# One prepared run for a GPU machine; installs nothing. In order of importance, so that a run cut
+# short still answers the main questions:
+#   1. the GPU tests (CUDA-graph steps against op-by-op steps, layers against NumPy),
+#   2. benches/speed.py on the GPU: nnscratch with and without CUDA graphs against PyTorch eager,
+#   3. short trainings of the paper's CNN on BloodMNIST with and without graphs (if the data are
+#      found: NNSCRATCH_DATA_DIR, default .gpudata/), seconds per epoch from metrics.json,
+#   4. the kernel and PyTorch-oracle tests, which include the CuPy twins.
+#   usage: bash benches/gpu_check.sh        (from the repository root; OUT=folder keeps run folders)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT="${OUT:-$(mktemp -d)}"
 python3 - <<'PY'
 import numpy, nnscratch as ns
 print("numpy", numpy.__version__, "| gpu available:", ns.gpu_available())
@@ -14,7 +19,17 @@ try:
 except Exception as e:
     print("cupy unavailable:", e)
 PY
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py tests/test_against_torch.py -x
+python3 -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_gpu.py -x -W error::RuntimeWarning
 status=$?
-python3 benches/speed.py --repeats "${REPEATS:-20}"
+python3 benches/speed.py --devices gpu --no-layers --repeats "${REPEATS:-30}"
+data="${NNSCRATCH_DATA_DIR:-.gpudata}"
+if [ -f "$data/bloodmnist.npz" ]; then
+    for flag in "" "--no-cuda-graphs"; do
+        python3 -m nnscratch.train --preset cnn-test1 --device gpu --epochs "${EPOCHS:-3}" --quiet \
+            --data-dir "$data" --out "$OUT/cnn-test1${flag}" $flag | grep -E "epoch|test accuracy"
+        python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['timing']; print('cnn-test1 $flag', {k: round(v, 3) for k, v in t.items() if isinstance(v, float)})" "$OUT/cnn-test1${flag}/metrics.json"
+    done
+fi
+python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_against_torch.py -x
+status=$((status || $?))
 exit $status

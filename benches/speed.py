@@ -62,7 +62,7 @@ def _time(fn, sync=lambda: None):
 
 # ---- the two engines -----------------------------------------------------------------------------
 
-def ours(arch, device, batch):
+def ours(arch, device, batch, graphs=True):
     ns.manual_seed(0)
     model = getattr(ns.models, arch)()
     rng = np.random.default_rng(0)
@@ -75,13 +75,10 @@ def ours(arch, device, batch):
         model.to("gpu")
         x, xi, y = cp.asarray(x), cp.asarray(xi), cp.asarray(y)
         sync = cp.cuda.Device().synchronize  # noqa: E731
-    opt, loss_fn = ns.Adam(model.parameters()), ns.CrossEntropyLoss()
+    train_step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), graph=graphs)
 
     def step():
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward(), need_input_grad=False)
-        opt.step()
-        opt.zero_grad()
+        train_step(x, y)            # what a training loop runs: the loss and hit count come back to Python
 
     def infer():
         model.eval()
@@ -125,7 +122,10 @@ def theirs(arch, device, batch):
 
 def worker(engine, arch, device, batch, warmup, repeats) -> dict:
     """Run in a process of its own: step and inference times (seconds) of one engine."""
-    step, infer, sync = (ours if engine == "nnscratch" else theirs)(arch, device, batch)
+    if engine == "PyTorch":
+        step, infer, sync = theirs(arch, device, batch)
+    else:
+        step, infer, sync = ours(arch, device, batch, graphs=engine == "nnscratch")
     for _ in range(warmup):
         step()
         infer()
@@ -193,6 +193,8 @@ def main(argv=None):
     p.add_argument("--arch", nargs="+", default=["cnn", "mlnn"], choices=["cnn", "mlnn"])
     p.add_argument("--rounds", type=int, default=3, help="alternating fresh processes per engine")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+    p.add_argument("--devices", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"],
+                   help="where to time the networks (gpu only where CuPy sees one)")
     p.add_argument("--worker", nargs=3, metavar=("ENGINE", "ARCH", "DEVICE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -204,7 +206,7 @@ def main(argv=None):
         torch_note = f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"
     except ImportError:
         have_torch, torch_note = False, "PyTorch not installed: its rows are left out"
-    devices = ["cpu"] + (["gpu"] if ns.gpu_available() else [])
+    devices = [d for d in args.devices if d == "cpu" or ns.gpu_available()]
     gflops = matmul_gflops()
     print(f"batch {args.batch}, float32, Adam; medians of {args.rounds} alternating processes x {args.repeats} steps, "
           f"each after {args.warmup} warm-up steps; {torch_note}; float32 2048^3 matrix product here: "
@@ -216,7 +218,7 @@ def main(argv=None):
     for arch in args.arch:
         flops = step_flops(getattr(ns.models, arch)(), args.batch)
         for device in devices:
-            engines = ["nnscratch"]
+            engines = ["nnscratch"] + (["nnscratch-no-graphs"] if device == "gpu" else [])
             if have_torch and (device == "cpu" or torch.cuda.is_available()):
                 engines.append("PyTorch")
             result = race(engines, arch, device, args)

@@ -14,12 +14,14 @@ from .layers import Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU,
 from .losses import CrossEntropyLoss, Loss, MSELoss, SoftmaxMSELoss, one_hot
 from .optim import SGD, Adam, Optimizer
 from .random import manual_seed
+from .step import NonFiniteLoss, TrainStep
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
     "Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam",
+    "TrainStep", "NonFiniteLoss",
     "models", "init", "kernels", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
     "get_array_module", "gpu_available", "to_device", "to_numpy",
 ]

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"cross-entropy class weights; balanced = n / (classes * count) (default: {D.class_weights})")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"],
                    help=f"where to compute; auto takes the GPU when CuPy sees one (default: {D.device})")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                   help="on a GPU, run every training step op by op instead of replaying it as a recorded "
+                        "CUDA graph (default: graphs on; slower, for debugging)")
     p.add_argument("--seed", type=int, help=f"seed for the weights and the shuffling (default: {D.seed})")
     p.add_argument("--dataset", help=f"MedMNIST 2-D set, e.g. bloodmnist, dermamnist, pneumoniamnist "
                    f"(default: {D.dataset})")

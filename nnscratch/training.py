@@ -30,6 +30,7 @@ from .data import Dataset, batches, load, num_batches
 from .files import save_model, write_json, write_text
 from .metrics import classification_report
 from .random import manual_seed
+from .step import NonFiniteLoss, TrainStep
 
 EVAL_BATCH = 256
 
@@ -67,6 +68,7 @@ class TrainConfig:
     data_dir: str | None = None
     out: str | None = None
     limit_train: int | None = None      # first N training images only (tests, quick looks)
+    cuda_graphs: bool = True            # on a GPU, replay each step as a recorded CUDA graph (step.py)
 
     def validate(self):
         """Raise UsageError for any setting out of range."""
@@ -224,6 +226,7 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     xs = {k: (to_device(x, device), to_device(y, device)) for k, (x, y) in xs.items()}
     loss_fn, target = make_loss(config, y_train, K, device)
     opt = make_optimizer(config, model)
+    step = TrainStep(model, loss_fn, opt, target=target, graph=config.cuda_graphs)
 
     settings = {**asdict(config), "device_used": device, "num_parameters": model.num_parameters(),
                 "dataset_file": str(dataset.path), "dataset_md5": dataset.md5, "label_names": dataset.label_names,
@@ -249,17 +252,13 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
             bar = tqdm(batches(*xs["train"], config.batch_size, shuffle=True, rng=shuffle_rng), total=n_batches,
                        desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress, unit="batch")
             for b, (xb, yb) in enumerate(bar, start=1):
-                with np.errstate(over="ignore", invalid="ignore"):   # a diverging step is reported below
-                    logits = model(xb)
-                    loss = loss_fn(logits, target(yb))
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(f"the loss became {loss} at epoch {epoch}, batch {b} of {n_batches}; "
-                                           f"try a lower --lr (now {config.lr:g})")
-                model.backward(loss_fn.backward(), need_input_grad=False)
-                opt.step()
-                opt.zero_grad()
+                try:
+                    loss, hits = step(xb, yb)
+                except NonFiniteLoss as e:
+                    raise TrainingDiverged(f"the loss became {e.loss} at epoch {epoch}, batch {b} of {n_batches}; "
+                                           f"try a lower --lr (now {config.lr:g})") from None
                 total += loss * len(yb)
-                correct += int((logits.argmax(axis=1) == yb).sum())
+                correct += hits
                 seen += len(yb)
                 bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
             bar.close()
