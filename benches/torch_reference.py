@@ -19,7 +19,7 @@ from torch import nn
 
 from nnscratch.data import load
 from nnscratch.metrics import classification_report
-from nnscratch.training import PRESETS
+from nnscratch.training import BATCH_SIZES, PRESETS
 
 
 def build(arch, channels=3, size=28, classes=8):
@@ -86,7 +86,8 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["mlnn-test1", "cnn-test1"], choices=list(PRESETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per step (default: each architecture's, as nnscratch's presets)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--loss", choices=["ce", "mse", "mse-logits"], default=None,
@@ -94,12 +95,13 @@ def main(argv=None):
                         "SoftmaxMSELoss; mse-logits: on the raw logits); default: each preset's own")
     args = p.parse_args(argv)
     ds = load("bloodmnist", args.data_dir)
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size or BATCH_SIZES}, "
           f"{args.epochs} epochs, seeds {args.seeds}\n")
     print("| config | test accuracy | macro F1 | best val acc | train s / epoch |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for c in args.configs:
-        rows = [train_one(c, ds, s, args.batch_size, args.epochs, args.loss) for s in args.seeds]
+        batch = args.batch_size or BATCH_SIZES[PRESETS[c]["arch"]]
+        rows = [train_one(c, ds, s, batch, args.epochs, args.loss) for s in args.seeds]
         cols = list(zip(*rows))
         fmt = [", ".join(f"{v:.4f}" for v in col) for col in cols[:3]]
         name = c if args.loss is None else f"{c} (--loss {args.loss})"

@@ -289,7 +289,7 @@ def render(runs: dict, table: dict, figures: list, fig_rel: str, context: dict) 
         + f"; device used: {context['device']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in context["versions"].items()),
         f"- Data: `{context['dataset']}` (MD5 `{context['md5']}`), {context['sizes']}",
-        f"- Setting: {context['epochs']} epochs, batch {context['batch_size']}, He initialisation, "
+        f"- Setting: {context['epochs']} epochs, {context['batch_size']}, He initialisation, "
         f"seeds {', '.join(map(str, seeds))}; test metrics use the weights of the epoch with the best validation "
         "accuracy (chosen on the validation split, never on the test split). Run folders: "
         f"`{context['runs_rel']}/<config>-seed<k>/`.",

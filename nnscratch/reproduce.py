@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .cli import ArgumentParser, UsageError, run_cli
 from .data import load
 from .report import CONFIGS, write_report
-from .training import PRESETS, TrainConfig, TrainingDiverged, machine, resolve_device, run, versions
+from .training import BATCH_SIZES, PRESETS, TrainConfig, TrainingDiverged, machine, resolve_device, run, versions
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/results", help="figures and run folders go here, the report to OUT.md")
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), metavar="NAME",
                    help=f"a subset of {', '.join(CONFIGS)}")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per step")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per step (default: each architecture's, 128 for the MLNN and 64 for the CNN, "
+                        "chosen on the validation split)")
     p.add_argument("--dataset", default="bloodmnist", help="MedMNIST 2-D set")
     p.add_argument("--data-dir", default=None, help="folder searched first for the dataset "
                    "(then $NNSCRATCH_DATA_DIR, ~/.medmnist)")
@@ -62,8 +64,12 @@ def main(argv=None) -> int:
             "command": " ".join(["python -m nnscratch.reproduce"] + (sys.argv[1:] if argv is None else list(argv))),
             "date": _dt.date.today().isoformat(), "wall_minutes": (time.perf_counter() - start) / 60,
             "machine": machine(), "versions": versions(), "device": device, "seeds": args.seeds,
-            "epochs": args.epochs, "batch_size": args.batch_size, "dataset": dataset.name, "md5": dataset.md5,
+            "epochs": args.epochs, "dataset": dataset.name, "md5": dataset.md5,
             "num_classes": dataset.num_classes,
+            "batch_size": (f"batch {args.batch_size}" if args.batch_size else
+                           "batch " + " and ".join(f"{b} for the {a.upper()}" for a, b in BATCH_SIZES.items())
+                           + " (the paper states none; each chosen on the validation split, see BATCH_SIZES in "
+                           "nnscratch/training.py)"),
             "sizes": f"{len(dataset.train)} train / {len(dataset.val)} validation / {len(dataset.test)} test images",
         }
         md = out.parent / f"{out.name}.md"

@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {D.loss})")
     p.add_argument("--epochs", type=int, help=f"passes over the training set (default: {D.epochs}, the paper's)")
     p.add_argument("--batch-size", type=int,
-                   help=f"images per step (default: {D.batch_size}; the paper does not state its batch size: 64 is "
-                        f"a common choice for 28x28 images, giving 187 steps per BloodMNIST epoch)")
+                   help="images per step (default: 128 for the MLNN, 64 for the CNN; the paper states none, so "
+                        "each was chosen on the validation split, see BATCH_SIZES in nnscratch/training.py)")
     p.add_argument("--hidden-size", type=int, help="MLNN hidden units (default: (n_input + n_classes) / 2 = 1180 "
                    "for BloodMNIST, the paper's rule)")
     p.add_argument("--hidden-layers", type=int, help=f"MLNN hidden layers (default: {D.hidden_layers})")
