@@ -35,7 +35,8 @@ def main(argv=None):
     loaded = rss_mb()
     samples = []                                  # (epoch, step, MB)
     with tempfile.TemporaryDirectory() as tmp:
-        config = training.TrainConfig(preset=f"{args.arch}-test1", arch=args.arch, epochs=args.epochs, out=tmp)
+        config = training.TrainConfig(preset=f"{args.arch}-test1", arch=args.arch, epochs=args.epochs,
+                                      out=tmp).validate()             # validate() fills in the batch size
         steps_per_epoch = -(-len(dataset.train) // config.batch_size)
         real = training.make_optimizer
 
