@@ -172,6 +172,10 @@ def test_numba_relu_equals_reference(shape, dtype, layout, seed):
     if len(shape) == 4:
         assert y.transpose(0, 2, 3, 1).flags.c_contiguous == x.transpose(0, 2, 3, 1).flags.c_contiguous
     np.testing.assert_array_equal(cpu.relu_backward(g, y), reference.relu_backward(g, y))
+    x_copy = x.copy()
+    z = cpu.relu_forward(x_copy, inplace=True)                 # overwriting its input: same values
+    assert z is x_copy
+    np.testing.assert_array_equal(z, reference.relu_forward(x))
 
 
 @pytest.mark.usefixtures("thread_mode")
@@ -186,6 +190,9 @@ def test_numba_relu_keeps_nan_and_handles_mixed_layouts():
                                   reference.relu_backward(g, y_nchw))
     strided = np.arange(-20, 20, dtype=np.float32).reshape(2, 4, 5)[:, ::2]   # neither layout
     np.testing.assert_array_equal(cpu.relu_forward(strided), reference.relu_forward(strided))
+    expected = reference.relu_forward(strided)
+    assert cpu.relu_forward(strided, inplace=True) is strided
+    np.testing.assert_array_equal(strided, expected)
 
 
 def test_small_calls_run_the_serial_copy_and_large_ones_the_threaded(monkeypatch):
@@ -287,6 +294,9 @@ def test_cupy_relu_equals_reference(shape, dtype, layout, seed):
     np.testing.assert_array_equal(cp.asnumpy(y), reference.relu_forward(x))
     np.testing.assert_array_equal(cp.asnumpy(gpu.relu_backward(on_gpu(g, layout), y)),
                                   reference.relu_backward(g, reference.relu_forward(x)))
+    xg = on_gpu(x, layout)
+    assert gpu.relu_forward(xg, inplace=True).data.ptr == xg.data.ptr
+    np.testing.assert_array_equal(cp.asnumpy(xg), reference.relu_forward(x))
 
 
 @requires_gpu

@@ -133,3 +133,60 @@ def test_backward_without_input_gradient_gives_the_same_parameter_gradients():
         assert model.backward(g, need_input_grad=False) is None
         for a, p in zip(full, model.parameters()):
             np.testing.assert_array_equal(a, p.grad)
+
+
+class _UsesInputTwice(ns.Module):
+    """relu(x) + x: a layer that must not have its input overwritten under it."""
+
+    def __init__(self):
+        self.relu = ns.ReLU()
+
+    def forward(self, x):
+        return self.relu(x) + x
+
+    def backward(self, grad, need_input_grad=True):
+        return self.relu.backward(grad) + grad
+
+
+def _layer_by_layer(layers, x):
+    for layer in layers:
+        x = layer(x.copy())                     # each layer on a private copy: nothing can be overwritten
+    return x
+
+
+@pytest.mark.parametrize("make", [
+    lambda: [ns.ReLU(), ns.Flatten(), ns.ReLU()],                 # the caller's array goes straight in
+    lambda: [ns.Flatten(), ns.ReLU(), ns.Linear(48, 5), ns.ReLU(), ns.ReLU()],
+    lambda: [ns.Conv2d(3, 4, 3, padding=1), ns.ReLU(), ns.MaxPool2d(2), ns.ReLU(), ns.Flatten(), ns.ReLU()],
+    lambda: [ns.Conv2d(3, 4, 3, padding=1), _UsesInputTwice(), ns.Flatten()],
+    lambda: [ns.Conv2d(3, 4, 3, padding=1), ns.Sequential(ns.ReLU(), ns.Flatten()), ns.ReLU()],
+])
+def test_sequential_overwrites_only_arrays_its_own_layers_made(make):
+    """ReLU may overwrite its input inside a Sequential when the layer before made it; the caller's input,
+    and an input a layer uses twice, stay untouched, and the outputs and gradients equal layer-by-layer ones."""
+    ns.manual_seed(0)
+    layers = make()
+    model = ns.Sequential(*layers)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    kept = x.copy()
+    np.testing.assert_array_equal(model(x), _layer_by_layer(layers, x))
+    np.testing.assert_array_equal(x, kept)
+    y = model(x)
+    g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    dx = model.backward(g)
+    model.zero_grad()
+    xs = [x]
+    for layer in layers:
+        xs.append(layer(xs[-1].copy()))
+    dx_ref = g
+    for layer in reversed(layers):
+        dx_ref = layer.backward(dx_ref)
+    np.testing.assert_array_equal(dx, dx_ref)
+
+
+def test_relu_in_place_happens_inside_a_sequential():
+    conv, relu = ns.Conv2d(3, 4, 3, padding=1), ns.ReLU()
+    y = ns.Sequential(conv, relu)(np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32))
+    assert np.shares_memory(y, relu._y) and not relu._input_owned
+    alone = np.random.default_rng(1).standard_normal((2, 4, 5, 5)).astype(np.float32)
+    assert not np.shares_memory(relu(alone), alone)

@@ -82,9 +82,9 @@ def maxpool_backward(grad, argmax, x_shape, k, stride):
     return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride)
 
 
-def relu_forward(x):
-    """x: any shape -> max(x, 0), in x's memory layout."""
-    return for_array(x).relu_forward(x)
+def relu_forward(x, inplace: bool = False):
+    """x: any shape -> max(x, 0), in x's memory layout; ``inplace`` overwrites and returns x."""
+    return for_array(x).relu_forward(x, inplace)
 
 
 def relu_backward(grad, y):

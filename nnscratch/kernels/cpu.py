@@ -279,14 +279,14 @@ def _shaped(flat, shape, layout):
     return flat.reshape(B, H, W, C).transpose(0, 3, 1, 2)
 
 
-def relu_forward(x):
-    """Twin of reference.relu_forward; the output has x's memory layout."""
+def relu_forward(x, inplace: bool = False):
+    """Twin of reference.relu_forward; the output has x's memory layout (is x, with ``inplace``)."""
     xf, layout = _flat(x)
     if xf is None:
-        return reference.relu_forward(x)
-    yf = np.empty_like(xf)
-    _relu_forward(x.size, xf, yf)
-    return _shaped(yf, x.shape, layout)
+        return reference.relu_forward(x, inplace)
+    yf = xf if inplace else np.empty_like(xf)
+    _relu_forward(x.size, xf, yf)                 # elementwise: reading and writing one array is safe
+    return x if inplace else _shaped(yf, x.shape, layout)
 
 
 def relu_backward(grad, y):

@@ -135,9 +135,9 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     return dx
 
 
-def relu_forward(x):
-    """max(x, 0); CuPy's elementwise kernels keep the input's layout."""
-    return _cupy().maximum(x, 0)
+def relu_forward(x, inplace: bool = False):
+    """max(x, 0); CuPy's elementwise kernels keep the input's layout. ``inplace`` writes into x."""
+    return _cupy().maximum(x, 0, out=x if inplace else None)
 
 
 def relu_backward(grad, y):

@@ -84,9 +84,10 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     return dx
 
 
-def relu_forward(x):
-    """max(x, 0) elementwise, any shape; NaN stays NaN (so a diverging run is still caught)."""
-    return np.maximum(x, 0)
+def relu_forward(x, inplace: bool = False):
+    """max(x, 0) elementwise, any shape; NaN stays NaN (so a diverging run is still caught).
+    ``inplace`` writes the result into x and returns x."""
+    return np.maximum(x, 0, out=x if inplace else None)
 
 
 def relu_backward(grad, y):

@@ -20,9 +20,14 @@ class ReLU(Module):
         """x: any shape -> max(x, 0), the same shape (and memory layout)."""
         check_array(self, x)
         # the output is kept for the backward pass: y > 0 exactly where x > 0, and the next
-        # layer holds y anyway, so no separate mask is stored
-        self._y = kernels.relu_forward(x)
+        # layer holds y anyway, so no separate mask is stored. Inside a Sequential the input is
+        # usually the fresh output of the layer before (a convolution's, a Linear's) that nothing
+        # else needs: it is then overwritten instead of allocating another array of its size.
+        self._y = kernels.relu_forward(x, inplace=self._input_owned)
         return self._y
+
+    def output_owned(self, input_owned: bool) -> bool:
+        return True                 # a new array, or the owned input overwritten; its max(., 0) is idempotent
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: the output's shape -> the input's gradient, grad where x > 0 and 0 elsewhere."""
@@ -44,6 +49,9 @@ class Flatten(Module):
             check_shape(self, x, (None, None), "(B, ...)")
         self._shape, self._dtype = x.shape, x.dtype
         return x.reshape(x.shape[0], -1)
+
+    def output_owned(self, input_owned: bool) -> bool:
+        return input_owned           # a view of the input: owned exactly when the input was
 
     def backward(self, grad, need_input_grad: bool = True):
         if self._shape is None:

@@ -82,6 +82,9 @@ class Conv2d(Module):
         self._cache = (x.shape, cols)
         return y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
 
+    def output_owned(self, input_owned: bool) -> bool:
+        return True                  # a new array this layer keeps no reference to
+
     def _keep(self, name, like, shape, make):
         """The array kept under ``name`` from an earlier step if it has ``shape`` and ``like``'s dtype and
         device, else a new one from ``make`` ("empty" or "ones" of the array module), kept for next time."""

@@ -36,6 +36,9 @@ class Linear(Module):
             y += self.bias.data
         return y
 
+    def output_owned(self, input_owned: bool) -> bool:
+        return True                  # a new array this layer keeps no reference to
+
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, out_features) -> (B, in_features); accumulates weight.grad and bias.grad.
 

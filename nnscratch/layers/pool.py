@@ -39,6 +39,9 @@ class MaxPool2d(Module):
         self._cache = (x.shape, x.dtype, argmax)
         return out
 
+    def output_owned(self, input_owned: bool) -> bool:
+        return True                  # a new array this layer keeps no reference to
+
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, C, OH, OW) -> (B, C, H, W)."""
         if self._cache is None:
