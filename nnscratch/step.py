@@ -6,9 +6,10 @@
 On the CPU this is exactly the five lines every training loop writes (and the loss is checked
 before the backward pass, so a step that would diverge changes nothing). On a GPU the same
 Python code launches about a hundred small kernels per step, and at the paper's batch of 64 the
-GPU waits for Python more than Python waits for the GPU. So after one ordinary step for a given
-input shape, ``TrainStep`` records the second as a CUDA graph (CuPy's stream capture) and from
-then on replays it: one launch per step instead of a hundred. What makes the replay right:
+GPU waits for Python more than Python waits for the GPU. So after an ordinary step for a given
+input shape (and optimizer state: the very first step creates it), ``TrainStep`` records the next
+one as a CUDA graph (CuPy's stream capture) and from then on replays it: one launch per step
+instead of a hundred. What makes the replay right:
 
 - The graph reads and writes fixed addresses. The batch is copied into an input buffer of the
   recorded shape, and every array allocated while recording, and the buffers the layers keep
@@ -92,6 +93,7 @@ class TrainStep:
                           "op by op from now on", RuntimeWarning, stacklevel=2)
             self.graph = False
             self._graphs.clear()
+            self._held.clear()
             return self._eager(x, labels)
         self._graphs[key] = recorded
         return self._replay(recorded, x, labels)
