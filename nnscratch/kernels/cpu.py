@@ -123,6 +123,54 @@ def _col2im(cols, kh, kw, stride, padding, OH, OW, dx):
 
 
 @_twins
+def _im2col_cl(x, kh, kw, stride, padding, OH, OW, cols):
+    # Channels-last twin on a contiguous (B, H, W, C) array: the same loops as _im2col, but numba
+    # knows both inner runs of C values are contiguous and vectorises the copy.
+    B, H, W, C = x.shape
+    for b in prange(B):
+        for oh in range(OH):
+            for ow in range(OW):
+                row = cols[(b * OH + oh) * OW + ow]
+                y0, x0 = oh * stride - padding, ow * stride - padding
+                for i in range(kh):
+                    y = y0 + i
+                    for j in range(kw):
+                        xx = x0 + j
+                        base = (i * kw + j) * C
+                        if 0 <= y < H and 0 <= xx < W:
+                            src = x[b, y, xx]
+                            for c in range(C):
+                                row[base + c] = src[c]
+                        else:
+                            for c in range(C):
+                                row[base + c] = 0
+
+
+@_twins
+def _col2im_cl(cols, kh, kw, stride, padding, OH, OW, dx):
+    # Channels-last twin of _col2im on a contiguous (B, H, W, C) output: the sums run in the same
+    # order (rows, then kernel offsets), so the result is bit for bit _col2im's.
+    B, H, W, C = dx.shape
+    for b in prange(B):
+        dx[b] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                row = cols[(b * OH + oh) * OW + ow]
+                y0, x0 = oh * stride - padding, ow * stride - padding
+                for i in range(kh):
+                    y = y0 + i
+                    if y < 0 or y >= H:
+                        continue
+                    for j in range(kw):
+                        xx = x0 + j
+                        if xx < 0 or xx >= W:
+                            continue
+                        d, base = dx[b, y, xx], (i * kw + j) * C
+                        for c in range(C):
+                            d[c] += row[base + c]
+
+
+@_twins
 def _maxpool_forward(x, k, stride, out, argmax):
     B, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
@@ -206,7 +254,10 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None):
     B, C, H, W = x.shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
     cols = np.empty((B * OH * OW, C * kh * kw), dtype=x.dtype) if out is None else out
-    _im2col(cols.size, x, kh, kw, stride, padding, OH, OW, cols)
+    if channels_last(x) and x.transpose(0, 2, 3, 1).flags.c_contiguous and cols.flags.c_contiguous:
+        _im2col_cl(cols.size, x.transpose(0, 2, 3, 1), kh, kw, stride, padding, OH, OW, cols)
+    else:
+        _im2col(cols.size, x, kh, kw, stride, padding, OH, OW, cols)
     return cols
 
 
@@ -215,7 +266,10 @@ def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int
     B, C, H, W = x_shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
     dx = empty_nchw(x_shape, cols.dtype, last=True)
-    _col2im(dx.size, cols, kh, kw, stride, padding, OH, OW, dx)
+    if cols.flags.c_contiguous:
+        _col2im_cl(dx.size, cols, kh, kw, stride, padding, OH, OW, dx.transpose(0, 2, 3, 1))
+    else:
+        _col2im(dx.size, cols, kh, kw, stride, padding, OH, OW, dx)
     return dx
 
 
