@@ -326,3 +326,27 @@ def test_cupy_optimizer_updates_equal_reference(shape, dtype, step, first, seed)
     gpu.sgd_update(dp, cp.asarray(g), buf, 0.1, 0.9, 0.0, 0.01, True, first)
     np.testing.assert_allclose(cp.asnumpy(dp), ref_p, rtol=tol, atol=tol)
     np.testing.assert_allclose(cp.asnumpy(buf), ref_buf, rtol=tol, atol=tol)
+
+
+@pytest.mark.usefixtures("thread_mode")
+@given(st.integers(1, 70), st.integers(1, 70), DTYPES, st.integers(0, 2**32 - 1))
+def test_numba_add_bias_equals_reference(n, f, dtype, seed):
+    rng = np.random.default_rng(seed)
+    y, b = rng.standard_normal((n, f)).astype(dtype), rng.standard_normal(f).astype(dtype)
+    expected = reference.add_bias(y.copy(), b)
+    got = y.copy()
+    assert cpu.add_bias(got, b) is got
+    np.testing.assert_array_equal(got, expected)
+    strided = np.zeros((n, 2 * f), dtype)
+    strided[:, ::2] = y
+    np.testing.assert_array_equal(cpu.add_bias(strided[:, ::2], b), expected)   # other layouts: NumPy's
+
+
+@requires_gpu
+def test_cupy_add_bias_equals_reference():
+    import cupy as cp
+    from nnscratch.kernels import gpu
+    rng = np.random.default_rng(0)
+    y, b = rng.standard_normal((37, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    np.testing.assert_array_equal(cp.asnumpy(gpu.add_bias(cp.asarray(y), cp.asarray(b))),
+                                  reference.add_bias(y.copy(), b))

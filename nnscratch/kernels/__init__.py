@@ -82,6 +82,11 @@ def maxpool_backward(grad, argmax, x_shape, k, stride):
     return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride)
 
 
+def add_bias(y, b):
+    """y: (N, F) += b: (F,), in place (a layer's bias); returns y."""
+    return for_array(y).add_bias(y, b)
+
+
 def relu_forward(x, inplace: bool = False):
     """x: any shape -> max(x, 0), in x's memory layout; ``inplace`` overwrites and returns x."""
     return for_array(x).relu_forward(x, inplace)

@@ -300,6 +300,25 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     return dx
 
 
+# ---- bias: one pass, rows in parallel --------------------------------------------------------------
+
+@_twins
+def _add_bias(y, b):
+    # NumPy's broadcast y += b runs its short inner loop (32 or 64 channels) at a third of this speed
+    for i in prange(y.shape[0]):
+        row = y[i]
+        for j in range(row.shape[0]):
+            row[j] += b[j]
+
+
+def add_bias(y, b):
+    """Twin of reference.add_bias (the same additions, so the same bits)."""
+    if y.ndim != 2 or not y.flags.c_contiguous or not b.flags.c_contiguous or y.dtype != b.dtype:
+        return reference.add_bias(y, b)
+    _add_bias(y.size, y, b)
+    return y
+
+
 # ---- ReLU: one pass over the flat memory, whatever the layout ----------------------------------
 
 @_twins

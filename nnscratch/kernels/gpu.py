@@ -135,6 +135,12 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     return dx
 
 
+def add_bias(y, b):
+    """y += b, row by row, in place; returns y."""
+    y += b
+    return y
+
+
 def relu_forward(x, inplace: bool = False):
     """max(x, 0); CuPy's elementwise kernels keep the input's layout. ``inplace`` writes into x."""
     return _cupy().maximum(x, 0, out=x if inplace else None)

@@ -84,6 +84,12 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     return dx
 
 
+def add_bias(y, b):
+    """y: (N, F), b: (F,) -> y += b, row by row, in place; returns y."""
+    y += b
+    return y
+
+
 def relu_forward(x, inplace: bool = False):
     """max(x, 0) elementwise, any shape; NaN stays NaN (so a diverging run is still caught).
     ``inplace`` writes the result into x and returns x."""

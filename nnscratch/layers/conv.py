@@ -78,7 +78,7 @@ class Conv2d(Module):
         cols = kernels.im2col(x, kh, kw, s, p, out=self._buffer(x, (B * OH * OW, kh * kw * self.in_channels)))
         y = kernels.matmul(cols, self._weight_matrix().T)            # (B*OH*OW, OC)
         if self.bias is not None:
-            y += self.bias.data
+            kernels.add_bias(y, self.bias.data)
         self._cache = (x.shape, cols)
         return y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
 

@@ -33,7 +33,7 @@ class Linear(Module):
         self._x = x
         y = kernels.matmul(x, self.weight.data.T)
         if self.bias is not None:
-            y += self.bias.data
+            kernels.add_bias(y, self.bias.data)
         return y
 
     def output_owned(self, input_owned: bool) -> bool:
