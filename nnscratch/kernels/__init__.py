@@ -1,7 +1,7 @@
 """Kernel dispatch: the array decides which twin runs.
 
 Kernels: im2col, col2im, max-pooling forward and backward, ReLU forward and
-backward, the optimizers' fused updates (Adam, SGD), and the matrix product
+backward, the bias addition, the optimizers' fused updates (Adam, SGD), and the matrix product
 (NumPy's BLAS on the CPU, cuBLAS called directly on a GPU: see ``cublas.py``).
 
     CuPy array            -> kernels/gpu.py       (CUDA, via CuPy)
