@@ -112,7 +112,7 @@ def test_numba_col2im_equals_reference(case, dtype, seed):
     assert got.dtype == dtype and got.shape == shape
     tol = 1e-5 if dtype == np.float32 else 1e-12   # sums of overlaps in another order
     np.testing.assert_allclose(got, reference.col2im(cols, shape, kh, kw, s, p), rtol=tol, atol=tol)
-    # a non-contiguous column matrix takes the general kernel; both sum in one order: equal bit for bit
+    # a non-contiguous column matrix is copied first: the same sums, bit for bit
     wide = np.zeros((cols.shape[0], 2 * cols.shape[1]), dtype)
     wide[:, ::2] = cols
     np.testing.assert_array_equal(cpu.col2im(wide[:, ::2], shape, kh, kw, s, p), got)

@@ -101,28 +101,6 @@ def _im2col(x, kh, kw, stride, padding, OH, OW, cols):
 
 
 @_twins
-def _col2im(cols, kh, kw, stride, padding, OH, OW, dx):
-    B, C, H, W = dx.shape
-    for b in prange(B):
-        _zero_image(dx, b)
-        for oh in range(OH):
-            for ow in range(OW):
-                row = (b * OH + oh) * OW + ow
-                y0, x0 = oh * stride - padding, ow * stride - padding
-                for i in range(kh):
-                    y = y0 + i
-                    if y < 0 or y >= H:
-                        continue
-                    for j in range(kw):
-                        xx = x0 + j
-                        if xx < 0 or xx >= W:
-                            continue
-                        base = (i * kw + j) * C
-                        for c in range(C):
-                            dx[b, c, y, xx] += cols[row, base + c]
-
-
-@_twins
 def _im2col_cl(x, kh, kw, stride, padding, OH, OW, cols):
     # Channels-last twin on a contiguous (B, H, W, C) array: the same loops as _im2col, but numba
     # knows both inner runs of C values are contiguous and vectorises the copy.
@@ -147,9 +125,10 @@ def _im2col_cl(x, kh, kw, stride, padding, OH, OW, cols):
 
 
 @_twins
-def _col2im_cl(cols, kh, kw, stride, padding, OH, OW, dx):
-    # Channels-last twin of _col2im on a contiguous (B, H, W, C) output: the sums run in the same
-    # order (rows, then kernel offsets), so the result is bit for bit _col2im's.
+def _col2im(cols, kh, kw, stride, padding, OH, OW, dx):
+    # On a contiguous (B, H, W, C) output (col2im makes it so): numba knows the runs of C values
+    # in a row of cols and in dx are contiguous, and vectorises the sums. Each pixel's sum runs
+    # over rows, then kernel offsets (reference.col2im adds in another order: tests allow rounding).
     B, H, W, C = dx.shape
     for b in prange(B):
         dx[b] = 0
@@ -266,10 +245,7 @@ def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int
     B, C, H, W = x_shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
     dx = empty_nchw(x_shape, cols.dtype, last=True)
-    if cols.flags.c_contiguous:
-        _col2im_cl(dx.size, cols, kh, kw, stride, padding, OH, OW, dx.transpose(0, 2, 3, 1))
-    else:
-        _col2im(dx.size, cols, kh, kw, stride, padding, OH, OW, dx)
+    _col2im(dx.size, np.ascontiguousarray(cols), kh, kw, stride, padding, OH, OW, dx.transpose(0, 2, 3, 1))
     return dx
 
 
