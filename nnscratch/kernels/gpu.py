@@ -151,33 +151,26 @@ def relu_backward(grad, y):
     return grad * (y > 0)
 
 
+_ADAM_BODY = """
+        double gi = (double)g + wd * (double)p;
+        double mi = b1 * (double)m + (1 - b1) * gi;
+        double vi = b2 * (double)v + (1 - b2) * gi * gi;
+        m = (T)mi;
+        v = (T)vi;
+        p = (T)((double)p - step_size * (mi / (sqrt(vi) / bias2_sqrt + eps)));
+        """
+
+
 @functools.lru_cache(maxsize=None)
 def _optimizer_kernels():
     cp = _cupy()
+    # one Adam body, given step_size and bias2_sqrt either as arguments or read from device memory
     adam = cp.ElementwiseKernel(
         "T g, float64 step_size, float64 b1, float64 b2, float64 eps, float64 wd, float64 bias2_sqrt",
-        "T p, T m, T v",
-        """
-        double gi = (double)g + wd * (double)p;
-        double mi = b1 * (double)m + (1 - b1) * gi;
-        double vi = b2 * (double)v + (1 - b2) * gi * gi;
-        m = (T)mi;
-        v = (T)vi;
-        p = (T)((double)p - step_size * (mi / (sqrt(vi) / bias2_sqrt + eps)));
-        """,
-        "nnscratch_adam")
+        "T p, T m, T v", _ADAM_BODY, "nnscratch_adam")
     adam_coef = cp.ElementwiseKernel(
         "T g, raw float64 coef, float64 b1, float64 b2, float64 eps, float64 wd",
-        "T p, T m, T v",
-        """
-        double step_size = coef[0], bias2_sqrt = coef[1];
-        double gi = (double)g + wd * (double)p;
-        double mi = b1 * (double)m + (1 - b1) * gi;
-        double vi = b2 * (double)v + (1 - b2) * gi * gi;
-        m = (T)mi;
-        v = (T)vi;
-        p = (T)((double)p - step_size * (mi / (sqrt(vi) / bias2_sqrt + eps)));
-        """,
+        "T p, T m, T v", "\n        double step_size = coef[0], bias2_sqrt = coef[1];" + _ADAM_BODY,
         "nnscratch_adam_coef")
     sgd = cp.ElementwiseKernel(
         "T g, float64 lr, float64 mom, float64 damp, float64 wd, bool nesterov, bool first",
