@@ -195,7 +195,6 @@ class TrainStep:
             raise NonFiniteLoss(loss, applied=True)
         return loss, int(hits)
 
-
     def __repr__(self):
         return f"TrainStep({type(self.model).__name__}, {self.loss_fn!r}, {self.optimizer!r})"
 

@@ -33,6 +33,8 @@ class Conv2d(Module):
     pixels), which the kernels read without copying; see ``kernels/cpu.py``.
     """
 
+    new_output = True                # forward returns a new array it keeps no reference to
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, dtype=np.float32, rng=None):
         check_positive_int("Conv2d", in_channels=in_channels, out_channels=out_channels)
@@ -81,9 +83,6 @@ class Conv2d(Module):
             kernels.add_bias(y, self.bias.data)
         self._cache = (x.shape, cols)
         return y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
-
-    def output_owned(self, input_owned: bool) -> bool:
-        return True                  # a new array this layer keeps no reference to
 
     def _keep(self, name, like, shape, make):
         """The array kept under ``name`` from an earlier step if it has ``shape`` and ``like``'s dtype and

@@ -15,6 +15,8 @@ class Linear(Module):
     weight: (out_features, in_features), He-normal; bias: (out_features,), zeros.
     """
 
+    new_output = True                # forward returns a new array it keeps no reference to
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32, rng=None):
         check_positive_int(type(self).__name__, in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = int(in_features), int(out_features)
@@ -35,9 +37,6 @@ class Linear(Module):
         if self.bias is not None:
             kernels.add_bias(y, self.bias.data)
         return y
-
-    def output_owned(self, input_owned: bool) -> bool:
-        return True                  # a new array this layer keeps no reference to
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, out_features) -> (B, in_features); accumulates weight.grad and bias.grad.

@@ -91,6 +91,8 @@ class Module:
     # output of the same size: CNN inference at batch 256, 74 -> 63 ms). Never for a Sequential's
     # first layer, so an array a caller passes in is never changed.
     _input_owned = False
+    # A layer whose forward returns a new array it keeps no use for sets this (Linear, Conv2d, MaxPool2d)
+    new_output = False
 
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
@@ -109,9 +111,9 @@ class Module:
 
     def output_owned(self, input_owned: bool) -> bool:
         """Whether this layer's last output is an array it created and keeps no use for, which the next
-        layer may overwrite. False unless a layer says so: an unknown layer may return its input or
-        keep its output."""
-        return False
+        layer may overwrite: ``new_output``, False unless a layer says so (an unknown layer may return
+        its input or keep its output)."""
+        return self.new_output
 
     # ---- structure --------------------------------------------------------------
     def named_children(self):

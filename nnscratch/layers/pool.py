@@ -15,6 +15,8 @@ class MaxPool2d(Module):
     The backward pass sends each window's gradient to the element that won it.
     """
 
+    new_output = True                # forward returns a new array it keeps no reference to
+
     def __init__(self, kernel_size: int, stride: int | None = None):
         stride = kernel_size if stride is None else stride
         check_positive_int("MaxPool2d", kernel_size=kernel_size, stride=stride)
@@ -38,9 +40,6 @@ class MaxPool2d(Module):
         out, argmax = kernels.maxpool_forward(x, self.kernel_size, self.stride)
         self._cache = (x.shape, x.dtype, argmax)
         return out
-
-    def output_owned(self, input_owned: bool) -> bool:
-        return True                  # a new array this layer keeps no reference to
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, C, OH, OW) -> (B, C, H, W)."""
