@@ -1,6 +1,8 @@
 """Module plumbing: parameters, names, modes, state dicts, dtype and device moves."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nnscratch as ns
 
@@ -190,3 +192,66 @@ def test_relu_in_place_happens_inside_a_sequential():
     assert np.shares_memory(y, relu._y) and not relu._input_owned
     alone = np.random.default_rng(1).standard_normal((2, 4, 5, 5)).astype(np.float32)
     assert not np.shares_memory(relu(alone), alone)
+
+
+@st.composite
+def relu_pool_case(draw):
+    """(x shape, pool k, pool stride, dtype, layout, ReLU first?), odd sizes and overlapping windows included."""
+    k, stride = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(k, 9)), draw(st.integers(k, 9)))
+    return shape, k, stride, draw(st.sampled_from([np.float32, np.float64])), draw(st.booleans())
+
+
+def _relu_pool_model(shape, k, stride, dtype, relu_first):
+    """[Conv2d,] ReLU, MaxPool2d(k, stride), Flatten, Linear: the pair the Sequential reorders."""
+    ns.manual_seed(0)
+    C = shape[1]
+    head = [] if relu_first else [ns.Conv2d(C, C, 3, padding=1, dtype=dtype)]
+    pool = ns.MaxPool2d(k, stride)
+    B, _, OH, OW = pool.output_shape(shape)
+    return ns.Sequential(*head, ns.ReLU(), pool, ns.Flatten(), ns.Linear(C * OH * OW, 3, dtype=dtype))
+
+
+@settings(max_examples=60, deadline=None)
+@given(relu_pool_case(), st.integers(0, 2**32 - 1))
+def test_relu_then_pool_runs_swapped_with_the_same_bits(case, seed):
+    """Sequential runs ReLU after a MaxPool2d that follows it (4x fewer values to rectify); the output,
+    the input gradient and every parameter gradient equal those of the layers run strictly in order,
+    bit for bit, also with ties, zeros and negative windows (small integers) and overlapping windows."""
+    shape, k, stride, dtype, relu_first = case
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=shape).astype(dtype)            # many ties, zeros, all-negative windows
+    if rng.random() < 0.5:
+        x += rng.standard_normal(shape).astype(dtype) * dtype(0.5)
+    kept = x.copy()
+    results = []
+    for swap in (True, False):
+        model = _relu_pool_model(shape, k, stride, dtype, relu_first)
+        model.swap_relu_pool = swap
+        y = model(x)
+        relu = next(m for m in model if isinstance(m, ns.ReLU))
+        ran_pooled = relu._y.shape == y.shape[:1] + model[-3].output_shape(shape)[1:] if relu_first else None
+        g = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(dtype)
+        dx = model.backward(g)
+        results.append((y, dx, [p.grad.copy() for p in model.parameters()], model._order(), ran_pooled))
+    (y1, dx1, g1, order1, pooled1), (y0, dx0, g0, order0, _) = results
+    assert order1 != order0 and order0 == sorted(order0)                 # the swap did happen
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(dx1, dx0)
+    for a, b in zip(g1, g0):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(x, kept)                               # the caller's input untouched
+    if relu_first:
+        assert pooled1                                                   # ReLU ran on the pooled values
+
+
+class _MyReLU(ns.ReLU):
+    pass
+
+
+def test_only_exact_relu_and_maxpool_are_swapped():
+    """A subclass may do something else, so the Sequential leaves it where it was listed."""
+    assert ns.Sequential(ns.ReLU(), ns.MaxPool2d(2), ns.ReLU())._order() == [1, 0, 2]
+    assert ns.Sequential(_MyReLU(), ns.MaxPool2d(2))._order() == [0, 1]
+    assert ns.Sequential(ns.MaxPool2d(2), ns.ReLU())._order() == [0, 1]
+    assert ns.models.cnn()._order()[:6] == [0, 2, 1, 3, 5, 4]
