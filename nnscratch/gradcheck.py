@@ -152,15 +152,16 @@ def _compare(name, shape, analytic, numeric, atol, rtol, label) -> TensorReport:
 def _full(fn, inputs, name, arr, eps, atol, rtol, rng) -> TensorReport:
     """Every d out[m] / d arr[k] from differences, against one backward pass per output element."""
     n_out = _forward(fn, inputs).size
-    flat = arr.reshape(-1)                 # a view: writing it perturbs arr (and the layer) in place
-    numeric = np.empty((n_out, flat.size))
-    for k in range(flat.size):
-        orig = flat[k].item()
-        flat[k] = orig + eps
+    # arr is written element by element, in place (it may be a layer's parameter, in any memory
+    # layout: reshape(-1) would copy a Fortran-ordered one), in C order, as the analytic rows below
+    numeric = np.empty((n_out, arr.size))
+    for k, at in enumerate(np.ndindex(*arr.shape)):
+        orig = arr[at].item()
+        arr[at] = orig + eps
         plus = _forward(fn, inputs)
-        flat[k] = orig - eps
+        arr[at] = orig - eps
         minus = _forward(fn, inputs)
-        flat[k] = orig
+        arr[at] = orig
         numeric[:, k] = (plus - minus) / (2 * eps)
     analytic = np.empty_like(numeric)
     for m in range(n_out):
@@ -170,7 +171,7 @@ def _full(fn, inputs, name, arr, eps, atol, rtol, rng) -> TensorReport:
     shape = tuple(arr.shape)
 
     def label(i):
-        m, k = divmod(i, flat.size)
+        m, k = divmod(i, arr.size)
         return f"d out.flat[{m}] / d {name}{[int(i) for i in np.unravel_index(k, shape)]}"
     return _compare(name, shape, analytic, numeric, atol, rtol, label)
 

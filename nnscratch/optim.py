@@ -94,7 +94,10 @@ class Optimizer:
         self.state = []
         for p, s in zip(self.params, sd["state"]):
             xp = get_array_module(p.data)
-            self.state.append({k: xp.asarray(v) if hasattr(v, "shape") else v for k, v in s.items()})
+            # moments in the parameter's memory layout (Linear's weight is Fortran-ordered), so the fused
+            # update kernels see one layout (see kernels.cpu._memory_views)
+            order = "F" if p.data.flags.f_contiguous and not p.data.flags.c_contiguous else "C"
+            self.state.append({k: xp.asarray(v, order=order) if hasattr(v, "shape") else v for k, v in s.items()})
         return self
 
     def _hyper(self) -> dict:

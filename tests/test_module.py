@@ -255,3 +255,19 @@ def test_only_exact_relu_and_maxpool_are_swapped():
     assert ns.Sequential(_MyReLU(), ns.MaxPool2d(2))._order() == [0, 1]
     assert ns.Sequential(ns.MaxPool2d(2), ns.ReLU())._order() == [0, 1]
     assert ns.models.cnn()._order()[:6] == [0, 2, 1, 3, 5, 4]
+
+
+def test_linear_weight_is_fortran_ordered_with_the_values_of_a_c_draw():
+    """Linear stores its (out, in) weight transposed in memory (a plain row-major product in forward);
+    the seed gives the same values as before, and gradients accumulate into the same layout."""
+    lin = ns.Linear(6, 4, rng=3)
+    expected = ns.init.he_normal((4, 6), rng=np.random.default_rng(3))
+    assert lin.weight.data.flags.f_contiguous and not lin.weight.data.flags.c_contiguous
+    np.testing.assert_array_equal(lin.weight.data, expected)
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    g = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    for _ in range(2):                                        # written into, then added to
+        lin(x)
+        lin.backward(g)
+    assert lin.weight.grad.flags.f_contiguous
+    np.testing.assert_allclose(lin.weight.grad, 2 * g.T @ x, rtol=1e-6)

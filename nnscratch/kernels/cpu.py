@@ -384,17 +384,40 @@ def _sgd(p, g, buf, lr, momentum, one_minus_dampening, weight_decay, nesterov, f
         p[i] -= lr * gi
 
 
+def _memory_views(*arrays):
+    """1-D views of arrays of one shape that share one contiguous layout (C, or Fortran as
+    ``Linear``'s weight), all in memory order; None when they do not (the caller then takes the
+    layout-blind reference). ``reshape(-1)`` would silently copy a Fortran-ordered array and the
+    in-place update would be lost."""
+    first = arrays[0]
+    if any(a.strides != first.strides for a in arrays):
+        return None
+    if first.flags.c_contiguous:
+        return [a.reshape(-1) for a in arrays]
+    if first.flags.f_contiguous:
+        return [a.T.reshape(-1) for a in arrays]
+    return None
+
+
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    """Fused twin of reference.adam_update (contiguous arrays of one shape)."""
+    """Fused twin of reference.adam_update (arrays of one shape; contiguous ones in one layout take
+    the fused kernel, any others the reference)."""
+    flat = _memory_views(p, g, m, v)
+    if flat is None:
+        return reference.adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
     # scalars in the arrays' dtype: float32 arithmetic vectorises twice as wide as float64
     f = p.dtype.type
-    _adam(p.size, p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(lr / (1 - beta1 ** step)), f(beta1), f(beta2),
+    _adam(p.size, *flat, f(lr / (1 - beta1 ** step)), f(beta1), f(beta2),
           f(1 - beta1), f(1 - beta2), f(eps), f(weight_decay), f(np.sqrt(1 - beta2 ** step)),
           np.finfo(p.dtype).tiny)
 
 
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
-    """Fused twin of reference.sgd_update (contiguous arrays of one shape)."""
-    flat, f = p.reshape(-1), p.dtype.type
-    _sgd(flat.size, flat, g.reshape(-1), flat if buf is None else buf.reshape(-1), f(lr), f(momentum), f(1 - dampening),
+    """Fused twin of reference.sgd_update (arrays of one shape; contiguous ones in one layout take
+    the fused kernel, any others the reference)."""
+    flat = _memory_views(p, g) if buf is None else _memory_views(p, g, buf)
+    if flat is None:
+        return reference.sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first)
+    f = p.dtype.type
+    _sgd(p.size, flat[0], flat[1], flat[0] if buf is None else flat[2], f(lr), f(momentum), f(1 - dampening),
          f(weight_decay), nesterov, first, np.finfo(p.dtype).tiny)

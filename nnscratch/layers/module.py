@@ -46,12 +46,19 @@ class Parameter:
         self._grad, self._zero_pending = value, False
 
     def accumulate_product(self, a, b):
-        """grad += a @ b, for a product of the gradient's shape (written in place after ``zero_grad``)."""
+        """grad += a @ b, for a 2-D product of the gradient's shape (written in place after ``zero_grad``).
+
+        A gradient stored transposed (Fortran order, as ``Linear``'s weight is) gets the transposed
+        product b^T a^T written into its C-ordered transpose: BLAS writes row-major results only, and
+        the values are the same dot products either way."""
+        grad = self._grad
+        if grad.ndim == 2 and not grad.flags.c_contiguous and grad.T.flags.c_contiguous:
+            grad, a, b = grad.T, b.T, a.T
         if self._zero_pending:
-            kernels.matmul(a, b, out=self._grad)
+            kernels.matmul(a, b, out=grad)
             self._zero_pending = False
         else:
-            self._grad += kernels.matmul(a, b)
+            grad += kernels.matmul(a, b)
 
     @property
     def shape(self) -> tuple:
