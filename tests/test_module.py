@@ -74,6 +74,27 @@ def test_backward_accumulates_until_zero_grad():
     assert (layer.weight.grad == 0).all()
 
 
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 0), (1, 2)])
+def test_conv_backward_twice_after_one_forward_adds_the_same_gradients_again(stride, padding):
+    """Backward writes the input gradient's columns over the column matrix; a second backward
+    rebuilds the columns from the input, so it gives the same gradients as the first."""
+    conv = ns.Conv2d(3, 4, 3, stride=stride, padding=padding, rng=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    y = conv(x)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dx1 = conv.backward(g)
+    dw1, db1 = conv.weight.grad.copy(), conv.bias.grad.copy()
+    dx2 = conv.backward(g)
+    np.testing.assert_array_equal(dx2, dx1)
+    np.testing.assert_array_equal(conv.weight.grad, 2 * dw1)      # doubling is exact in floating point
+    np.testing.assert_array_equal(conv.bias.grad, 2 * db1)
+    conv.zero_grad()
+    conv(x)
+    conv.backward(g, need_input_grad=False)
+    np.testing.assert_array_equal(conv.weight.grad, dw1)
+
+
 @pytest.mark.parametrize("make", [lambda: ns.Linear(3, 2, rng=0), lambda: ns.Conv2d(2, 2, 1, rng=0)])
 def test_lazy_zero_grad_keeps_what_was_added_by_hand(make):
     # zero_grad only marks the gradient; a value added to it before backward must still count
