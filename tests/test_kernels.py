@@ -350,3 +350,43 @@ def test_cupy_add_bias_equals_reference():
     y, b = rng.standard_normal((37, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
     np.testing.assert_array_equal(cp.asnumpy(gpu.add_bias(cp.asarray(y), cp.asarray(b))),
                                   reference.add_bias(y.copy(), b))
+
+
+def _adam_in_dtype(p, g, m, v, lr, beta1, beta2, eps, wd, step):
+    """Adam written with every operand in the arrays' dtype, in the numba kernel's order of operations:
+    what the kernel must give bit for bit (a float64 intermediate would round differently)."""
+    f, tiny = p.dtype.type, np.finfo(p.dtype).tiny
+    gi = g + f(wd) * p
+    mi = f(beta1) * m + f(1 - beta1) * gi
+    vi = f(beta2) * v + f(1 - beta2) * (gi * gi)
+    mi[np.abs(mi) < tiny] = 0
+    vi[vi < tiny] = 0
+    step_size, bias2_sqrt = f(lr / (1 - beta1 ** step)), f(np.sqrt(1 - beta2 ** step))
+    return p - step_size * (mi / (np.sqrt(vi) / bias2_sqrt + f(eps))), mi, vi
+
+
+@pytest.mark.usefixtures("thread_mode")
+@given(SHAPES, DTYPES, st.floats(0, 0.1), st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_numba_adam_computes_in_the_arrays_dtype(shape, dtype, wd, step, seed):
+    """float32 parameters are updated in float32 arithmetic, as PyTorch does, not through float64."""
+    rng = np.random.default_rng(seed)
+    p, g, m = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    v = rng.uniform(0, 1, shape).astype(dtype)
+    want = _adam_in_dtype(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, wd, step)
+    cpu.adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, wd, step)
+    for got, expected in zip((p, m, v), want):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.usefixtures("thread_mode")
+@given(SHAPES, st.booleans(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_numba_sgd_computes_in_float32(shape, nesterov, first, seed):
+    rng = np.random.default_rng(seed)
+    p, g, buf = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    f = np.float32
+    gi = g + f(0.01) * p
+    b = gi if first else f(0.9) * buf + f(1.0) * gi
+    want = p - f(0.1) * (gi + f(0.9) * b if nesterov else b)
+    cpu.sgd_update(p, g, buf, 0.1, 0.9, 0.0, 0.01, nesterov, first)
+    np.testing.assert_array_equal(buf, b)
+    np.testing.assert_array_equal(p, want)

@@ -354,7 +354,10 @@ def relu_backward(grad, y):
 @_twins
 def _adam(p, g, m, v, step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, bias2_sqrt,
           tiny):
-    # every scalar arrives in the arrays' dtype (an int literal here would promote float32 to float64)
+    # Every scalar arrives in the arrays' dtype, and the zero below is one too: numba gives a variable
+    # that holds a float32 and an int literal the type float64, and the whole update then ran in double
+    # precision at a third of the speed (CNN parameters: 0.93 -> 0.27 ms serial).
+    zero = tiny - tiny
     for i in prange(p.size):
         gi = g[i] + weight_decay * p[i]
         mi = beta1 * m[i] + one_minus_beta1 * gi
@@ -363,9 +366,9 @@ def _adam(p, g, m, v, step_size, beta1, beta2, one_minus_beta1, one_minus_beta2,
         # subnormals is ~20x slower on x86: a late epoch ran 2-4x slower than the first. Flush them
         # to zero (what the GPU and PyTorch's set_flush_denormal do); the update changes by < 1e-38.
         if abs(mi) < tiny:
-            mi = 0
+            mi = zero
         if vi < tiny:
-            vi = 0
+            vi = zero
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * (mi / (np.sqrt(vi) / bias2_sqrt + eps))
@@ -373,12 +376,13 @@ def _adam(p, g, m, v, step_size, beta1, beta2, one_minus_beta1, one_minus_beta2,
 
 @_twins
 def _sgd(p, g, buf, lr, momentum, one_minus_dampening, weight_decay, nesterov, first, tiny):
+    zero = tiny - tiny              # a zero of the arrays' dtype (see _adam)
     for i in prange(p.size):
         gi = g[i] + weight_decay * p[i]
         if momentum != 0:
             b = gi if first else momentum * buf[i] + one_minus_dampening * gi
             if abs(b) < tiny:       # a buffer decaying under zero gradients: keep it off subnormals
-                b = 0
+                b = zero
             buf[i] = b
             gi = gi + momentum * b if nesterov else b
         p[i] -= lr * gi
