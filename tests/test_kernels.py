@@ -143,6 +143,24 @@ def test_numba_maxpool_backward_equals_reference(case, dtype, layout, seed):
                                reference.maxpool_backward(g, arg, shape, k, s), rtol=tol, atol=tol)
 
 
+@pytest.mark.usefixtures("thread_mode")
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), DTYPES, st.integers(0, 2**32 - 1))
+def test_numba_maxpool_backward_of_tiling_windows_writes_every_element_once(k, oh, ow, dtype, seed):
+    """Windows that tile the map (stride = k, sides multiples of k) take the single-pass path, which
+    writes into uninitialised memory: every element must still get the reference's value, signed
+    zeros included (the reference adds the gradient to a zero)."""
+    rng = np.random.default_rng(seed)
+    shape = (2, 3, oh * k, ow * k)
+    x = rng.integers(-3, 4, size=shape).astype(dtype)
+    _, arg = reference.maxpool_forward(x, k, k)
+    g = rng.standard_normal(arg.shape).astype(dtype)
+    g[rng.random(g.shape) < 0.3] = -0.0
+    want = reference.maxpool_backward(g, arg, shape, k, k)
+    got = cpu.maxpool_backward(in_layout(g, "channels_last"), in_layout(arg, "channels_last"), shape, k, k)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
 def test_maxpool_floors_odd_sizes_like_pytorch():
     out, _ = reference.maxpool_forward(np.zeros((1, 1, 7, 7)), 2, 2)
     assert out.shape == (1, 1, 3, 3)

@@ -207,20 +207,28 @@ def _maxpool_forward_cl(x, k, stride, out, argmax):
 
 
 @_twins
-def _maxpool_backward_cl(grad, argmax, k, stride, dx):
+def _maxpool_backward_cl(grad, argmax, k, stride, dx, tiles, zero):
     # Channels-last twin: every window adds its gradient where its winner sits (0 elsewhere), in
     # the same window order as the general kernel, so the sums come out bit for bit the same.
+    # When the windows tile the map exactly (``tiles``: 2x2 windows, stride 2, even sides), each
+    # element is written once instead, with no zeroing pass first: zero + g is what 0 += g gave.
+    # ``zero`` is 0 in the arrays' dtype (an int literal would make numba compute in float64).
     B, OH, OW, C = grad.shape
     for b in prange(B):
-        dx[b] = 0
+        if not tiles:
+            dx[b] = 0
         for oh in range(OH):
             for ow in range(OW):
                 g, a = grad[b, oh, ow], argmax[b, oh, ow]
                 for i in range(k):
                     for j in range(k):
                         d, w = dx[b, oh * stride + i, ow * stride + j], i * k + j
-                        for c in range(C):
-                            d[c] += g[c] if a[c] == w else 0
+                        if tiles:
+                            for c in range(C):
+                                d[c] = zero + (g[c] if a[c] == w else zero)
+                        else:
+                            for c in range(C):
+                                d[c] += g[c] if a[c] == w else zero
 
 
 def _as_channels_last(x):
@@ -269,8 +277,10 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
     last = channels_last(argmax)
     dx = empty_nchw(x_shape, grad.dtype, last)
     if last and argmax.transpose(0, 2, 3, 1).flags.c_contiguous:
+        B, C, H, W = x_shape
+        tiles = stride == k and H == argmax.shape[2] * k and W == argmax.shape[3] * k
         _maxpool_backward_cl(dx.size, _as_channels_last(grad), argmax.transpose(0, 2, 3, 1), k, stride,
-                             dx.transpose(0, 2, 3, 1))
+                             dx.transpose(0, 2, 3, 1), tiles, dx.dtype.type(0))
     else:
         _maxpool_backward(dx.size, grad, argmax, k, stride, dx)
     return dx
