@@ -91,15 +91,31 @@ def test_reference_col2im_is_the_adjoint_of_im2col(case, seed):
 
 
 @pytest.mark.usefixtures("thread_mode")
-@given(conv_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
-def test_numba_im2col_equals_reference(case, dtype, layout, seed):
+@given(conv_case(), DTYPES, LAYOUTS, st.booleans(), st.integers(0, 2**32 - 1))
+def test_numba_im2col_equals_reference(case, dtype, layout, ones, seed):
     shape, kh, kw, s, p = case
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-    got = cpu.im2col(in_layout(x, layout), kh, kw, s, p)
+    got = cpu.im2col(in_layout(x, layout), kh, kw, s, p, ones=ones)
     assert got.dtype == dtype
-    np.testing.assert_array_equal(got, reference.im2col(x, kh, kw, s, p))
+    np.testing.assert_array_equal(got, reference.im2col(x, kh, kw, s, p, ones=ones))
     if layout == "channels_last":                   # the general kernel too, on a copy in NCHW order
-        np.testing.assert_array_equal(cpu.im2col(np.ascontiguousarray(x), kh, kw, s, p), got)
+        np.testing.assert_array_equal(cpu.im2col(np.ascontiguousarray(x), kh, kw, s, p, ones=ones), got)
+
+
+@given(conv_case(), st.integers(0, 2**32 - 1))
+def test_reference_im2col_ones_column_adds_the_bias(case, seed):
+    """cols with the column of ones, times the weight matrix with the bias as its last column, is the
+    convolution plus the bias; the rest of the matrix is im2col's."""
+    shape, kh, kw, s, p = case
+    rng = np.random.default_rng(seed)
+    x, w, b = rng.standard_normal(shape), rng.standard_normal((3, shape[1], kh, kw)), rng.standard_normal(3)
+    cols = reference.im2col(x, kh, kw, s, p, ones=True)
+    np.testing.assert_array_equal(cols[:, :-1], reference.im2col(x, kh, kw, s, p))
+    np.testing.assert_array_equal(cols[:, -1], 1)
+    wb = np.concatenate([w.transpose(0, 2, 3, 1).reshape(3, -1), b[:, None]], axis=1)
+    B, OH, OW = shape[0], out_size(shape[2], kh, s, p), out_size(shape[3], kw, s, p)
+    y = (cols @ wb.T).reshape(B, OH, OW, 3).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(y, naive_conv(x, w, s, p) + b[:, None, None], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.usefixtures("thread_mode")
@@ -273,15 +289,15 @@ def on_gpu(x, layout):
 
 
 @requires_gpu
-@given(conv_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
-def test_cupy_im2col_and_col2im_equal_reference(case, dtype, layout, seed):
+@given(conv_case(), DTYPES, LAYOUTS, st.booleans(), st.integers(0, 2**32 - 1))
+def test_cupy_im2col_and_col2im_equal_reference(case, dtype, layout, ones, seed):
     import cupy as cp
     from nnscratch.kernels import gpu
     shape, kh, kw, s, p = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
-    np.testing.assert_array_equal(cp.asnumpy(gpu.im2col(on_gpu(x, layout), kh, kw, s, p)),
-                                  reference.im2col(x, kh, kw, s, p))
+    np.testing.assert_array_equal(cp.asnumpy(gpu.im2col(on_gpu(x, layout), kh, kw, s, p, ones=ones)),
+                                  reference.im2col(x, kh, kw, s, p, ones=ones))
     cols = rng.standard_normal(reference.im2col(x, kh, kw, s, p).shape).astype(dtype)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(cp.asnumpy(gpu.col2im(cp.asarray(cols), shape, kh, kw, s, p)),

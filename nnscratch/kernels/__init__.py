@@ -62,9 +62,10 @@ def matmul(a, b, out=None):
     return np.matmul(a, b, out=out)
 
 
-def im2col(x, kh, kw, stride=1, padding=0, out=None):
-    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C), columns ordered (i, j, c); into ``out`` if given."""
-    return for_array(x).im2col(x, kh, kw, stride, padding, out)
+def im2col(x, kh, kw, stride=1, padding=0, out=None, ones=False):
+    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C), columns ordered (i, j, c); into ``out`` if given.
+    ``ones`` appends a column of ones (for a bias folded into the weight matrix)."""
+    return for_array(x).im2col(x, kh, kw, stride, padding, out, ones)
 
 
 def col2im(cols, x_shape, kh, kw, stride=1, padding=0):

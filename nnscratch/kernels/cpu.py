@@ -98,6 +98,8 @@ def _im2col(x, kh, kw, stride, padding, OH, OW, cols):
                         else:
                             for c in range(C):
                                 cols[row, base + c] = 0
+                if cols.shape[1] > kh * kw * C:     # the bias column (im2col's ``ones``)
+                    cols[row, kh * kw * C] = 1
 
 
 @_twins
@@ -122,6 +124,8 @@ def _im2col_cl(x, kh, kw, stride, padding, OH, OW, cols):
                         else:
                             for c in range(C):
                                 row[base + c] = 0
+                if row.shape[0] > kh * kw * C:      # the bias column (im2col's ``ones``)
+                    row[kh * kw * C] = 1
 
 
 @_twins
@@ -236,11 +240,12 @@ def _as_channels_last(x):
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None):
-    """x: (B, C, H, W), any memory layout -> cols: (B * OH * OW, kh * kw * C), into ``out`` if given."""
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, ones: bool = False):
+    """x: (B, C, H, W), any memory layout -> cols: (B * OH * OW, kh * kw * C [+ 1 if ones]), into
+    ``out`` if given; see reference.im2col."""
     B, C, H, W = x.shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
-    cols = np.empty((B * OH * OW, C * kh * kw), dtype=x.dtype) if out is None else out
+    cols = np.empty((B * OH * OW, C * kh * kw + bool(ones)), dtype=x.dtype) if out is None else out
     if channels_last(x) and x.transpose(0, 2, 3, 1).flags.c_contiguous and cols.flags.c_contiguous:
         _im2col_cl(cols.size, x.transpose(0, 2, 3, 1), kh, kw, stride, padding, OH, OW, cols)
     else:

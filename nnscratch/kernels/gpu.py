@@ -19,16 +19,18 @@ from .reference import out_size
 def _kernels():
     cp = _cupy()
     im2col = cp.ElementwiseKernel(
-        "raw T x, int32 C, int32 H, int32 W, int32 kh, int32 kw, int32 s, int32 p, int32 OH, int32 OW",
+        "raw T x, int32 C, int32 H, int32 W, int32 kh, int32 kw, int32 s, int32 p, int32 OH, int32 OW, "
+        "int32 Kc",
         "T col",
         """
-        int K = C * kh * kw;
-        int row = i / K, k = i % K;                 // column k = (di * kw + dj) * C + c
+        int K = C * kh * kw;                        // Kc = K, or K + 1 with the bias column of ones
+        int row = i / Kc, k = i % Kc;               // column k = (di * kw + dj) * C + c
         int b = row / (OH * OW), ohw = row % (OH * OW);
         int oh = ohw / OW, ow = ohw % OW;
         int c = k % C, ij = k / C;
         int y = oh * s - p + ij / kw, xx = ow * s - p + ij % kw;
-        col = (y >= 0 && y < H && xx >= 0 && xx < W) ? x[((b * C + c) * H + y) * W + xx] : (T)0;
+        col = k == K ? (T)1
+            : (y >= 0 && y < H && xx >= 0 && xx < W) ? x[((b * C + c) * H + y) * W + xx] : (T)0;
         """,
         "nnscratch_im2col")
     col2im = cp.ElementwiseKernel(
@@ -95,13 +97,14 @@ def _kernels():
     return im2col, col2im, pool_fwd, pool_bwd
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None):
-    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C), into ``out`` if given."""
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, ones: bool = False):
+    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C [+ 1 if ones]), into ``out`` if given."""
     cp = _cupy()
     B, C, H, W = x.shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
-    cols = cp.empty((B * OH * OW, C * kh * kw), dtype=x.dtype) if out is None else out
-    _kernels()[0](x, C, H, W, kh, kw, stride, padding, OH, OW, cols)     # x indexed logically: any layout
+    K = C * kh * kw + bool(ones)
+    cols = cp.empty((B * OH * OW, K), dtype=x.dtype) if out is None else out
+    _kernels()[0](x, C, H, W, kh, kw, stride, padding, OH, OW, K, cols)  # x indexed logically: any layout
     return cols
 
 

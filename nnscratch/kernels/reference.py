@@ -21,8 +21,12 @@ def out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None):
-    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C), into ``out`` if given."""
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, ones: bool = False):
+    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C), into ``out`` if given.
+
+    With ``ones`` the matrix has one more column, all ones: multiplied by a weight matrix whose last
+    column is the bias, the product adds the bias (and its weight gradient is the bias gradient).
+    """
     B, C, H, W = x.shape
     OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
@@ -32,6 +36,8 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None):
             # every output pixel's (i, j) neighbour, for all pixels and channels at once
             patches[:, :, :, i, j, :] = xp[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride].transpose(0, 2, 3, 1)
     cols = patches.reshape(B * OH * OW, kh * kw * C)            # one patch per row
+    if ones:
+        cols = np.concatenate([cols, np.ones((cols.shape[0], 1), dtype=cols.dtype)], axis=1)
     if out is None:
         return cols
     out[...] = cols

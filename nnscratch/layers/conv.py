@@ -27,9 +27,11 @@ class Conv2d(Module):
 
     Forward: cols = im2col(x): (B*OH*OW, kh*kw*C), one patch per row with its
     columns ordered (i, j, c); y = cols @ Wm^T + b, where Wm is the weight in that
-    same order, (out_channels, kh*kw*C). The backward pass is that matrix
-    product's backward plus col2im, the adjoint of im2col; the input gradient's
-    columns reuse the memory of ``cols`` (rebuilt from x should backward run again).
+    same order, (out_channels, kh*kw*C). With a bias, cols has one more column of
+    ones and Wm one more column, b, so that one product computes y. The backward
+    pass is that matrix product's backward plus col2im, the adjoint of im2col; the
+    input gradient's columns reuse the memory of ``cols`` (rebuilt from x should
+    backward run again).
     The output is an NCHW view of channels-last memory (the product's rows are
     pixels), which the kernels read without copying; see ``kernels/cpu.py``.
     """
@@ -53,7 +55,7 @@ class Conv2d(Module):
         self.weight = Parameter(init.he_normal((out_channels, in_channels, kh, kw), dtype=dtype, rng=rng))
         self.bias = Parameter(init.zeros((out_channels,), dtype=dtype)) if bias else None
         self._cache = None
-        self._kept = {}                   # arrays reused across steps (see _keep)
+        self._kept = {}                   # arrays reused across steps (see _buffer)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -64,9 +66,13 @@ class Conv2d(Module):
         (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
         return (x_shape[0], self.out_channels, out_size(x_shape[2], kh, s, p), out_size(x_shape[3], kw, s, p))
 
-    def _weight_matrix(self):
-        """The weight as (out_channels, kh * kw * C), columns in im2col's (i, j, c) order."""
-        return self.weight.data.transpose(0, 2, 3, 1).reshape(self.out_channels, -1)
+    def _weight_matrix(self, with_bias: bool = False):
+        """The weight as (out_channels, kh * kw * C), columns in im2col's (i, j, c) order; with
+        ``with_bias`` (and a bias) the bias is one more, last column, facing im2col's column of ones."""
+        wm = self.weight.data.transpose(0, 2, 3, 1).reshape(self.out_channels, -1)
+        if not with_bias or self.bias is None:
+            return wm
+        return get_array_module(wm).concatenate([wm, self.bias.data[:, None]], axis=1)
 
     def forward(self, x):
         """x: (B, in_channels, H, W) -> (B, out_channels, OH, OW)."""
@@ -78,30 +84,25 @@ class Conv2d(Module):
             raise ValueError(f"{self}: input of {x.shape[2]}x{x.shape[3]} pixels (padding {p}) is smaller "
                              f"than the {kh}x{kw} kernel; got shape {tuple(x.shape)}")
         B, _, OH, OW = self.output_shape(x.shape)
-        cols = kernels.im2col(x, kh, kw, s, p, out=self._buffer(x, (B * OH * OW, kh * kw * self.in_channels)))
-        y = kernels.matmul(cols, self._weight_matrix().T)            # (B*OH*OW, OC)
-        if self.bias is not None:
-            kernels.add_bias(y, self.bias.data)
+        # with a bias, cols ends in a column of ones and the weight matrix in the bias: the product
+        # adds the bias (no pass of its own over the output), and backward gets its gradient with
+        # the weight's (CNN step about -1 ms)
+        bias = self.bias is not None
+        cols = kernels.im2col(x, kh, kw, s, p, ones=bias,
+                              out=self._buffer(x, (B * OH * OW, kh * kw * self.in_channels + bias)))
+        y = kernels.matmul(cols, self._weight_matrix(with_bias=True).T)            # (B*OH*OW, OC)
         self._cache = (x, cols)
         self._cols_hold_x = True          # False once backward has written the input gradient's columns there
         return y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
 
-    def _keep(self, name, like, shape, make):
-        """The array kept under ``name`` from an earlier step if it has ``shape`` and ``like``'s dtype and
-        device, else a new one from ``make`` ("empty" or "ones" of the array module), kept for next time."""
-        kept = self._kept.get(name)
-        if kept is None or kept.shape != shape or kept.dtype != like.dtype or type(kept) is not type(like):
-            kept = self._kept[name] = getattr(get_array_module(like), make)(shape, dtype=like.dtype)
-        return kept
-
     def _buffer(self, x, shape):
-        """The column matrix of the last forward pass, reused when it fits: a fresh 10 MB array per
-        step costs page faults that are a visible share of a CNN step on the CPU."""
-        return self._keep("cols", x, shape, "empty")
-
-    def _ones(self, g):
-        """A vector of len(g) ones in g's dtype and device, for the bias gradient."""
-        return self._keep("ones", g, (g.shape[0],), "ones")
+        """The column matrix of the last forward pass if it has ``shape`` and x's dtype and device, else a
+        new one, kept for the next step: a fresh 10 MB array per step costs page faults that are a
+        visible share of a CNN step on the CPU."""
+        kept = self._kept.get("cols")
+        if kept is None or kept.shape != shape or kept.dtype != x.dtype or type(kept) is not type(x):
+            kept = self._kept["cols"] = get_array_module(x).empty(shape, dtype=x.dtype)
+        return kept
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, out_channels, OH, OW) -> (B, in_channels, H, W); accumulates weight and bias grads.
@@ -114,21 +115,21 @@ class Conv2d(Module):
         x, cols = self._cache
         check_grad(self, grad, self.output_shape(x.shape), cols.dtype)
         (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
+        bias = self.bias is not None
         if not self._cols_hold_x:         # a second backward after one forward: the columns again
-            kernels.im2col(x, kh, kw, s, p, out=cols)
+            kernels.im2col(x, kh, kw, s, p, out=cols, ones=bias)
             self._cols_hold_x = True
-        OC = self.out_channels
+        OC, K = self.out_channels, kh * kw * self.in_channels
         g = grad.transpose(0, 2, 3, 1).reshape(-1, OC)     # (B*OH*OW, OC); free for channels-last grad
-        dw = kernels.matmul(g.T, cols).reshape(OC, kh, kw, self.in_channels)
-        self.weight.grad += dw.transpose(0, 3, 1, 2)
-        if self.bias is not None:
-            # the column sums as a matrix-vector product: BLAS reads g once on every core, where
-            # g.sum(axis=0) ran at a third of the speed (conv1: 1.1 ms -> 0.24 ms at batch 64)
-            self.bias.accumulate_product(self._ones(g), g)
+        dwb = kernels.matmul(g.T, cols)                    # (OC, K), then the bias's column if any
+        self.weight.grad += dwb[:, :K].reshape(OC, kh, kw, self.in_channels).transpose(0, 3, 1, 2)
+        if bias:
+            self.bias.grad += dwb[:, K]                     # the column of ones: sum of g over pixels
         if not need_input_grad:
             return None
-        # The input gradient's columns (the same shape) go into the column matrix, which the weight
+        # The input gradient's columns go into the memory of the column matrix, which the weight
         # gradient above has finished with: one 14 MB matrix instead of two for conv2 at batch 64,
         # so the product writes into memory that is still in cache (CNN step about -1.4 ms)
         self._cols_hold_x = False
-        return kernels.col2im(kernels.matmul(g, self._weight_matrix(), out=cols), x.shape, kh, kw, s, p)
+        dcols = cols.reshape(-1)[:g.shape[0] * K].reshape(g.shape[0], K)
+        return kernels.col2im(kernels.matmul(g, self._weight_matrix(), out=dcols), x.shape, kh, kw, s, p)
