@@ -121,7 +121,9 @@ class Conv2d(Module):
             self._cols_hold_x = True
         OC, K = self.out_channels, kh * kw * self.in_channels
         g = grad.transpose(0, 2, 3, 1).reshape(-1, OC)     # (B*OH*OW, OC); free for channels-last grad
-        dwb = kernels.matmul(g.T, cols)                    # (OC, K), then the bias's column if any
+        # (OC, K), then the bias's column if any; computed with the longer side as the product's rows,
+        # which OpenBLAS runs faster here (conv2 at batch 64: 2.9 -> 2.5 ms, conv3 2.2 -> 2.1)
+        dwb = kernels.matmul(cols.T, g).T if cols.shape[1] > OC else kernels.matmul(g.T, cols)
         self.weight.grad += dwb[:, :K].reshape(OC, kh, kw, self.in_channels).transpose(0, 3, 1, 2)
         if bias:
             self.bias.grad += dwb[:, K]                     # the column of ones: sum of g over pixels
