@@ -199,13 +199,14 @@ def test_numba_im2col_writes_into_a_given_buffer():
 
 
 @pytest.mark.usefixtures("thread_mode")
-@given(st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
-def test_numba_relu_equals_reference(shape, dtype, layout, seed):
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple), DTYPES, LAYOUTS, LAYOUTS,
+       st.integers(0, 2**32 - 1))
+def test_numba_relu_equals_reference(shape, dtype, layout, grad_layout, seed):
     rng = np.random.default_rng(seed)
     x = rng.integers(-2, 3, size=shape).astype(dtype)         # exact zeros: the kink itself
     g = rng.standard_normal(shape).astype(dtype)
-    if len(shape) == 4:
-        x, g = in_layout(x, layout), in_layout(g, layout)
+    if len(shape) == 4:                                        # the gradient may come in another layout
+        x, g = in_layout(x, layout), in_layout(g, grad_layout)
     y = cpu.relu_forward(x)
     np.testing.assert_array_equal(y, reference.relu_forward(x))
     assert y.flags.c_contiguous == x.flags.c_contiguous       # the layout is kept
