@@ -40,18 +40,33 @@ def cpu_kernels() -> str:
     return "reference"
 
 
+_loaded = {}     # "cpu"/"gpu" -> the module, or None when it cannot be imported (numba missing)
+
+
+def _twin(name: str):
+    """The kernel module ``name``, imported on first use only: a CNN step dispatches some forty
+    kernels, and importlib's lookup of an imported module cost ~0.3 ms of it."""
+    if name not in _loaded:
+        try:
+            _loaded[name] = importlib.import_module("." + name, __name__)
+        except ImportError:
+            if name == "gpu":
+                raise
+            _loaded[name] = None
+    return _loaded[name]
+
+
 def _numba():
-    try:
-        return importlib.import_module(".cpu", __name__)
-    except ImportError:
-        return None
+    return _twin("cpu")
 
 
 def for_array(x):
     """The kernel module (reference, cpu or gpu) that handles ``x``."""
     if is_gpu_array(x):
-        return importlib.import_module(".gpu", __name__)
-    return _numba() if cpu_kernels() == "numba" else reference
+        return _twin("gpu")
+    if _choice["cpu"] == "numba":
+        return _numba() or reference
+    return reference
 
 
 def matmul(a, b, out=None):
