@@ -144,6 +144,13 @@ def test_numba_maxpool_forward_equals_reference_ties_included(case, dtype, layou
     ref_out, ref_arg = reference.maxpool_forward(x, k, s)
     np.testing.assert_array_equal(out, ref_out)
     np.testing.assert_array_equal(arg, ref_arg)
+    # with the ReLU fused in: the same winners, the output rectified (-0.0 kept, as ReLU keeps it)
+    x[0, 0, 0, 0] = -0.0
+    out, arg = cpu.maxpool_forward(in_layout(x, layout), k, s, relu=True)
+    ref_out, ref_arg = reference.maxpool_forward(x, k, s, relu=True)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(cpu.relu_forward(reference.maxpool_forward(x, k, s)[0])))
+    np.testing.assert_array_equal(arg, ref_arg)
 
 
 @pytest.mark.usefixtures("thread_mode")
@@ -157,6 +164,12 @@ def test_numba_maxpool_backward_equals_reference(case, dtype, layout, seed):
     tol = 1e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(cpu.maxpool_backward(in_layout(g, layout), in_layout(arg, layout), shape, k, s),
                                reference.maxpool_backward(g, arg, shape, k, s), rtol=tol, atol=tol)
+    # with the ReLU's mask (the rectified output of a fused forward pass), in either layout
+    out, _ = reference.maxpool_forward(x, k, s, relu=True)
+    want = reference.maxpool_backward(g, arg, shape, k, s, out=out)
+    np.testing.assert_array_equal(want, reference.maxpool_backward(reference.relu_backward(g, out), arg, shape, k, s))
+    np.testing.assert_allclose(cpu.maxpool_backward(in_layout(g, layout), in_layout(arg, layout), shape, k, s,
+                                                    out=in_layout(out, layout)), want, rtol=tol, atol=tol)
 
 
 @pytest.mark.usefixtures("thread_mode")
@@ -173,6 +186,12 @@ def test_numba_maxpool_backward_of_tiling_windows_writes_every_element_once(k, o
     g[rng.random(g.shape) < 0.3] = -0.0
     want = reference.maxpool_backward(g, arg, shape, k, k)
     got = cpu.maxpool_backward(in_layout(g, "channels_last"), in_layout(arg, "channels_last"), shape, k, k)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    out, _ = reference.maxpool_forward(x, k, k, relu=True)                  # and with the ReLU's mask
+    want = reference.maxpool_backward(g, arg, shape, k, k, out=out)
+    got = cpu.maxpool_backward(in_layout(g, "channels_last"), in_layout(arg, "channels_last"), shape, k, k,
+                               out=in_layout(out, "channels_last"))
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
 
@@ -321,6 +340,11 @@ def test_cupy_maxpool_equals_reference_ties_included(case, dtype, layout, seed):
     tol = 1e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(cp.asnumpy(gpu.maxpool_backward(on_gpu(g, layout), arg, shape, k, s)),
                                reference.maxpool_backward(g, ref_arg, shape, k, s), rtol=tol, atol=tol)
+    out, arg = gpu.maxpool_forward(on_gpu(x, layout), k, s, relu=True)     # the ReLU fused in
+    ref_out, _ = reference.maxpool_forward(x, k, s, relu=True)
+    np.testing.assert_array_equal(cp.asnumpy(out), ref_out)
+    np.testing.assert_allclose(cp.asnumpy(gpu.maxpool_backward(on_gpu(g, layout), arg, shape, k, s, out=out)),
+                               reference.maxpool_backward(g, ref_arg, shape, k, s, out=ref_out), rtol=tol, atol=tol)
 
 
 @requires_gpu

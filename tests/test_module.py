@@ -235,10 +235,11 @@ def _relu_pool_model(shape, k, stride, dtype, relu_first):
 
 @settings(max_examples=60, deadline=None)
 @given(relu_pool_case(), st.integers(0, 2**32 - 1))
-def test_relu_then_pool_runs_swapped_with_the_same_bits(case, seed):
-    """Sequential runs ReLU after a MaxPool2d that follows it (4x fewer values to rectify); the output,
-    the input gradient and every parameter gradient equal those of the layers run strictly in order,
-    bit for bit, also with ties, zeros and negative windows (small integers) and overlapping windows."""
+def test_relu_then_pool_runs_fused_with_the_same_bits(case, seed):
+    """Sequential runs ReLU then MaxPool2d as one pooling that rectifies its output (4x fewer values,
+    no pass of its own) and masks the gradient; the output, the input gradient and every parameter
+    gradient equal those of the layers run strictly as listed, bit for bit, also with ties, zeros,
+    all-negative windows (small integers), odd sizes, overlapping windows and the caller's input."""
     shape, k, stride, dtype, relu_first = case
     rng = np.random.default_rng(seed)
     x = rng.integers(-2, 3, size=shape).astype(dtype)            # many ties, zeros, all-negative windows
@@ -246,36 +247,36 @@ def test_relu_then_pool_runs_swapped_with_the_same_bits(case, seed):
         x += rng.standard_normal(shape).astype(dtype) * dtype(0.5)
     kept = x.copy()
     results = []
-    for swap in (True, False):
+    for fuse in (True, False):
         model = _relu_pool_model(shape, k, stride, dtype, relu_first)
-        model.swap_relu_pool = swap
+        model.fuse_relu_pool = fuse
         y = model(x)
         relu = next(m for m in model if isinstance(m, ns.ReLU))
-        ran_pooled = relu._y.shape == y.shape[:1] + model[-3].output_shape(shape)[1:] if relu_first else None
+        pool = next(m for m in model if isinstance(m, ns.MaxPool2d))
         g = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(dtype)
         dx = model.backward(g)
-        results.append((y, dx, [p.grad.copy() for p in model.parameters()], model._order(), ran_pooled))
-    (y1, dx1, g1, order1, pooled1), (y0, dx0, g0, order0, _) = results
-    assert order1 != order0 and order0 == sorted(order0)                 # the swap did happen
+        results.append((y, dx, [p.grad.copy() for p in model.parameters()], model._steps(), relu._y.shape,
+                        pool._cache[3] is not None))
+    (y1, dx1, g1, steps1, relu_shape1, fused1), (y0, dx0, g0, steps0, relu_shape0, fused0) = results
+    assert fused1 and not fused0 and len(steps1) == len(steps0) - 1         # the fusion did happen
     np.testing.assert_array_equal(y1, y0)
     np.testing.assert_array_equal(dx1, dx0)
     for a, b in zip(g1, g0):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(x, kept)                               # the caller's input untouched
-    if relu_first:
-        assert pooled1                                                   # ReLU ran on the pooled values
+    assert relu_shape1 == y1.shape[:1] + model[-3].output_shape(shape)[1:] if relu_first else True
 
 
 class _MyReLU(ns.ReLU):
     pass
 
 
-def test_only_exact_relu_and_maxpool_are_swapped():
-    """A subclass may do something else, so the Sequential leaves it where it was listed."""
-    assert ns.Sequential(ns.ReLU(), ns.MaxPool2d(2), ns.ReLU())._order() == [1, 0, 2]
-    assert ns.Sequential(_MyReLU(), ns.MaxPool2d(2))._order() == [0, 1]
-    assert ns.Sequential(ns.MaxPool2d(2), ns.ReLU())._order() == [0, 1]
-    assert ns.models.cnn()._order()[:6] == [0, 2, 1, 3, 5, 4]
+def test_only_exact_relu_and_maxpool_are_fused():
+    """A subclass may do something else, so the Sequential runs it as listed."""
+    assert ns.Sequential(ns.ReLU(), ns.MaxPool2d(2), ns.ReLU())._steps() == [(1, 0), (2,)]
+    assert ns.Sequential(_MyReLU(), ns.MaxPool2d(2))._steps() == [(0,), (1,)]
+    assert ns.Sequential(ns.MaxPool2d(2), ns.ReLU())._steps() == [(0,), (1,)]
+    assert ns.models.cnn()._steps()[:4] == [(0,), (2, 1), (3,), (5, 4)]
 
 
 def test_linear_weight_is_fortran_ordered_with_the_values_of_a_c_draw():

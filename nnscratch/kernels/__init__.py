@@ -88,14 +88,15 @@ def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
     return for_array(cols).col2im(cols, x_shape, kh, kw, stride, padding)
 
 
-def maxpool_forward(x, k, stride):
-    """x: (B, C, H, W) -> (out, argmax), each (B, C, OH, OW)."""
-    return for_array(x).maxpool_forward(x, k, stride)
+def maxpool_forward(x, k, stride, relu=False):
+    """x: (B, C, H, W) -> (out, argmax), each (B, C, OH, OW); ``relu`` rectifies out in the same pass."""
+    return for_array(x).maxpool_forward(x, k, stride, relu)
 
 
-def maxpool_backward(grad, argmax, x_shape, k, stride):
-    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W)."""
-    return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride)
+def maxpool_backward(grad, argmax, x_shape, k, stride, out=None):
+    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W); given the rectified ``out`` of
+    maxpool_forward(..., relu=True), the gradient passes only where out > 0."""
+    return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride, out)
 
 
 def add_bias(y, b):

@@ -186,9 +186,11 @@ def _maxpool_backward(grad, argmax, k, stride, dx):
 
 
 @_twins
-def _maxpool_forward_cl(x, k, stride, out, argmax):
+def _maxpool_forward_cl(x, k, stride, out, argmax, relu, zero):
     # Channels-last twin on contiguous (B, H, W, C) arrays: the innermost loop runs over C
     # contiguous values with selects instead of branches, which LLVM vectorises (8x here).
+    # ``relu`` rectifies each output as it is finished (NaN passes, as in _relu_forward); ``zero``
+    # is 0 in the arrays' dtype (an int literal would make numba compute in float64).
     B, H, W, C = x.shape
     OH, OW = out.shape[1], out.shape[2]
     for b in prange(B):
@@ -208,31 +210,38 @@ def _maxpool_forward_cl(x, k, stride, out, argmax):
                             better = row[c] > o[c]       # strict: the first maximum wins a tie
                             o[c] = row[c] if better else o[c]
                             a[c] = w if better else a[c]
+                if relu:
+                    for c in range(C):
+                        o[c] = zero if o[c] < zero else o[c]
 
 
 @_twins
-def _maxpool_backward_cl(grad, argmax, k, stride, dx, tiles, zero):
+def _maxpool_backward_cl(grad, argmax, k, stride, dx, tiles, zero, out, masked):
     # Channels-last twin: every window adds its gradient where its winner sits (0 elsewhere), in
     # the same window order as the general kernel, so the sums come out bit for bit the same.
     # When the windows tile the map exactly (``tiles``: 2x2 windows, stride 2, even sides), each
     # element is written once instead, with no zeroing pass first: zero + g is what 0 += g gave.
     # ``zero`` is 0 in the arrays' dtype (an int literal would make numba compute in float64).
+    # ``masked``: the ReLU that ran inside the forward pass (see _maxpool_forward_cl) passes the
+    # gradient only where its output ``out`` is > 0.
     B, OH, OW, C = grad.shape
     for b in prange(B):
         if not tiles:
             dx[b] = 0
         for oh in range(OH):
             for ow in range(OW):
-                g, a = grad[b, oh, ow], argmax[b, oh, ow]
+                g, a, y = grad[b, oh, ow], argmax[b, oh, ow], out[b, oh, ow]
                 for i in range(k):
                     for j in range(k):
                         d, w = dx[b, oh * stride + i, ow * stride + j], i * k + j
                         if tiles:
                             for c in range(C):
-                                d[c] = zero + (g[c] if a[c] == w else zero)
+                                won = a[c] == w and (not masked or y[c] > zero)
+                                d[c] = zero + (g[c] if won else zero)
                         else:
                             for c in range(C):
-                                d[c] += g[c] if a[c] == w else zero
+                                won = a[c] == w and (not masked or y[c] > zero)
+                                d[c] += g[c] if won else zero
 
 
 def _as_channels_last(x):
@@ -262,8 +271,9 @@ def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int
     return dx
 
 
-def maxpool_forward(x, k: int, stride: int):
-    """x: (B, C, H, W) -> (out, argmax): (B, C, OH, OW) each, in x's memory layout; argmax = i * k + j."""
+def maxpool_forward(x, k: int, stride: int, relu: bool = False):
+    """x: (B, C, H, W) -> (out, argmax): (B, C, OH, OW) each, in x's memory layout; argmax = i * k + j.
+    ``relu`` rectifies out (in the same pass for channels-last input)."""
     B, C, H, W = x.shape
     shape = (B, C, out_size(H, k, stride), out_size(W, k, stride))
     last = channels_last(x)
@@ -271,22 +281,29 @@ def maxpool_forward(x, k: int, stride: int):
     argmax = empty_nchw(shape, np.int32, last)
     if last and x.transpose(0, 2, 3, 1).flags.c_contiguous:
         _maxpool_forward_cl(out.size, x.transpose(0, 2, 3, 1), k, stride, out.transpose(0, 2, 3, 1),
-                            argmax.transpose(0, 2, 3, 1))
+                            argmax.transpose(0, 2, 3, 1), relu, x.dtype.type(0))
     else:
         _maxpool_forward(out.size, x, k, stride, out, argmax)
+        if relu:
+            relu_forward(out, inplace=True)
     return out, argmax
 
 
-def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
-    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W), in the memory layout of ``argmax``."""
+def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int, out=None):
+    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W), in the memory layout of ``argmax``; with
+    ``out`` (see reference.maxpool_backward) the ReLU's mask is applied in the same pass."""
     last = channels_last(argmax)
     dx = empty_nchw(x_shape, grad.dtype, last)
-    if last and argmax.transpose(0, 2, 3, 1).flags.c_contiguous:
+    if last and argmax.transpose(0, 2, 3, 1).flags.c_contiguous and (out is None or channels_last(out)):
         B, C, H, W = x_shape
         tiles = stride == k and H == argmax.shape[2] * k and W == argmax.shape[3] * k
-        _maxpool_backward_cl(dx.size, _as_channels_last(grad), argmax.transpose(0, 2, 3, 1), k, stride,
-                             dx.transpose(0, 2, 3, 1), tiles, dx.dtype.type(0))
+        g = _as_channels_last(grad)
+        y = g if out is None else _as_channels_last(out)
+        _maxpool_backward_cl(dx.size, g, argmax.transpose(0, 2, 3, 1), k, stride, dx.transpose(0, 2, 3, 1),
+                             tiles, dx.dtype.type(0), y, out is not None)
     else:
+        if out is not None:
+            grad = relu_backward(grad, out)
         _maxpool_backward(dx.size, grad, argmax, k, stride, dx)
     return dx
 

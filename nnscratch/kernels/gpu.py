@@ -118,20 +118,24 @@ def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int
     return dx
 
 
-def maxpool_forward(x, k: int, stride: int):
-    """x: (B, C, H, W) -> (out, argmax): (B, C, OH, OW) each; argmax = i * k + j."""
+def maxpool_forward(x, k: int, stride: int, relu: bool = False):
+    """x: (B, C, H, W) -> (out, argmax): (B, C, OH, OW) each; argmax = i * k + j; ``relu`` rectifies out."""
     cp = _cupy()
     B, C, H, W = x.shape
     shape = (B, C, out_size(H, k, stride), out_size(W, k, stride))
     out = cp.empty(shape, dtype=x.dtype)
     argmax = cp.empty(shape, dtype=cp.int32)
     _kernels()[2](x, H, W, k, stride, shape[2], shape[3], out, argmax)
+    if relu:
+        relu_forward(out, inplace=True)
     return out, argmax
 
 
-def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
-    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W)."""
+def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int, out=None):
+    """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W); ``out`` (rectified) masks grad first."""
     cp = _cupy()
+    if out is not None:
+        grad = relu_backward(grad, out)
     B, C, OH, OW = grad.shape
     dx = cp.empty(x_shape, dtype=grad.dtype)
     _kernels()[3](grad, argmax, x_shape[2], x_shape[3], k, stride, OH, OW, dx)

@@ -60,11 +60,12 @@ def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int
     return np.ascontiguousarray(dxp[:, :, padding:padding + H, padding:padding + W])
 
 
-def maxpool_forward(x, k: int, stride: int):
+def maxpool_forward(x, k: int, stride: int, relu: bool = False):
     """x: (B, C, H, W) -> (out, argmax), both (B, C, OH, OW).
 
     ``argmax`` is the winner's offset inside its window, i * k + j; on a tie
-    the first offset in row-major order wins, as in PyTorch.
+    the first offset in row-major order wins, as in PyTorch. With ``relu`` the
+    output is rectified too: relu(maxpool(x)), which equals maxpool(relu(x)).
     """
     B, C, H, W = x.shape
     OH, OW = out_size(H, k, stride), out_size(W, k, stride)
@@ -72,15 +73,21 @@ def maxpool_forward(x, k: int, stride: int):
                         for i in range(k) for j in range(k)])          # (k*k, B, C, OH, OW)
     argmax = windows.argmax(axis=0)                                    # first maximum on ties
     out = np.take_along_axis(windows, argmax[None], axis=0)[0]
+    if relu:
+        out = relu_forward(out)
     return out, argmax.astype(np.int32)
 
 
-def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int):
+def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int, out=None):
     """grad, argmax: (B, C, OH, OW) -> dx: (B, C, H, W).
 
     Only the winner of each window influenced the output, so only it receives
     the gradient; pixels shared by overlapping windows add up their shares.
+    ``out``, the rectified output of ``maxpool_forward(..., relu=True)``, first
+    passes the gradient through the ReLU: only where out > 0.
     """
+    if out is not None:
+        grad = relu_backward(grad, out)
     B, C, OH, OW = grad.shape
     dx = np.zeros(x_shape, dtype=grad.dtype)
     for i in range(k):

@@ -98,6 +98,7 @@ class Module:
     # output of the same size: CNN inference at batch 256, 74 -> 63 ms). Never for a Sequential's
     # first layer, so an array a caller passes in is never changed.
     _input_owned = False
+    _relu_inside = False      # set by a Sequential for one call of a MaxPool2d that runs a ReLU fused in
     # A layer whose forward returns a new array it keeps no use for sets this (Linear, Conv2d, MaxPool2d)
     new_output = False
 
@@ -239,25 +240,28 @@ class Sequential(Module):
 
     # ReLU then max-pooling gives exactly what max-pooling then ReLU gives, and the same gradients
     # bit for bit (ReLU is monotonic, so it does not change which element wins a window, and a window
-    # whose maximum is <= 0 passes no gradient either way); run in the second order, ReLU works on a
-    # quarter of the values. False runs the layers strictly as listed (tests compare the two).
-    swap_relu_pool = True
+    # whose maximum is <= 0 passes no gradient either way). So such a pair runs as one pooling kernel
+    # that rectifies what it outputs (and masks the gradient in its backward pass): ReLU costs no pass
+    # of its own, and touches a quarter of the values. False runs every layer as listed (tests
+    # compare the two).
+    fuse_relu_pool = True
 
-    def _order(self) -> list:
-        """The order in which forward runs the layers (backward runs it reversed): as listed, except
-        that a ReLU directly followed by a MaxPool2d runs after it (see ``swap_relu_pool``)."""
+    def _steps(self) -> list:
+        """What forward runs, in order (backward runs it reversed): (i,) for layer i, and (j, i) for a
+        ReLU i directly followed by a MaxPool2d j, which runs them as one (see ``fuse_relu_pool``).
+        Only exact ReLU and MaxPool2d instances are fused: a subclass may do something else."""
         from .activation import ReLU
         from .pool import MaxPool2d
-        order, i, n = [], 0, len(self.layers)
+        steps, i, n = [], 0, len(self.layers)
         while i < n:
-            if (self.swap_relu_pool and i + 1 < n and type(self.layers[i]) is ReLU
+            if (self.fuse_relu_pool and i + 1 < n and type(self.layers[i]) is ReLU
                     and type(self.layers[i + 1]) is MaxPool2d):
-                order += [i + 1, i]
+                steps.append((i + 1, i))
                 i += 2
             else:
-                order.append(i)
+                steps.append((i,))
                 i += 1
-        return order
+        return steps
 
     def named_children(self):
         for i, layer in enumerate(self.layers):
@@ -281,27 +285,29 @@ class Sequential(Module):
         output for finiteness (see checks.trusted_inputs) and check shapes only."""
         if not self.layers:
             return x
-        order = self._order()
-        self._ran = order                              # backward runs this order reversed
+        steps = self._steps()
+        self._ran = steps                              # backward runs these reversed
         owned = self._input_owned                     # set when this Sequential sits inside another
-        first = self.layers[order[0]]
-        x = self._run(first, x, owned)
-        owned = first.output_owned(owned)
+        x, owned = self._run(steps[0], x, owned)
         with trusted_inputs():
-            for i in order[1:]:
-                x = self._run(self.layers[i], x, owned)
-                owned = self.layers[i].output_owned(owned)
+            for step in steps[1:]:
+                x, owned = self._run(step, x, owned)
         self._last_owned = owned
         return x
 
-    @staticmethod
-    def _run(layer, x, owned: bool):
-        """layer(x), told for this one call whether it may overwrite x (see Module._input_owned)."""
-        layer._input_owned = owned
+    def _run(self, step, x, owned: bool):
+        """One step of forward: (output, whether it is owned). The layer is told for this one call
+        whether it may overwrite x (see Module._input_owned), and a fused pooling that it rectifies."""
+        layer = self.layers[step[0]]
+        fused = len(step) == 2
+        layer._input_owned, layer._relu_inside = owned, fused
         try:
-            return layer(x)
+            y = layer(x)
         finally:
-            layer._input_owned = False
+            layer._input_owned = layer._relu_inside = False
+        if fused:
+            self.layers[step[1]]._y = y                # the ReLU's state, as if it had run
+        return y, layer.output_owned(owned)
 
     def output_owned(self, input_owned: bool) -> bool:
         return bool(self.layers) and getattr(self, "_last_owned", False)
@@ -312,11 +318,12 @@ class Sequential(Module):
         its own input gradient; None is returned."""
         if not self.layers:
             return grad
-        order = getattr(self, "_ran", None) or self._order()     # the order of the last forward pass
+        steps = getattr(self, "_ran", None) or self._steps()     # the steps of the last forward pass
         first = 0
         if not need_input_grad:
-            with_params = [k for k, i in enumerate(order) if self.layers[i].parameters()]
-            first = with_params[0] if with_params else len(order) - 1
-        for k in range(len(order) - 1, first - 1, -1):
-            grad = self.layers[order[k]].backward(grad, need_input_grad=need_input_grad or k > first)
+            with_params = [k for k, step in enumerate(steps) if self.layers[step[0]].parameters()]
+            first = with_params[0] if with_params else len(steps) - 1
+        for k in range(len(steps) - 1, first - 1, -1):
+            # a fused ReLU + MaxPool2d: the pooling's backward applies the ReLU's mask itself
+            grad = self.layers[steps[k][0]].backward(grad, need_input_grad=need_input_grad or k > first)
         return grad

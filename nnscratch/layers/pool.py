@@ -37,16 +37,19 @@ class MaxPool2d(Module):
         if min(x.shape[2], x.shape[3]) < self.kernel_size:
             raise ValueError(f"{self}: input of {x.shape[2]}x{x.shape[3]} pixels is smaller than the "
                              f"{self.kernel_size}x{self.kernel_size} window; got shape {tuple(x.shape)}")
-        out, argmax = kernels.maxpool_forward(x, self.kernel_size, self.stride)
-        self._cache = (x.shape, x.dtype, argmax)
+        # inside a Sequential, a ReLU listed just before this layer may run fused in (_relu_inside,
+        # see Sequential.fuse_relu_pool): the output is then rectified, and kept for the mask
+        relu = self._relu_inside
+        out, argmax = kernels.maxpool_forward(x, self.kernel_size, self.stride, relu=relu)
+        self._cache = (x.shape, x.dtype, argmax, out if relu else None)
         return out
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, C, OH, OW) -> (B, C, H, W)."""
         if self._cache is None:
             raise no_forward(self)
-        x_shape, dtype, argmax = self._cache
+        x_shape, dtype, argmax, rectified = self._cache
         check_grad(self, grad, self.output_shape(x_shape), dtype)
         if not need_input_grad:
             return None
-        return kernels.maxpool_backward(grad, argmax, x_shape, self.kernel_size, self.stride)
+        return kernels.maxpool_backward(grad, argmax, x_shape, self.kernel_size, self.stride, out=rectified)
