@@ -15,7 +15,6 @@ class MaxPool2d(Module):
     The backward pass sends each window's gradient to the element that won it.
     """
 
-    new_output = True                # forward returns a new array it keeps no reference to
 
     def __init__(self, kernel_size: int, stride: int | None = None):
         stride = kernel_size if stride is None else stride
@@ -43,6 +42,10 @@ class MaxPool2d(Module):
         out, argmax = kernels.maxpool_forward(x, self.kernel_size, self.stride, relu=relu)
         self._cache = (x.shape, x.dtype, argmax, out if relu else None)
         return out
+
+    def output_owned(self, input_owned: bool) -> bool:
+        # a new array, but with a ReLU fused in it is kept for the backward mask: nobody may overwrite it
+        return self._cache is None or self._cache[3] is None
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, C, OH, OW) -> (B, C, H, W)."""
