@@ -1,6 +1,7 @@
 """Where one training step's time goes: every layer's forward and backward, timed inside real steps.
 
-    python benches/profile_step.py [--arch cnn] [--batch 64] [--steps 40] [--warmup 5] [--products]
+    python benches/profile_step.py [--arch cnn] [--batch 64] [--steps 40] [--warmup 5] [--products] [--kernels]
+    python benches/profile_step.py --infer [--arch mlnn]
 
 Runs the step of ``benches/speed.py`` (forward, cross-entropy, backward without the input gradient,
 Adam, zero_grad) on random data and prints the median time of each layer's forward and backward
@@ -32,6 +33,21 @@ def timed(times, key, fn):
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         times[key].append(time.perf_counter() - t0)
+        return out
+    return wrapper
+
+
+KERNELS = ("matmul", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "add_bias", "relu_forward",
+           "relu_backward", "adam_update")
+
+
+def timed_sum(totals, key, fn):
+    """fn, with the duration of every call added to totals[key]. The layers call the kernels as
+    attributes of ``ns.kernels``, so replacing them there catches every call."""
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        totals[key] += time.perf_counter() - t0
         return out
     return wrapper
 
@@ -70,6 +86,41 @@ def conv_products(model, batch: int, repeats: int = 30):
     print(f"\nall convolution products: {total:.2f} ms")
 
 
+def inference(args):
+    """Print the median time of each layer's forward pass inside model(x) for a batch of 256, eval
+    mode (as ``benches/speed.py`` times inference), and the first Linear's or Conv2d's product alone."""
+    ns.manual_seed(0)
+    model = getattr(ns.models, args.arch)().eval()
+    x = np.random.default_rng(0).standard_normal((256, 3, 28, 28)).astype(np.float32)
+    times = collections.defaultdict(list)
+    for i, layer in enumerate(model):
+        layer.forward = timed(times, f"{i:2d} {type(layer).__name__}", layer.forward)
+    whole = timed(times, "model(x)", model)
+    for _ in range(args.warmup):
+        whole(x)
+    times.clear()
+    for _ in range(args.steps):
+        whole(x)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    print(f"{args.arch}, inference on 256 images, median of {args.steps} passes, ms\n")
+    print("| layer | forward |")
+    print("| --- | ---: |")
+    for i, layer in enumerate(model):
+        name = f"{i:2d} {type(layer).__name__}"
+        print(f"| {name} | {'(in the next layer)' if name not in ms else f'{ms[name]:.2f}'} |")
+    print(f"\nmodel(x): {ms['model(x)']:.2f} ms")
+    first = next(m for m in model if isinstance(m, (ns.Linear, ns.Conv2d)))
+    if isinstance(first, ns.Linear):                  # the product the first layer runs, alone
+        a, w = x.reshape(256, -1), first.weight.data
+        runs = []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            a @ w.T
+            runs.append(time.perf_counter() - t0)
+        print(f"first layer's product alone ({a.shape[0]} x {a.shape[1]} x {w.shape[0]}): "
+              f"{1e3 * statistics.median(runs):.2f} ms")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -80,7 +131,14 @@ def main(argv=None):
     p.add_argument("--total", action="store_true", help="print the step's median only")
     p.add_argument("--products", action="store_true",
                    help="also time each convolution's three matrix products alone (--arch cnn)")
+    p.add_argument("--kernels", action="store_true",
+                   help="also time every kernel call inside the steps (matmul, im2col, ...), summed per step")
+    p.add_argument("--infer", action="store_true",
+                   help="time inference instead: the model's forward pass in eval mode on a batch of 256, "
+                        "with each layer's share and the first layer's product alone")
     args = p.parse_args(argv)
+    if args.infer:
+        return inference(args)
 
     ns.manual_seed(0)
     model = getattr(ns.models, args.arch)()
@@ -89,6 +147,10 @@ def main(argv=None):
     y = rng.integers(0, 8, args.batch)
     opt, loss_fn = ns.Adam(model.parameters()), ns.CrossEntropyLoss()
     times = collections.defaultdict(list)
+    kernel_times = collections.defaultdict(float)
+    if args.kernels:
+        for name in KERNELS:
+            setattr(ns.kernels, name, timed_sum(kernel_times, name, getattr(ns.kernels, name)))
     if not args.total:
         for i, layer in enumerate(model):
             name = f"{i:2d} {type(layer).__name__}"
@@ -111,9 +173,15 @@ def main(argv=None):
     for _ in range(args.warmup):
         step()
     times.clear()
+    kernel_times.clear()
     for _ in range(args.steps):
         step()
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    if args.kernels:
+        print(f"kernels inside the steps, ms per step (mean of {args.steps} steps):")
+        for name, total in sorted(kernel_times.items(), key=lambda kv: -kv[1]):
+            print(f"  {name}: {1e3 * total / args.steps:.2f}")
+        print(f"  all kernels: {1e3 * sum(kernel_times.values()) / args.steps:.2f}\n")
     if args.total:
         print(f"{args.arch} step {ms['step']:.2f} ms")
         return
@@ -122,6 +190,9 @@ def main(argv=None):
     print("| --- | ---: | ---: |")
     for i, layer in enumerate(model):
         name = f"{i:2d} {type(layer).__name__}"
+        if (name, "forward") not in ms:           # a ReLU the Sequential ran inside the MaxPool2d after it
+            print(f"| {name} | (in the next layer) | (in the next layer) |")
+            continue
         back = ms.get((name, "backward"))
         print(f"| {name} | {ms[(name, 'forward')]:.2f} | {'-' if back is None else f'{back:.2f}'} |")
     print()
