@@ -15,7 +15,6 @@ class MaxPool2d(Module):
     The backward pass sends each window's gradient to the element that won it.
     """
 
-
     def __init__(self, kernel_size: int, stride: int | None = None):
         stride = kernel_size if stride is None else stride
         check_positive_int("MaxPool2d", kernel_size=kernel_size, stride=stride)
