@@ -64,9 +64,7 @@ def for_array(x):
     """The kernel module (reference, cpu or gpu) that handles ``x``."""
     if is_gpu_array(x):
         return _twin("gpu")
-    if _choice["cpu"] == "numba":
-        return _numba() or reference
-    return reference
+    return _numba() if cpu_kernels() == "numba" else reference
 
 
 def matmul(a, b, out=None):
