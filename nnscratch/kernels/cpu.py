@@ -234,14 +234,9 @@ def _maxpool_backward_cl(grad, argmax, k, stride, dx, tiles, zero, out, masked):
                 for i in range(k):
                     for j in range(k):
                         d, w = dx[b, oh * stride + i, ow * stride + j], i * k + j
-                        if tiles:
-                            for c in range(C):
-                                won = a[c] == w and (not masked or y[c] > zero)
-                                d[c] = zero + (g[c] if won else zero)
-                        else:
-                            for c in range(C):
-                                won = a[c] == w and (not masked or y[c] > zero)
-                                d[c] += g[c] if won else zero
+                        for c in range(C):
+                            won = a[c] == w and (not masked or y[c] > zero)
+                            d[c] = (zero if tiles else d[c]) + (g[c] if won else zero)
 
 
 def _as_channels_last(x):
