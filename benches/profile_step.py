@@ -1,19 +1,18 @@
 """Where one training step's time goes: every layer's forward and backward, timed inside real steps.
 
     python benches/profile_step.py [--arch cnn] [--batch 64] [--steps 40] [--warmup 5] [--products] [--kernels]
+    python benches/profile_step.py --part [--kernels]      # one core's share of a split step
     python benches/profile_step.py --infer [--arch mlnn]
 
-Runs the step of ``benches/speed.py`` (forward, cross-entropy, backward without the input gradient,
-Adam, zero_grad) on random data and prints the median time of each layer's forward and backward
-pass, of the three phases and of the whole step. Unlike the per-layer table of ``speed.py``, which
-times each layer alone on warm inputs, these figures include what a layer pays for running between
-the others: cold caches, threads waking up, OpenBLAS workers still spinning after a product.
+Runs the five lines of a step (forward, cross-entropy, backward without the input gradient, Adam,
+zero_grad) on random data, the whole batch at once (``TrainStep(workers=1)``), and prints the median
+time of each layer's forward and backward pass, of the three phases and of the whole step. Unlike the
+per-layer table of ``speed.py``, which times each layer alone on warm inputs, these figures include
+what a layer pays for running between the others: cold caches, threads waking up, OpenBLAS workers
+still spinning after a product. ``speed.py``'s CNN step splits the batch across the cores
+(``TrainStep``'s default); ``--part`` profiles what one core runs there.
 
-To compare two commits on this noisy machine, alternate them in fresh processes, e.g.
-
-    git worktree add /tmp/base <commit>
-    for i in 1 2 3; do PYTHONPATH=/tmp/base python benches/profile_step.py --total
-                       PYTHONPATH=. python benches/profile_step.py --total; done
+To compare two commits on this noisy machine, use ``benches/ab_step.py`` (both in one process).
 """
 from __future__ import annotations
 
@@ -25,6 +24,8 @@ import time
 import numpy as np
 
 import nnscratch as ns
+from nnscratch import threads
+from nnscratch.kernels import serial_kernels
 
 
 def timed(times, key, fn):
@@ -133,6 +134,9 @@ def main(argv=None):
                    help="also time each convolution's three matrix products alone (--arch cnn)")
     p.add_argument("--kernels", action="store_true",
                    help="also time every kernel call inside the steps (matmul, im2col, ...), summed per step")
+    p.add_argument("--part", action="store_true",
+                   help="profile what one core runs in a split step (TrainStep's workers): the step on "
+                        "batch / parts images, OpenBLAS at one thread, numba's serial kernels")
     p.add_argument("--infer", action="store_true",
                    help="time inference instead: the model's forward pass in eval mode on a batch of 256, "
                         "with each layer's share and the first layer's product alone")
@@ -142,6 +146,17 @@ def main(argv=None):
 
     ns.manual_seed(0)
     model = getattr(ns.models, args.arch)()
+    if args.part:
+        parts = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters())).parts_for(args.batch)
+        print(f"one part of {parts}: {args.batch // parts} images, single-threaded\n")
+        args.batch //= parts
+        with threads.blas_threads(1), serial_kernels():
+            return profile(args, model)
+    return profile(args, model)
+
+
+def profile(args, model):
+    """Time the five lines of a step on ``model`` and print the tables (see the module notes)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 3, 28, 28)).astype(np.float32)
     y = rng.integers(0, 8, args.batch)

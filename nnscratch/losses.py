@@ -22,6 +22,19 @@ class Loss:
         """The loss as a 0-d array on the inputs' device; no checks, keeps what ``backward`` needs."""
         raise NotImplementedError
 
+    # A batch split into parts (``TrainStep`` on several cores): the whole batch's loss is the parts'
+    # losses weighted by each part's share of the mean, and each part's gradient is scaled by that
+    # share. A loss that does not say how its mean weighs the samples (one written elsewhere) is
+    # not split.
+    def _splittable(self) -> bool:
+        """Whether any part of any batch has a defined mean, so the batch may be split."""
+        return False
+
+    def _sample_weights(self, target):
+        """The weight of each sample in the mean, (B,), for the targets of a whole batch; None when
+        all weigh the same (each part's share is then its size)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be split across cores")
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -104,6 +117,13 @@ class CrossEntropyLoss(Loss):
         self._cache = (exp / sumexp, target, w / total)
         return (w * nll).sum() / total
 
+    def _splittable(self) -> bool:
+        # with a zero class weight, a part holding only that class would have no mean
+        return self.weight is None or bool((self.weight > 0).all())
+
+    def _sample_weights(self, target):
+        return None if self.weight is None else self.weight[target]
+
     def _class_weight(self, xp, logits):
         if self.weight.shape[0] != logits.shape[1]:
             raise ValueError(f"{self}: weight has {self.weight.shape[0]} entries but the logits have "
@@ -147,6 +167,12 @@ class MSELoss(Loss):
         self._diff = pred - target.astype(pred.dtype, copy=False)
         return (self._diff * self._diff).mean()
 
+    def _splittable(self) -> bool:
+        return True
+
+    def _sample_weights(self, target):
+        return None                        # every sample brings the same number of elements
+
     def backward(self):
         """-> dloss/dpred, the prediction's shape."""
         if self._diff is None:
@@ -182,6 +208,12 @@ class SoftmaxMSELoss(Loss):
         diff = prob - one_hot(target, logits.shape[1], dtype=logits.dtype)
         self._cache = (prob, diff)
         return (diff * diff).mean()
+
+    def _splittable(self) -> bool:
+        return True
+
+    def _sample_weights(self, target):
+        return None
 
     def backward(self):
         """-> dloss/dlogits: (B, K)."""

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
                    help="on a GPU, run every training step op by op instead of replaying it as a recorded "
                         "CUDA graph (default: graphs on; slower, for debugging)")
+    p.add_argument("--workers", type=int,
+                   help="on the CPU, split each batch into this many parts, one core each (1: whole batches). "
+                        "The results differ from other settings in the last bits only; give the same value to "
+                        "repeat a run bit for bit on a machine with another core count (default: the CNN one "
+                        "part per core OpenBLAS uses, at most one per 16 images; the MLNN 1)")
     p.add_argument("--seed", type=int, help=f"seed for the weights and the shuffling (default: {D.seed})")
     p.add_argument("--dataset", help=f"MedMNIST 2-D set, e.g. bloodmnist, dermamnist, pneumoniamnist "
                    f"(default: {D.dataset})")

@@ -77,6 +77,7 @@ class TrainConfig:
     out: str | None = None
     limit_train: int | None = None      # first N training images only (tests, quick looks)
     cuda_graphs: bool = True            # on a GPU, replay each step as a recorded CUDA graph (step.py)
+    workers: int | None = None          # CPU: parts each batch is split into, one core each (step.py); None: auto
 
     def validate(self):
         """Raise UsageError for any setting out of range; fill in the architecture's batch size if none is set."""
@@ -102,6 +103,7 @@ class TrainConfig:
             (self.device in ("auto", "cpu", "gpu"), f"unknown --device {self.device!r}: expected auto, cpu or gpu"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (self.limit_train is None or self.limit_train >= 1, "--limit-train must be at least 1"),
+            (self.workers is None or self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -236,9 +238,11 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     xs = {k: (to_device(x, device), to_device(y, device)) for k, (x, y) in xs.items()}
     loss_fn, target = make_loss(config, y_train, K, device)
     opt = make_optimizer(config, model)
-    step = TrainStep(model, loss_fn, opt, target=target, graph=config.cuda_graphs)
+    step = TrainStep(model, loss_fn, opt, target=target, graph=config.cuda_graphs, workers=config.workers)
 
-    settings = {**asdict(config), "device_used": device, "num_parameters": model.num_parameters(),
+    parts = step.parts_for(config.batch_size) if device == "cpu" else 1
+    settings = {**asdict(config), "device_used": device, "parts_per_batch": parts,
+                "num_parameters": model.num_parameters(),
                 "dataset_file": str(dataset.path), "dataset_md5": dataset.md5, "label_names": dataset.label_names,
                 "channels": dataset.channels, "image_size": dataset.image_size, "num_classes": K,
                 "train_size": len(y_train), "val_size": len(val), "test_size": len(test),
@@ -248,7 +252,8 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     write_json(run_dir / "config.json", settings)
     log(f"{config.preset or config.arch}: {config.arch.upper()} ({model.num_parameters():,} parameters), "
         f"{config.optimizer} lr={config.lr:g}, loss {config.loss}, {config.epochs} epochs of batch "
-        f"{config.batch_size} on {device}; {dataset.name}: {len(y_train)} train / {len(val)} val / {len(test)} test")
+        f"{config.batch_size} on {device}{f' (split in {parts} parts, one thread each)' if parts > 1 else ''}; "
+        f"{dataset.name}: {len(y_train)} train / {len(val)} val / {len(test)} test")
     log(f"run folder: {run_dir}")
 
     result = RunResult(run_dir)

@@ -95,10 +95,15 @@ def test_reference_col2im_is_the_adjoint_of_im2col(case, seed):
 def test_numba_im2col_equals_reference(case, dtype, layout, ones, seed):
     shape, kh, kw, s, p = case
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    # three twins: _im2col_cl (channels-last), _im2col_nchw (C-contiguous, C <= 8: all of these
+    # cases), _im2col (any other layout: here every other column of a wider array)
     got = cpu.im2col(in_layout(x, layout), kh, kw, s, p, ones=ones)
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, reference.im2col(x, kh, kw, s, p, ones=ones))
-    if layout == "channels_last":                   # the general kernel too, on a copy in NCHW order
+    wide = np.zeros(x.shape[:3] + (2 * x.shape[3],), dtype)
+    wide[..., ::2] = x
+    np.testing.assert_array_equal(cpu.im2col(wide[..., ::2], kh, kw, s, p, ones=ones), got)
+    if layout == "channels_last":                   # the NCHW twin too, on a copy in NCHW order
         np.testing.assert_array_equal(cpu.im2col(np.ascontiguousarray(x), kh, kw, s, p, ones=ones), got)
 
 

@@ -14,6 +14,7 @@ e.g. to see what numba changes.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -58,6 +59,13 @@ def _twin(name: str):
 
 def _numba():
     return _twin("cpu")
+
+
+def serial_kernels():
+    """A block in which the numba kernels run their serial copies only (several threads calling them
+    at once; see ``threads.run_parallel``); nothing to do without numba."""
+    cpu = _numba()
+    return contextlib.nullcontext() if cpu is None else cpu.serial_only()
 
 
 def for_array(x):

@@ -15,6 +15,7 @@ calls run a serial copy of the same loops (see ``_twins``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import types
 
@@ -36,6 +37,19 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 # Waking numba's workqueue threads costs about 0.15 ms here, more than the whole of a small kernel
 # (Adam on a 32-element bias: 0.17 ms threaded, 2 us serial), and a CNN step has a dozen small ones.
 SERIAL_BELOW = 1 << 17      # elements written by a call; below this the serial copy runs
+# True while several threads run kernels at once (``threads.run_parallel``): numba's workqueue layer
+# serves one caller at a time (a second one aborts the process), so every call runs its serial copy
+_serial_only = [False]
+
+
+@contextlib.contextmanager
+def serial_only():
+    """Within this block every kernel runs its serial copy, whatever its size."""
+    before, _serial_only[0] = _serial_only[0], True
+    try:
+        yield
+    finally:
+        _serial_only[0] = before
 
 
 def _twins(fn):
@@ -45,14 +59,15 @@ def _twins(fn):
     every element is computed the same way, only by another thread."""
     # error_model="numpy": a float division by zero gives inf/nan as in NumPy instead of a Python
     # exception, so no check per division stands in the way of vectorising (Adam: 2x faster)
-    threaded = njit(parallel=True, cache=True, error_model="numpy")(fn)
+    # nogil: the threads of threads.run_parallel run kernels side by side
+    threaded = njit(parallel=True, nogil=True, cache=True, error_model="numpy")(fn)
     copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
                               fn.__closure__)
     copy.__qualname__ = fn.__qualname__ + "_serial"    # numba's disk cache is keyed by the name
-    serial = njit(cache=True, error_model="numpy")(copy)
+    serial = njit(nogil=True, cache=True, error_model="numpy")(copy)
 
     def run(work, *args):
-        return (run.serial if work < SERIAL_BELOW else run.threaded)(*args)
+        return (run.serial if work < SERIAL_BELOW or _serial_only[0] else run.threaded)(*args)
     run.threaded, run.serial, run.__doc__ = threaded, serial, fn.__doc__
     return run
 
@@ -126,6 +141,37 @@ def _im2col_cl(x, kh, kw, stride, padding, OH, OW, cols):
                                 row[base + c] = 0
                 if row.shape[0] > kh * kw * C:      # the bias column (im2col's ``ones``)
                     row[kh * kw * C] = 1
+
+
+@_twins
+def _im2col_nchw(x, kh, kw, stride, padding, OH, OW, cols):
+    # Twin for a C-contiguous (B, C, H, W) input with few channels (a network's RGB input): the
+    # loops above would copy runs of C = 3 values; here each (i, j, c) column of an output row's
+    # block of OW rows is filled from one contiguous image row. conv1 at batch 32, one thread:
+    # 0.85 -> 0.46 ms; for 16 channels and more the loops above win (benches/NOTES.md, row 30).
+    B, C, H, W = x.shape
+    K = kh * kw * C
+    for b in prange(B):
+        for oh in range(OH):
+            r0 = (b * OH + oh) * OW
+            for i in range(kh):
+                y = oh * stride + i - padding
+                for j in range(kw):
+                    for c in range(C):
+                        col = (i * kw + j) * C + c
+                        if 0 <= y < H:
+                            for ow in range(OW):
+                                xx = ow * stride + j - padding
+                                cols[r0 + ow, col] = x[b, c, y, xx] if 0 <= xx < W else 0
+                        else:
+                            for ow in range(OW):
+                                cols[r0 + ow, col] = 0
+            if cols.shape[1] > K:                   # the bias column (im2col's ``ones``)
+                for ow in range(OW):
+                    cols[r0 + ow, K] = 1
+
+
+NCHW_TWIN_MAX_C = 8        # _im2col_nchw for a C-contiguous input of at most this many channels
 
 
 @_twins
@@ -252,6 +298,8 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, one
     cols = np.empty((B * OH * OW, C * kh * kw + bool(ones)), dtype=x.dtype) if out is None else out
     if channels_last(x) and x.transpose(0, 2, 3, 1).flags.c_contiguous and cols.flags.c_contiguous:
         _im2col_cl(cols.size, x.transpose(0, 2, 3, 1), kh, kw, stride, padding, OH, OW, cols)
+    elif C <= NCHW_TWIN_MAX_C and x.flags.c_contiguous and cols.flags.c_contiguous:
+        _im2col_nchw(cols.size, x, kh, kw, stride, padding, OH, OW, cols)
     else:
         _im2col(cols.size, x, kh, kw, stride, padding, OH, OW, cols)
     return cols

@@ -1,0 +1,198 @@
+"""A CPU batch split across cores (TrainStep's ``workers``): the same step as the whole batch's, up to
+the order of the gradient's sums, for every loss, optimizer, odd batch size and part count; bad steps
+change nothing; the thread pool and the BLAS setting behind it."""
+import threading
+
+import numpy as np
+import pytest
+
+import nnscratch as ns
+from nnscratch import threads
+from nnscratch.kernels import cpu_kernels
+
+
+def _pair(arch):
+    """Two float64 models with the same weights (float64: the split changes only rounding)."""
+    ns.manual_seed(0)
+    a = getattr(ns.models, arch)().to(dtype=np.float64)
+    b = getattr(ns.models, arch)().to(dtype=np.float64)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+LOSSES = {
+    "ce": (ns.CrossEntropyLoss, None),
+    "softmax_mse": (ns.SoftmaxMSELoss, None),
+    "mse_one_hot": (ns.MSELoss, lambda y: ns.one_hot(y, 8, dtype="float64")),
+    "ce_class_weights": (lambda: ns.CrossEntropyLoss(weight=np.linspace(0.5, 2.0, 8)), None),
+}
+OPTIMIZERS = {"adam": lambda m: ns.Adam(m.parameters()),
+              "sgd": lambda m: ns.SGD(m.parameters(), lr=0.01, momentum=0.9)}
+
+
+def _run_both(arch, loss, opt, workers, sizes, seed=1):
+    make_loss, target = LOSSES[loss]
+    a, b = _pair(arch)
+    whole = ns.TrainStep(a, make_loss(), OPTIMIZERS[opt](a), target=target, workers=1)
+    split = ns.TrainStep(b, make_loss(), OPTIMIZERS[opt](b), target=target, workers=workers)
+    rng = np.random.default_rng(seed)
+    for B in sizes:
+        x, y = rng.standard_normal((B, 3, 28, 28)), rng.integers(0, 8, B)
+        assert split._ways(x) == min(workers, B) and whole._ways(x) == 1
+        (la, ha), (lb, hb) = whole(x, y), split(x, y)
+        assert lb == pytest.approx(la, rel=1e-12) and hb == ha
+    for k, v in a.state_dict().items():
+        np.testing.assert_allclose(b.state_dict()[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+    return whole, split
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlnn"])
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_split_step_equals_the_whole_batch_step(arch, loss):
+    _run_both(arch, loss, "adam", workers=2, sizes=(12, 7, 12))
+
+
+@pytest.mark.parametrize("workers", [3, 5])
+def test_uneven_parts_and_more_parts_than_cores(workers):
+    # 13 images in 3 parts of 4, 4, 5 (or 5 parts); SGD's first step and momentum
+    _run_both("cnn", "ce", "sgd", workers=workers, sizes=(13, 6, 13))
+
+
+def test_more_workers_than_images_gives_one_image_per_part():
+    _run_both("mlnn", "ce", "adam", workers=8, sizes=(3, 1))
+
+
+def test_default_split_is_for_convolutional_networks_with_enough_images():
+    cores = threads.blas_thread_count()
+    cnn, mlnn = ns.models.cnn(), ns.models.mlnn()
+    for model, B, expected in ((cnn, 64, None), (cnn, 31, 1), (mlnn, 64, 1)):
+        step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()))
+        x = np.zeros((B, 3, 28, 28), np.float32)
+        if expected is None:      # one part per OpenBLAS thread, at most one per 16 images
+            expected = 1 if cores is None else min(cores, B // ns.TrainStep.MIN_PART)
+        assert step._ways(x) == expected
+
+
+def test_a_zero_class_weight_keeps_the_batch_whole():
+    # a part holding only that class would have no mean
+    loss = ns.CrossEntropyLoss(weight=np.array([0.0] + [1.0] * 7))
+    step = ns.TrainStep(ns.models.cnn(), loss, ns.Adam(ns.models.cnn().parameters()), workers=2)
+    assert step._ways(np.zeros((64, 3, 28, 28), np.float32)) == 1
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_workers_must_be_a_positive_int(workers):
+    model = ns.models.mlnn()
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), workers=workers)
+
+
+def test_non_finite_loss_in_one_part_changes_nothing():
+    model = ns.Sequential(ns.Flatten(), ns.Linear(3 * 28 * 28, 8))
+    model[1].weight.data[...] = 1e38                          # finite weights, infinite logits for x != 0
+    opt = ns.Adam(model.parameters())
+    step = ns.TrainStep(model, ns.CrossEntropyLoss(), opt, workers=2)
+    step(np.zeros((8, 3, 28, 28), np.float32), np.arange(8))    # a finite step: the optimizer's state exists
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    moments = [s["exp_avg"].copy() for s in opt.state]
+    x = np.zeros((8, 3, 28, 28), np.float32)
+    x[6] = 1                                                  # the second part's loss only is not finite
+    with pytest.raises(ns.NonFiniteLoss, match="left as they were") as err:
+        step(x, np.arange(8))
+    assert not err.value.applied and not np.isfinite(err.value.loss)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    for s, m in zip(opt.state, moments):
+        assert s["step"] == 1
+        np.testing.assert_array_equal(s["exp_avg"], m)
+    for p in model.parameters():                              # the finite part's gradient is not kept
+        assert not p.grad.any()
+
+
+def test_a_bad_input_in_one_part_raises_its_error_and_changes_nothing():
+    model = ns.models.cnn()
+    step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), workers=2)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    x = np.zeros((8, 3, 28, 28), np.float32)
+    x[5, 1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        step(x, np.zeros(8, np.int64))
+    y = np.zeros(8, np.int64)
+    y[7] = 8
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 8\)"):
+        step(np.zeros((8, 3, 28, 28), np.float32), y)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_replicas_follow_replaced_parameters():
+    whole, split = _run_both("cnn", "ce", "adam", workers=2, sizes=(8,))
+    replicas = split._replicas
+    for step in (whole, split):                       # new parameter arrays: the replicas are stale
+        step.model.to(dtype=np.float32).to(dtype=np.float64)
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((8, 3, 28, 28)), rng.integers(0, 8, 8)
+    (la, _), (lb, _) = whole(x, y), split(x, y)
+    assert split._replicas is not replicas and lb == pytest.approx(la, rel=1e-12)
+    for (_, _, params) in split._replicas:
+        assert all(p.data is q.data for p, q in zip(params, split.model.parameters()))
+
+
+def test_float32_split_training_stays_close_to_the_whole_batch():
+    ns.manual_seed(0)
+    a = ns.models.cnn()
+    b = ns.models.cnn()
+    b.load_state_dict(a.state_dict())
+    whole = ns.TrainStep(a, ns.CrossEntropyLoss(), ns.Adam(a.parameters()), workers=1)
+    split = ns.TrainStep(b, ns.CrossEntropyLoss(), ns.Adam(b.parameters()), workers=2)
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        x, y = rng.standard_normal((64, 3, 28, 28)).astype(np.float32), rng.integers(0, 8, 64)
+        (la, _), (lb, _) = whole(x, y), split(x, y)
+        assert lb == pytest.approx(la, rel=1e-5)
+    for k, v in a.state_dict().items():
+        np.testing.assert_allclose(b.state_dict()[k], v, rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+# ---- threads.py ----------------------------------------------------------------------------------
+
+def test_run_parallel_returns_in_order_and_runs_on_other_threads():
+    seen = {}
+
+    def task(k):
+        def run():
+            seen[k] = threading.get_ident()
+            return k * k
+        return run
+    assert threads.run_parallel([task(k) for k in range(4)]) == [0, 1, 4, 9]
+    main = threading.get_ident()
+    assert seen[0] == main and all(seen[k] != main for k in (1, 2, 3))
+
+
+def test_run_parallel_raises_the_first_error_after_every_task_finished():
+    done = []
+
+    def slow():
+        import time
+        time.sleep(0.05)
+        done.append("slow")
+
+    def bad(msg):
+        def run():
+            raise RuntimeError(msg)
+        return run
+    with pytest.raises(RuntimeError, match="first"):
+        threads.run_parallel([bad("first"), slow, bad("second")])
+    assert done == ["slow"]
+
+
+def test_tasks_run_single_threaded_and_the_setting_is_restored():
+    before = threads.blas_thread_count()
+    inside = threads.run_parallel([threads.blas_thread_count, threads.blas_thread_count])
+    assert threads.blas_thread_count() == before
+    if before is not None:
+        assert inside == [1, 1]
+    if cpu_kernels() == "numba":
+        from nnscratch.kernels import cpu
+        flags = threads.run_parallel([lambda: cpu._serial_only[0]] * 2)
+        assert flags == [True, True] and cpu._serial_only[0] is False
