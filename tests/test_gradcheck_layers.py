@@ -1,7 +1,7 @@
 """Every layer and loss, checked against central differences in float64."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import nnscratch as ns
@@ -94,6 +94,9 @@ def test_small_cnn_gradients_end_to_end(B, C, H, W, seed):
         ns.Flatten(), ns.Linear(3 * (H // 2 - 1) * (W // 2 - 1), 5, rng=rng), ns.ReLU(), ns.Linear(5, 3, rng=rng)))
     randomize_biases(model, rng)
     x = rng.standard_normal((B, C, H, W))
+    # a central difference across a kink is not the derivative: about one draw in a hundred puts a
+    # pre-activation within 1e-5 of 0 (B=3, C=3, H=9, W=4, seed=5: 2e-6), which fails the check
+    assume(kink_margin(model, x) > 1e-4)
     assert ns.gradcheck(model, x, mode="random", seed=seed % 1000).ok
 
 
@@ -103,6 +106,24 @@ def randomize_biases(model, rng):
     for name, p in model.named_parameters():
         if name.endswith("bias"):
             p.data[...] = rng.standard_normal(p.shape)
+
+
+def kink_margin(model, x) -> float:
+    """How far a Sequential's forward pass on x stays from the kinks where its gradient jumps: the
+    smallest |input| of a ReLU and the smallest gap between the largest and second-largest value of
+    a max-pooling window (layers run one by one, as listed)."""
+    margin = np.inf
+    for layer in model:
+        if isinstance(layer, ns.ReLU):
+            margin = min(margin, float(np.abs(x).min()))
+        elif isinstance(layer, ns.MaxPool2d) and layer.kernel_size > 1:
+            k, s = layer.kernel_size, layer.stride
+            windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+            top = np.sort(windows.reshape(windows.shape[:4] + (-1,)), axis=-1)
+            gaps = (top[..., -1] - top[..., -2])[top[..., -1] > 0]   # windows of ReLU zeros pass nothing
+            margin = min(margin, float(gaps.min()) if gaps.size else margin)
+        x = layer(x)
+    return margin
 
 
 def test_paper_cnn_gradients_in_random_mode():
