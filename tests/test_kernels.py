@@ -139,6 +139,52 @@ def test_numba_col2im_equals_reference(case, dtype, seed):
     np.testing.assert_array_equal(cpu.col2im(wide[:, ::2], shape, kh, kw, s, p), got)
 
 
+@st.composite
+def cropped_conv_case(draw):
+    """A conv_case and an out_hw within its output map."""
+    shape, kh, kw, s, p = draw(conv_case())
+    OH, OW = out_size(shape[2], kh, s, p), out_size(shape[3], kw, s, p)
+    return (shape, kh, kw, s, p), (draw(st.integers(1, OH)), draw(st.integers(1, OW)))
+
+
+@given(cropped_conv_case(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_reference_out_hw_is_the_first_rows_and_columns_of_the_map(crop, ones, seed):
+    """im2col(out_hw=(oh, ow)) holds the rows of the whole matrix for the map's first oh rows and ow
+    columns; col2im(out_hw) is col2im of the whole matrix with the other rows zero (its adjoint)."""
+    (shape, kh, kw, s, p), (oh, ow) = crop
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    whole = reference.im2col(x, kh, kw, s, p, ones=ones)
+    OH, OW = out_size(shape[2], kh, s, p), out_size(shape[3], kw, s, p)
+    expected = whole.reshape(shape[0], OH, OW, -1)[:, :oh, :ow].reshape(-1, whole.shape[1])
+    np.testing.assert_array_equal(reference.im2col(x, kh, kw, s, p, ones=ones, out_hw=(oh, ow)), expected)
+    cols = rng.standard_normal((shape[0] * oh * ow, whole.shape[1] - ones))
+    padded = np.zeros((shape[0], OH, OW, cols.shape[1]))
+    padded[:, :oh, :ow] = cols.reshape(shape[0], oh, ow, -1)
+    np.testing.assert_allclose(reference.col2im(cols, shape, kh, kw, s, p, out_hw=(oh, ow)),
+                               reference.col2im(padded.reshape(-1, cols.shape[1]), shape, kh, kw, s, p),
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="out_hw"):
+        reference.im2col(x, kh, kw, s, p, out_hw=(OH + 1, OW))
+
+
+@pytest.mark.usefixtures("thread_mode")
+@given(cropped_conv_case(), DTYPES, LAYOUTS, st.booleans(), st.integers(0, 2**32 - 1))
+def test_numba_im2col_and_col2im_with_out_hw_equal_reference(crop, dtype, layout, ones, seed):
+    (shape, kh, kw, s, p), out_hw = crop
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    expected = reference.im2col(x, kh, kw, s, p, ones=ones, out_hw=out_hw)
+    np.testing.assert_array_equal(cpu.im2col(in_layout(x, layout), kh, kw, s, p, ones=ones, out_hw=out_hw), expected)
+    wide = np.zeros(x.shape[:3] + (2 * x.shape[3],), dtype)              # the general twin
+    wide[..., ::2] = x
+    np.testing.assert_array_equal(cpu.im2col(wide[..., ::2], kh, kw, s, p, ones=ones, out_hw=out_hw), expected)
+    cols = rng.standard_normal((expected.shape[0], expected.shape[1] - ones)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(cpu.col2im(cols, shape, kh, kw, s, p, out_hw=out_hw),
+                               reference.col2im(cols, shape, kh, kw, s, p, out_hw=out_hw), rtol=tol, atol=tol)
+
+
 @pytest.mark.usefixtures("thread_mode")
 @given(pool_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
 def test_numba_maxpool_forward_equals_reference_ties_included(case, dtype, layout, seed):
@@ -313,6 +359,23 @@ def test_cupy_im2col_and_col2im_equal_reference(case, dtype, layout, ones, seed)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(cp.asnumpy(gpu.col2im(cp.asarray(cols), shape, kh, kw, s, p)),
                                reference.col2im(cols, shape, kh, kw, s, p), rtol=tol, atol=tol)
+
+
+@requires_gpu
+@given(cropped_conv_case(), DTYPES, LAYOUTS, st.booleans(), st.integers(0, 2**32 - 1))
+def test_cupy_im2col_and_col2im_with_out_hw_equal_reference(crop, dtype, layout, ones, seed):
+    import cupy as cp
+    from nnscratch.kernels import gpu
+    (shape, kh, kw, s, p), out_hw = crop
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    expected = reference.im2col(x, kh, kw, s, p, ones=ones, out_hw=out_hw)
+    np.testing.assert_array_equal(cp.asnumpy(gpu.im2col(on_gpu(x, layout), kh, kw, s, p, ones=ones, out_hw=out_hw)),
+                                  expected)
+    cols = rng.standard_normal((expected.shape[0], expected.shape[1] - ones)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(cp.asnumpy(gpu.col2im(cp.asarray(cols), shape, kh, kw, s, p, out_hw=out_hw)),
+                               reference.col2im(cols, shape, kh, kw, s, p, out_hw=out_hw), rtol=tol, atol=tol)
 
 
 @requires_gpu

@@ -1,7 +1,7 @@
 """Module plumbing: parameters, names, modes, state dicts, dtype and device moves."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import nnscratch as ns
@@ -250,6 +250,7 @@ def test_relu_then_pool_runs_fused_with_the_same_bits(case, seed):
     for fuse in (True, False):
         model = _relu_pool_model(shape, k, stride, dtype, relu_first)
         model.fuse_relu_pool = fuse
+        model.crop_before_pool = False        # the convolution's crop changes rounding (tested below)
         y = model(x)
         relu = next(m for m in model if isinstance(m, ns.ReLU))
         pool = next(m for m in model if isinstance(m, ns.MaxPool2d))
@@ -265,6 +266,44 @@ def test_relu_then_pool_runs_fused_with_the_same_bits(case, seed):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(x, kept)                               # the caller's input untouched
     assert relu_shape1 == y1.shape[:1] + model[-3].output_shape(shape)[1:] if relu_first else True
+
+
+@settings(max_examples=40, deadline=None)
+@given(relu_pool_case(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_convolution_computes_only_what_the_pooling_reads(case, fuse, seed):
+    """A Conv2d followed by a MaxPool2d (through a fused ReLU, or directly) computes only the rows and
+    columns the windows read; the model's output, its input gradient and every parameter gradient are
+    those of the whole map (float64: up to rounding), and the map is cut exactly where the windows end."""
+    shape, k, stride, _, relu_first = case
+    assume(not relu_first)                       # that model has no convolution
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    results = []
+    for crop in (True, False):
+        model = _relu_pool_model(shape, k, stride, np.float64, relu_first=False)
+        if not fuse:                             # Conv2d straight into MaxPool2d
+            model = ns.Sequential(*[m for m in model if type(m) is not ns.ReLU])
+        model.crop_before_pool = crop
+        y = model(x)
+        g = np.random.default_rng(seed + 1).standard_normal(y.shape)
+        dx = model.backward(g)
+        results.append((y, dx, [p.grad.copy() for p in model.parameters()], model[0]._cache[2]))
+    (y1, dx1, g1, hw1), (y0, dx0, g0, hw0) = results
+    full = model[0].output_shape(shape)[2:]
+    assert hw0 == full and hw1 == tuple(((n - k) // stride) * stride + k for n in full)
+    np.testing.assert_allclose(y1, y0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_cnn_computes_conv3_on_the_six_by_six_pixels_pool3_reads():
+    model = ns.models.cnn()
+    model(np.zeros((2, 3, 28, 28), np.float32))
+    assert [model[i]._cache[2] for i in (0, 3, 6)] == [(28, 28), (14, 14), (6, 6)]
+    assert model[6]._pooled_by is None                      # set for the one call only
+    conv = model[6]                                         # called alone it computes the whole map
+    assert conv(np.zeros((2, 64, 7, 7), np.float32)).shape == (2, 128, 7, 7)
 
 
 class _MyReLU(ns.ReLU):

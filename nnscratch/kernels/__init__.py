@@ -83,15 +83,16 @@ def matmul(a, b, out=None):
     return np.matmul(a, b, out=out)
 
 
-def im2col(x, kh, kw, stride=1, padding=0, out=None, ones=False):
+def im2col(x, kh, kw, stride=1, padding=0, out=None, ones=False, out_hw=None):
     """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C), columns ordered (i, j, c); into ``out`` if given.
-    ``ones`` appends a column of ones (for a bias folded into the weight matrix)."""
-    return for_array(x).im2col(x, kh, kw, stride, padding, out, ones)
+    ``ones`` appends a column of ones (for a bias folded into the weight matrix); ``out_hw`` = (OH, OW)
+    keeps the output map's first OH rows and OW columns only (default: all of it)."""
+    return for_array(x).im2col(x, kh, kw, stride, padding, out, ones, out_hw)
 
 
-def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
-    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), the adjoint of im2col."""
-    return for_array(cols).col2im(cols, x_shape, kh, kw, stride, padding)
+def col2im(cols, x_shape, kh, kw, stride=1, padding=0, out_hw=None):
+    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), the adjoint of im2col (same ``out_hw``)."""
+    return for_array(cols).col2im(cols, x_shape, kh, kw, stride, padding, out_hw)
 
 
 def maxpool_forward(x, k, stride, relu=False):

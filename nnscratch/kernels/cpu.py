@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import reference
-from .reference import out_size
+from .reference import map_size, out_size
 
 # On a machine with few cores, OpenBLAS's threads and numba's OpenMP threads spin-wait
 # for work and take the cores from each other between a matrix product and a kernel:
@@ -290,11 +290,11 @@ def _as_channels_last(x):
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, ones: bool = False):
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, ones: bool = False, out_hw=None):
     """x: (B, C, H, W), any memory layout -> cols: (B * OH * OW, kh * kw * C [+ 1 if ones]), into
-    ``out`` if given; see reference.im2col."""
+    ``out`` if given; see reference.im2col (and ``out_hw`` there: the kernels loop over OH x OW)."""
     B, C, H, W = x.shape
-    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    OH, OW = map_size(H, W, kh, kw, stride, padding, out_hw)
     cols = np.empty((B * OH * OW, C * kh * kw + bool(ones)), dtype=x.dtype) if out is None else out
     if channels_last(x) and x.transpose(0, 2, 3, 1).flags.c_contiguous and cols.flags.c_contiguous:
         _im2col_cl(cols.size, x.transpose(0, 2, 3, 1), kh, kw, stride, padding, OH, OW, cols)
@@ -305,10 +305,10 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, one
     return cols
 
 
-def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0):
+def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0, out_hw=None):
     """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), channels-last in memory, overlaps summed."""
     B, C, H, W = x_shape
-    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    OH, OW = map_size(H, W, kh, kw, stride, padding, out_hw)
     dx = empty_nchw(x_shape, cols.dtype, last=True)
     _col2im(dx.size, np.ascontiguousarray(cols), kh, kw, stride, padding, OH, OW, dx.transpose(0, 2, 3, 1))
     return dx

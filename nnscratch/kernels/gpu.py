@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 
 from ..backend import _cupy
-from .reference import out_size
+from .reference import map_size, out_size
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,22 +97,23 @@ def _kernels():
     return im2col, col2im, pool_fwd, pool_bwd
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, ones: bool = False):
-    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C [+ 1 if ones]), into ``out`` if given."""
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, ones: bool = False, out_hw=None):
+    """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C [+ 1 if ones]), into ``out`` if given
+    (``out_hw``: see reference.im2col)."""
     cp = _cupy()
     B, C, H, W = x.shape
-    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    OH, OW = map_size(H, W, kh, kw, stride, padding, out_hw)
     K = C * kh * kw + bool(ones)
     cols = cp.empty((B * OH * OW, K), dtype=x.dtype) if out is None else out
     _kernels()[0](x, C, H, W, kh, kw, stride, padding, OH, OW, K, cols)  # x indexed logically: any layout
     return cols
 
 
-def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0):
+def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0, out_hw=None):
     """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), overlaps summed."""
     cp = _cupy()
     B, C, H, W = x_shape
-    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    OH, OW = map_size(H, W, kh, kw, stride, padding, out_hw)
     dx = cp.empty(x_shape, dtype=cols.dtype)
     _kernels()[1](cp.ascontiguousarray(cols), C, H, W, kh, kw, stride, padding, OH, OW, dx)
     return dx

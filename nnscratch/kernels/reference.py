@@ -21,14 +21,28 @@ def out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, ones: bool = False):
+def map_size(H: int, W: int, kh: int, kw: int, stride: int, padding: int, out_hw=None) -> tuple:
+    """(OH, OW): the output map of a (kh, kw) window over an H x W input, or, given ``out_hw``, its
+    first out_hw[0] rows and out_hw[1] columns only (a convolution whose output a pooling reads in
+    part: see Conv2d). Raises ValueError when ``out_hw`` is larger than the map."""
+    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    if out_hw is None:
+        return OH, OW
+    oh, ow = (int(v) for v in out_hw)
+    if not (1 <= oh <= OH and 1 <= ow <= OW):
+        raise ValueError(f"im2col: out_hw {tuple(out_hw)} must lie within the output map {(OH, OW)}")
+    return oh, ow
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, ones: bool = False, out_hw=None):
     """x: (B, C, H, W) -> cols: (B * OH * OW, kh * kw * C), into ``out`` if given.
 
     With ``ones`` the matrix has one more column, all ones: multiplied by a weight matrix whose last
     column is the bias, the product adds the bias (and its weight gradient is the bias gradient).
+    With ``out_hw`` = (OH, OW) only the output map's first OH rows and OW columns get a row of cols.
     """
     B, C, H, W = x.shape
-    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    OH, OW = map_size(H, W, kh, kw, stride, padding, out_hw)
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     patches = np.empty((B, OH, OW, kh, kw, C), dtype=x.dtype)
     for i in range(kh):
@@ -44,14 +58,14 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, one
     return out
 
 
-def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0):
+def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0, out_hw=None):
     """The adjoint of :func:`im2col`: cols (B * OH * OW, kh * kw * C) -> dx (B, C, H, W).
 
     A pixel that appears in several patches receives the sum of their values,
-    which is exactly the gradient of the copy that ``im2col`` made.
+    which is exactly the gradient of the copy that ``im2col`` made. ``out_hw`` as for im2col.
     """
     B, C, H, W = x_shape
-    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    OH, OW = map_size(H, W, kh, kw, stride, padding, out_hw)
     patches = cols.reshape(B, OH, OW, kh, kw, C)
     dxp = np.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
     for i in range(kh):

@@ -34,9 +34,16 @@ class Conv2d(Module):
     backward run again).
     The output is an NCHW view of channels-last memory (the product's rows are
     pixels), which the kernels read without copying; see ``kernels/cpu.py``.
+
+    Inside a ``Sequential``, when a MaxPool2d reads this layer's output (directly or through a
+    ReLU) and its windows leave the last rows or columns out (floor pooling of an odd map: the
+    CNN's 7 x 7 -> 3 x 3 drops a quarter of the pixels), only the pixels the pooling reads are
+    computed: the output is then (B, out_channels, rows read, columns read). What the pooling
+    outputs, and every gradient, is the same (``Sequential.crop_before_pool``).
     """
 
     new_output = True                # forward returns a new array it keeps no reference to
+    _pooled_by = None                # (k, stride) of the MaxPool2d reading the output, set by a Sequential per call
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, dtype=np.float32, rng=None):
@@ -66,6 +73,15 @@ class Conv2d(Module):
         (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
         return (x_shape[0], self.out_channels, out_size(x_shape[2], kh, s, p), out_size(x_shape[3], kw, s, p))
 
+    def _computed_size(self, x_shape: tuple) -> tuple:
+        """(OH, OW) that forward computes: the whole map, or with ``_pooled_by`` = (k, stride) the rows
+        and columns that pooling's windows read, (n - 1) * stride + k for its n = (OH - k) // stride + 1."""
+        OH, OW = self.output_shape(x_shape)[2:]
+        if self._pooled_by is None:
+            return OH, OW
+        k, stride = self._pooled_by
+        return tuple(((n - k) // stride) * stride + k if n >= k else n for n in (OH, OW))
+
     def _weight_matrix(self, with_bias: bool = False):
         """The weight as (out_channels, kh * kw * C), columns in im2col's (i, j, c) order; with
         ``with_bias`` (and a bias) the bias is one more, last column, facing im2col's column of ones."""
@@ -83,15 +99,16 @@ class Conv2d(Module):
         if x.shape[2] + 2 * p < kh or x.shape[3] + 2 * p < kw:
             raise ValueError(f"{self}: input of {x.shape[2]}x{x.shape[3]} pixels (padding {p}) is smaller "
                              f"than the {kh}x{kw} kernel; got shape {tuple(x.shape)}")
-        B, _, OH, OW = self.output_shape(x.shape)
+        B = x.shape[0]
+        OH, OW = self._computed_size(x.shape)
         # with a bias, cols ends in a column of ones and the weight matrix in the bias: the product
         # adds the bias (no pass of its own over the output), and backward gets its gradient with
         # the weight's (CNN step about -1 ms)
         bias = self.bias is not None
-        cols = kernels.im2col(x, kh, kw, s, p, ones=bias,
+        cols = kernels.im2col(x, kh, kw, s, p, ones=bias, out_hw=(OH, OW),
                               out=self._buffer(x, (B * OH * OW, kh * kw * self.in_channels + bias)))
         y = kernels.matmul(cols, self._weight_matrix(with_bias=True).T)            # (B*OH*OW, OC)
-        self._cache = (x, cols)
+        self._cache = (x, cols, (OH, OW))
         self._cols_hold_x = True          # False once backward has written the input gradient's columns there
         return y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
 
@@ -112,12 +129,12 @@ class Conv2d(Module):
         """
         if self._cache is None:
             raise no_forward(self)
-        x, cols = self._cache
-        check_grad(self, grad, self.output_shape(x.shape), cols.dtype)
+        x, cols, (OH, OW) = self._cache
+        check_grad(self, grad, (x.shape[0], self.out_channels, OH, OW), cols.dtype)
         (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
         bias = self.bias is not None
         if not self._cols_hold_x:         # a second backward after one forward: the columns again
-            kernels.im2col(x, kh, kw, s, p, out=cols, ones=bias)
+            kernels.im2col(x, kh, kw, s, p, out=cols, ones=bias, out_hw=(OH, OW))
             self._cols_hold_x = True
         OC, K = self.out_channels, kh * kw * self.in_channels
         g = grad.transpose(0, 2, 3, 1).reshape(-1, OC)     # (B*OH*OW, OC); free for channels-last grad
@@ -134,4 +151,5 @@ class Conv2d(Module):
         # so the product writes into memory that is still in cache (CNN step about -1.4 ms)
         self._cols_hold_x = False
         dcols = cols.reshape(-1)[:g.shape[0] * K].reshape(g.shape[0], K)
-        return kernels.col2im(kernels.matmul(g, self._weight_matrix(), out=dcols), x.shape, kh, kw, s, p)
+        return kernels.col2im(kernels.matmul(g, self._weight_matrix(), out=dcols), x.shape, kh, kw, s, p,
+                              out_hw=(OH, OW))

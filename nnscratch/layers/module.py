@@ -246,6 +246,11 @@ class Sequential(Module):
     # of its own, and touches a quarter of the values. False runs every layer as listed (tests
     # compare the two).
     fuse_relu_pool = True
+    # A Conv2d whose output goes straight to a MaxPool2d (or through a ReLU fused into it) computes
+    # only the rows and columns the pooling's windows read (Conv2d._pooled_by): floor pooling of an
+    # odd map leaves the last ones out (the CNN's conv3: 13 of 49 pixels, a quarter of its products).
+    # The pooling's output and the gradients are the same up to rounding. False computes every pixel.
+    crop_before_pool = True
 
     def _steps(self) -> list:
         """What forward runs, in order (backward runs it reversed): (i,) for layer i, and (j, i) for a
@@ -289,23 +294,40 @@ class Sequential(Module):
         steps = self._steps()
         self._ran = steps                              # backward runs these reversed
         owned = self._input_owned                     # set when this Sequential sits inside another
-        x, owned = self._run(steps[0], x, owned)
+        x, owned = self._run(steps, 0, x, owned)
         with trusted_inputs():
-            for step in steps[1:]:
-                x, owned = self._run(step, x, owned)
+            for t in range(1, len(steps)):
+                x, owned = self._run(steps, t, x, owned)
         self._last_owned = owned
         return x
 
-    def _run(self, step, x, owned: bool):
-        """One step of forward: (output, whether it is owned). The layer is told for this one call
-        whether it may overwrite x (see Module._input_owned), and a fused pooling that it rectifies."""
+    def _pooled_by(self, steps, t):
+        """(k, stride) of the MaxPool2d that step t + 1 runs, when step t is a Conv2d whose output only
+        that pooling reads (see ``crop_before_pool``); else None. Exact types only, as for fusing."""
+        from .conv import Conv2d
+        from .pool import MaxPool2d
+        if not self.crop_before_pool or t + 1 >= len(steps) or type(self.layers[steps[t][0]]) is not Conv2d:
+            return None
+        pool = self.layers[steps[t + 1][0]]
+        return (pool.kernel_size, pool.stride) if type(pool) is MaxPool2d else None
+
+    def _run(self, steps, t, x, owned: bool):
+        """Step t of forward: (output, whether it is owned). The layer is told for this one call
+        whether it may overwrite x (see Module._input_owned), a fused pooling that it rectifies, and a
+        convolution the pooling that reads its output."""
+        step = steps[t]
         layer = self.layers[step[0]]
         fused = len(step) == 2
         layer._input_owned, layer._relu_inside = owned, fused
+        pooled_by = self._pooled_by(steps, t)
+        if pooled_by is not None:
+            layer._pooled_by = pooled_by
         try:
             y = layer(x)
         finally:
             layer._input_owned = layer._relu_inside = False
+            if pooled_by is not None:
+                layer._pooled_by = None
         if fused:
             self.layers[step[1]]._y = y                # the ReLU's state, as if it had run
         return y, layer.output_owned(owned)
