@@ -314,6 +314,9 @@ def test_small_calls_run_the_serial_copy_and_large_ones_the_threaded(monkeypatch
         p = np.zeros(n, np.float32)
         cpu.adam_update(p, p, p, p, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
     assert calls == ["serial", "serial", "threaded", "threaded"]
+    with cpu.serial_only():                  # several threads calling kernels at once (threads.py)
+        cpu.adam_update(p, p, p, p, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    assert calls[-1] == "serial" and cpu._serial_only[0] is False
 
 
 # ---- optimizer updates -------------------------------------------------------------------

@@ -36,7 +36,10 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 # Waking numba's workqueue threads costs about 0.15 ms here, more than the whole of a small kernel
 # (Adam on a 32-element bias: 0.17 ms threaded, 2 us serial), and a CNN step has a dozen small ones.
-SERIAL_BELOW = 1 << 17      # elements written by a call; below this the serial copy runs
+# A pass over memory gains at most half its time from a second core, so it pays only from a few MB
+# on: the MLNN's bias on 256 x 1180 values takes 0.025 ms serial and 0.15 threaded, its ReLU 0.06
+# and 0.11 (2^17 until benches/NOTES.md row 32).
+SERIAL_BELOW = 1 << 20      # elements written by a call; below this the serial copy runs
 # True while several threads run kernels at once (``threads.run_parallel``): numba's workqueue layer
 # serves one caller at a time (a second one aborts the process), so every call runs its serial copy
 _serial_only = [False]
