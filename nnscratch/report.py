@@ -272,6 +272,18 @@ def analysis(table: dict, seeds: list, column: int) -> list:
     return ["", "Targets missed, and why:", ""] + out if out else []
 
 
+def _parts(runs: dict) -> str:
+    """How the CPU runs split their batches (TrainStep's workers, recorded in each config.json), or ''."""
+    parts = {}
+    for c, per_seed in runs.items():
+        for r in per_seed:
+            if r["config"].get("device_used") == "cpu":
+                parts.setdefault(r["config"]["arch"].upper(), set()).add(r["config"].get("parts_per_batch", 1))
+    said = [f"the {arch}'s in {'/'.join(map(str, sorted(n)))} parts" for arch, n in sorted(parts.items())
+            if n != {1}]
+    return "; on the CPU " + " and ".join(said) + ", one core each (`--workers`)" if said else ""
+
+
 def render(runs: dict, table: dict, figures: list, fig_rel: str, context: dict) -> str:
     seeds = context["seeds"]
     several = len(seeds) > 1
@@ -289,7 +301,7 @@ def render(runs: dict, table: dict, figures: list, fig_rel: str, context: dict) 
         + f"; device used: {context['device']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in context["versions"].items()),
         f"- Data: `{context['dataset']}` (MD5 `{context['md5']}`), {context['sizes']}",
-        f"- Setting: {context['epochs']} epochs, {context['batch_size']}, He initialisation, "
+        f"- Setting: {context['epochs']} epochs, {context['batch_size']}{_parts(runs)}, He initialisation, "
         f"seeds {', '.join(map(str, seeds))}; test metrics use the weights of the epoch with the best validation "
         "accuracy (chosen on the validation split, never on the test split). Run folders: "
         f"`{context['runs_rel']}/<config>-seed<k>/`.",

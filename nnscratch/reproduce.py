@@ -33,6 +33,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per step (default: each architecture's, 128 for the MLNN and 64 for the CNN, "
                         "chosen on the validation split)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="on the CPU, the parts each batch is split into, one core each, as for "
+                        "python -m nnscratch.train; give it to repeat the numbers bit for bit on a machine "
+                        "with another core count (default: the CNN one part per core, the MLNN 1)")
     p.add_argument("--dataset", default="bloodmnist", help="MedMNIST 2-D set")
     p.add_argument("--data-dir", default=None, help="folder searched first for the dataset "
                    "(then $NNSCRATCH_DATA_DIR, ~/.medmnist)")
@@ -44,6 +48,8 @@ def main(argv=None) -> int:
             raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
         if any(s < 0 for s in args.seeds):
             raise UsageError("--seeds must be >= 0")
+        if args.workers is not None and args.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {args.workers}")
         device = resolve_device(args.device)
         out = Path(args.out)
         runs_dir = out / "runs"
@@ -55,7 +61,7 @@ def main(argv=None) -> int:
             bar.set_description(f"reproduction: {c} seed {s}")
             config = TrainConfig(**PRESETS[c], preset=c, epochs=args.epochs, seed=s, device=device,
                                  batch_size=args.batch_size, dataset=args.dataset, data_dir=args.data_dir,
-                                 out=str(runs_dir / f"{c}-seed{s}"))
+                                 workers=args.workers, out=str(runs_dir / f"{c}-seed{s}"))
             try:
                 run(config, dataset, progress=not args.quiet, log=tqdm.write, figures=False)
             except TrainingDiverged as e:

@@ -41,6 +41,7 @@ def test_one_epoch_writes_the_whole_run_folder(arch, data_dir, tmp_path, capsys)
     config = json.loads((out / "config.json").read_text())
     assert config["arch"] == arch and config["seed"] == 0 and config["device_used"] == "cpu"
     assert config["status"] == "completed" and config["batch_size"] == 16 and "numpy" in config["versions"]
+    assert config["parts_per_batch"] == 1             # 16 images: too few to split (TrainStep.MIN_PART)
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and set(history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc",
                                                      "seconds"}
@@ -128,6 +129,7 @@ def test_each_loss_choice_builds_its_loss(name, cls, one_hot):
     (["--dataset", "nosuchmnist"], "unknown dataset 'nosuchmnist'"),
     (["--preset", "cnn-test1", "--arch", "mlnn"], "contradicts --preset"),
     (["--arch", "cnn", "--hidden-size", "10"], "apply to --arch mlnn only"),
+    (["--workers", "0"], "--workers must be at least 1"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_status_2(flags, message, data_dir, tmp_path, capsys):
     args = ["--data-dir", str(data_dir), "--out", str(tmp_path / "x"), "--quiet"]
@@ -137,6 +139,13 @@ def test_bad_input_is_one_clear_line_and_exit_status_2(flags, message, data_dir,
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_workers_splits_the_batches_and_is_recorded(data_dir, tmp_path, capsys):
+    out = tmp_path / "w"
+    assert run_cli(data_dir, out, "--arch", "cnn", "--epochs", "1", "--batch-size", "16", "--workers", "2") == 0
+    assert json.loads((out / "config.json").read_text())["parts_per_batch"] == 2
+    assert "split in 2 parts" in capsys.readouterr().out
 
 
 def exit_code(main, argv):
