@@ -444,28 +444,46 @@ def test_cupy_optimizer_updates_equal_reference(shape, dtype, step, first, seed)
     np.testing.assert_allclose(cp.asnumpy(buf), ref_buf, rtol=tol, atol=tol)
 
 
-@pytest.mark.usefixtures("thread_mode")
-@given(st.integers(1, 70), st.integers(1, 70), DTYPES, st.integers(0, 2**32 - 1))
-def test_numba_add_bias_equals_reference(n, f, dtype, seed):
+def _bias_case(n, f, dtype, seed):
+    """y (n, f) and b (f,) with NaN, inf and values whose sum is exactly 0 or -0 among them."""
     rng = np.random.default_rng(seed)
     y, b = rng.standard_normal((n, f)).astype(dtype), rng.standard_normal(f).astype(dtype)
-    expected = reference.add_bias(y.copy(), b)
+    y[rng.random((n, f)) < 0.1] = np.nan
+    y[rng.random((n, f)) < 0.05] = -np.inf
+    zero = rng.random((n, f)) < 0.1
+    y[zero] = -np.broadcast_to(b, (n, f))[zero]                 # y + b == 0 exactly
+    return y, b
+
+
+@pytest.mark.usefixtures("thread_mode")
+@given(st.integers(1, 70), st.integers(1, 70), DTYPES, st.booleans(), st.integers(0, 2**32 - 1))
+def test_numba_add_bias_equals_reference(n, f, dtype, relu, seed):
+    y, b = _bias_case(n, f, dtype, seed)
+    expected = reference.add_bias(y.copy(), b, relu=relu)
     got = y.copy()
-    assert cpu.add_bias(got, b) is got
-    np.testing.assert_array_equal(got, expected)
+    assert cpu.add_bias(got, b, relu=relu) is got
+    np.testing.assert_array_equal(got, expected)                # NaN where NaN, signed zeros alike
+    assert np.array_equal(np.signbit(got), np.signbit(expected))
     strided = np.zeros((n, 2 * f), dtype)
     strided[:, ::2] = y
-    np.testing.assert_array_equal(cpu.add_bias(strided[:, ::2], b), expected)   # other layouts: NumPy's
+    np.testing.assert_array_equal(cpu.add_bias(strided[:, ::2], b, relu=relu), expected)   # other layouts: NumPy's
+
+
+@given(st.integers(1, 20), st.integers(1, 20), DTYPES, st.integers(0, 2**32 - 1))
+def test_reference_add_bias_with_relu_is_the_bias_then_relu(n, f, dtype, seed):
+    y, b = _bias_case(n, f, dtype, seed)
+    np.testing.assert_array_equal(reference.add_bias(y.copy(), b, relu=True),
+                                  reference.relu_forward(y + b))
 
 
 @requires_gpu
 def test_cupy_add_bias_equals_reference():
     import cupy as cp
     from nnscratch.kernels import gpu
-    rng = np.random.default_rng(0)
-    y, b = rng.standard_normal((37, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
-    np.testing.assert_array_equal(cp.asnumpy(gpu.add_bias(cp.asarray(y), cp.asarray(b))),
-                                  reference.add_bias(y.copy(), b))
+    for relu in (False, True):
+        y, b = _bias_case(37, 5, np.float32, 0)
+        np.testing.assert_array_equal(cp.asnumpy(gpu.add_bias(cp.asarray(y), cp.asarray(b), relu=relu)),
+                                      reference.add_bias(y.copy(), b, relu=relu))
 
 
 def _adam_in_dtype(p, g, m, v, lr, beta1, beta2, eps, wd, step):

@@ -310,12 +310,40 @@ class _MyReLU(ns.ReLU):
     pass
 
 
-def test_only_exact_relu_and_maxpool_are_fused():
+def test_only_exact_relu_maxpool_and_linear_are_fused():
     """A subclass may do something else, so the Sequential runs it as listed."""
     assert ns.Sequential(ns.ReLU(), ns.MaxPool2d(2), ns.ReLU())._steps() == [(1, 0), (2,)]
     assert ns.Sequential(_MyReLU(), ns.MaxPool2d(2))._steps() == [(0,), (1,)]
     assert ns.Sequential(ns.MaxPool2d(2), ns.ReLU())._steps() == [(0,), (1,)]
-    assert ns.models.cnn()._steps()[:4] == [(0,), (2, 1), (3,), (5, 4)]
+    assert ns.Sequential(ns.Linear(2, 2), _MyReLU())._steps() == [(0,), (1,)]
+    assert ns.models.cnn()._steps() == [(0,), (2, 1), (3,), (5, 4), (6,), (8, 7), (9,), (10, 11), (12, 13), (14,)]
+    assert ns.models.mlnn()._steps() == [(0,), (1, 2), (3,)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 9), st.integers(1, 9), st.sampled_from([np.float32, np.float64]),
+       st.booleans(), st.integers(0, 2**32 - 1))
+def test_linear_then_relu_runs_fused_with_the_same_bits(B, n_in, n_hidden, dtype, bias, seed):
+    """Sequential runs Linear then ReLU as one product and one pass (bias and ReLU together); the Linear's
+    backward applies the mask. Output, input gradient and parameter gradients equal the listed order's
+    bit for bit, with units whose pre-activation is exactly 0 (integer inputs) among them."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=(B, n_in)).astype(dtype)
+    results = []
+    for fuse in (True, False):
+        ns.manual_seed(0)
+        model = ns.Sequential(ns.Linear(n_in, n_hidden, bias=bias, dtype=dtype), ns.ReLU(),
+                              ns.Linear(n_hidden, 3, dtype=dtype))
+        model[0].weight.data[...] = np.round(model[0].weight.data * 2)      # integer weights: exact zeros
+        model.fuse_linear_relu = fuse
+        y = model(x)
+        dx = model.backward(np.random.default_rng(seed + 1).standard_normal(y.shape).astype(dtype))
+        results.append((y, dx, [p.grad.copy() for p in model.parameters()], model[1]._y.copy(),
+                        model[0]._y is not None))
+    (y1, dx1, g1, r1, fused1), (y0, dx0, g0, r0, fused0) = results
+    assert fused1 and not fused0
+    for a, b in [(y1, y0), (dx1, dx0), (r1, r0)] + list(zip(g1, g0)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_linear_weight_is_fortran_ordered_with_the_values_of_a_c_draw():

@@ -106,9 +106,9 @@ def maxpool_backward(grad, argmax, x_shape, k, stride, out=None):
     return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride, out)
 
 
-def add_bias(y, b):
-    """y: (N, F) += b: (F,), in place (a layer's bias); returns y."""
-    return for_array(y).add_bias(y, b)
+def add_bias(y, b, relu=False):
+    """y: (N, F) += b: (F,), in place (a layer's bias); returns y. ``relu`` rectifies y in the same pass."""
+    return for_array(y).add_bias(y, b, relu)
 
 
 def relu_forward(x, inplace: bool = False):

@@ -143,9 +143,11 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int, out=None
     return dx
 
 
-def add_bias(y, b):
-    """y += b, row by row, in place; returns y."""
+def add_bias(y, b, relu: bool = False):
+    """y += b, row by row, in place, then rectified with ``relu``; returns y."""
     y += b
+    if relu:
+        relu_forward(y, inplace=True)
     return y
 
 

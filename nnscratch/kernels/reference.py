@@ -111,9 +111,12 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int, out=None
     return dx
 
 
-def add_bias(y, b):
-    """y: (N, F), b: (F,) -> y += b, row by row, in place; returns y."""
+def add_bias(y, b, relu: bool = False):
+    """y: (N, F), b: (F,) -> y += b, row by row, in place; returns y. ``relu`` then rectifies y in
+    place (a ReLU after the layer, fused in: the same values as relu_forward(y, inplace=True))."""
     y += b
+    if relu:
+        relu_forward(y, inplace=True)
     return y
 
 

@@ -30,6 +30,7 @@ class Linear(Module):
         self.weight = Parameter(np.asfortranarray(init.he_normal((out_features, in_features), dtype=dtype, rng=rng)))
         self.bias = Parameter(init.zeros((out_features,), dtype=dtype)) if bias else None
         self._x = None
+        self._y = None                    # the output, when a ReLU ran fused in (its mask)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -41,9 +42,19 @@ class Linear(Module):
         check_matches_parameter(self, x, self.weight)
         self._x = x
         y = kernels.matmul(x, self.weight.data.T)
+        # inside a Sequential, a ReLU listed just after this layer may run fused in (_relu_inside, see
+        # Sequential.fuse_linear_relu): rectified with the bias in one pass, the output kept for the mask
+        relu = self._relu_inside
         if self.bias is not None:
-            kernels.add_bias(y, self.bias.data)
+            kernels.add_bias(y, self.bias.data, relu=relu)
+        elif relu:
+            kernels.relu_forward(y, inplace=True)
+        self._y = y if relu else None
         return y
+
+    def output_owned(self, input_owned: bool) -> bool:
+        # a new array, but with a ReLU fused in it is kept for the backward mask: nobody may overwrite it
+        return self._y is None
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, out_features) -> (B, in_features); accumulates weight.grad and bias.grad.
@@ -54,6 +65,8 @@ class Linear(Module):
         if self._x is None:
             raise no_forward(self)
         check_grad(self, grad, (self._x.shape[0], self.out_features), self._x.dtype)
+        if self._y is not None:           # the fused ReLU's backward first
+            grad = kernels.relu_backward(grad, self._y)
         self.weight.accumulate_product(grad.T, self._x)
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)

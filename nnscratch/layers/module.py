@@ -98,7 +98,7 @@ class Module:
     # output of the same size: CNN inference at batch 256, 74 -> 63 ms). Never for a Sequential's
     # first layer, so an array a caller passes in is never changed.
     _input_owned = False
-    _relu_inside = False      # set by a Sequential for one call of a MaxPool2d that runs a ReLU fused in
+    _relu_inside = False      # set by a Sequential for one call of a MaxPool2d or Linear that runs a ReLU fused in
     # A layer whose forward returns a new array it keeps no use for sets this (Linear, Conv2d; MaxPool2d
     # answers output_owned itself: with a ReLU fused in it keeps its output for the mask)
     new_output = False
@@ -246,6 +246,9 @@ class Sequential(Module):
     # of its own, and touches a quarter of the values. False runs every layer as listed (tests
     # compare the two).
     fuse_relu_pool = True
+    # Likewise a Linear directly followed by a ReLU: the bias and the ReLU in one pass over the output
+    # (kernels.add_bias(..., relu=True)), the mask applied by the Linear's backward; the same bits.
+    fuse_linear_relu = True
     # A Conv2d whose output goes straight to a MaxPool2d (or through a ReLU fused into it) computes
     # only the rows and columns the pooling's windows read (Conv2d._pooled_by): floor pooling of an
     # odd map leaves the last ones out (the CNN's conv3: 13 of 49 pixels, a quarter of its products).
@@ -254,15 +257,22 @@ class Sequential(Module):
 
     def _steps(self) -> list:
         """What forward runs, in order (backward runs it reversed): (i,) for layer i, and (j, i) for a
-        ReLU i directly followed by a MaxPool2d j, which runs them as one (see ``fuse_relu_pool``).
-        Only exact ReLU and MaxPool2d instances are fused: a subclass may do something else."""
+        layer j that runs ReLU i fused in: a MaxPool2d j directly after ReLU i (``fuse_relu_pool``), or
+        a Linear j directly before it (``fuse_linear_relu``). Only exact ReLU, MaxPool2d and Linear
+        instances are fused: a subclass may do something else."""
         from .activation import ReLU
+        from .linear import Linear
         from .pool import MaxPool2d
         steps, i, n = [], 0, len(self.layers)
         while i < n:
             if (self.fuse_relu_pool and i + 1 < n and type(self.layers[i]) is ReLU
                     and type(self.layers[i + 1]) is MaxPool2d):
                 steps.append((i + 1, i))
+                i += 2
+            elif (self.fuse_linear_relu and i + 1 < n and type(self.layers[i]) is Linear
+                    and type(self.layers[i + 1]) is ReLU
+                    and not (self.fuse_relu_pool and i + 2 < n and type(self.layers[i + 2]) is MaxPool2d)):
+                steps.append((i, i + 1))
                 i += 2
             else:
                 steps.append((i,))
