@@ -168,19 +168,25 @@ def test_reference_out_hw_is_the_first_rows_and_columns_of_the_map(crop, ones, s
         reference.im2col(x, kh, kw, s, p, out_hw=(OH + 1, OW))
 
 
-@pytest.mark.usefixtures("thread_mode")
-@given(cropped_conv_case(), DTYPES, LAYOUTS, st.booleans(), st.integers(0, 2**32 - 1))
-def test_numba_im2col_and_col2im_with_out_hw_equal_reference(crop, dtype, layout, ones, seed):
+def _out_hw_case(crop, dtype, ones, seed):
+    """x, the reference's cropped im2col of it, a column matrix for col2im, and the float tolerance."""
     (shape, kh, kw, s, p), out_hw = crop
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
     expected = reference.im2col(x, kh, kw, s, p, ones=ones, out_hw=out_hw)
+    cols = rng.standard_normal((expected.shape[0], expected.shape[1] - ones)).astype(dtype)
+    return x, expected, cols, 1e-5 if dtype == np.float32 else 1e-12
+
+
+@pytest.mark.usefixtures("thread_mode")
+@given(cropped_conv_case(), DTYPES, LAYOUTS, st.booleans(), st.integers(0, 2**32 - 1))
+def test_numba_im2col_and_col2im_with_out_hw_equal_reference(crop, dtype, layout, ones, seed):
+    (shape, kh, kw, s, p), out_hw = crop
+    x, expected, cols, tol = _out_hw_case(crop, dtype, ones, seed)
     np.testing.assert_array_equal(cpu.im2col(in_layout(x, layout), kh, kw, s, p, ones=ones, out_hw=out_hw), expected)
     wide = np.zeros(x.shape[:3] + (2 * x.shape[3],), dtype)              # the general twin
     wide[..., ::2] = x
     np.testing.assert_array_equal(cpu.im2col(wide[..., ::2], kh, kw, s, p, ones=ones, out_hw=out_hw), expected)
-    cols = rng.standard_normal((expected.shape[0], expected.shape[1] - ones)).astype(dtype)
-    tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(cpu.col2im(cols, shape, kh, kw, s, p, out_hw=out_hw),
                                reference.col2im(cols, shape, kh, kw, s, p, out_hw=out_hw), rtol=tol, atol=tol)
 
@@ -370,13 +376,9 @@ def test_cupy_im2col_and_col2im_with_out_hw_equal_reference(crop, dtype, layout,
     import cupy as cp
     from nnscratch.kernels import gpu
     (shape, kh, kw, s, p), out_hw = crop
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape).astype(dtype)
-    expected = reference.im2col(x, kh, kw, s, p, ones=ones, out_hw=out_hw)
+    x, expected, cols, tol = _out_hw_case(crop, dtype, ones, seed)
     np.testing.assert_array_equal(cp.asnumpy(gpu.im2col(on_gpu(x, layout), kh, kw, s, p, ones=ones, out_hw=out_hw)),
                                   expected)
-    cols = rng.standard_normal((expected.shape[0], expected.shape[1] - ones)).astype(dtype)
-    tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(cp.asnumpy(gpu.col2im(cp.asarray(cols), shape, kh, kw, s, p, out_hw=out_hw)),
                                reference.col2im(cols, shape, kh, kw, s, p, out_hw=out_hw), rtol=tol, atol=tol)
 
