@@ -4,18 +4,19 @@ A CNN step at the paper's batch of 64 is some forty calls, each split across the
 whoever runs it (OpenBLAS's threads for the products, numba's for the kernels): every call
 wakes the threads and waits for the slowest, and the products run on inputs that the other
 core's cache holds. ``TrainStep`` can instead hand each core a slice of the batch: every call
-then runs single-threaded on its own slice, start to end, and the cores meet twice a step
-(after the forward pass, to check the loss, and after the backward pass). For that:
+then runs single-threaded on its own slice, start to end, and the cores meet once a step, when
+every slice's forward and backward passes are done. For that:
 
 - ``run_parallel(tasks)``: the first task in the calling thread, the others in a pool of
   helper threads, all finished before it returns (or raises the first error);
 - ``blas_threads(n)``: OpenBLAS held to n threads within a block (two callers each asking
   OpenBLAS for every core would fight over them);
-- ``kernels/cpu.serial_kernels()``: numba's serial kernel copies only (its workqueue threads
+- ``kernels.serial_kernels()``: numba's serial kernel copies only (its workqueue threads
   may be used by one caller at a time).
 
 Only OpenBLAS's thread count can be set here (found through NumPy's loaded library, as
-threadpoolctl does); with any other BLAS ``blas_threads`` is None and steps are not split.
+threadpoolctl does); with any other BLAS ``blas_thread_count()`` is None, ``blas_threads`` does
+nothing, and ``TrainStep`` splits no batch unless told to (``workers``).
 """
 from __future__ import annotations
 
@@ -61,19 +62,23 @@ def blas_thread_count() -> int | None:
 
 
 class blas_threads:
-    """Within this block OpenBLAS uses ``n`` threads (setting it costs under a microsecond)."""
+    """Within this block OpenBLAS uses ``n`` threads (setting it costs under a microsecond); without a
+    reachable OpenBLAS nothing changes."""
 
     def __init__(self, n: int):
         self.n = n
 
     def __enter__(self):
-        get, put = _openblas()
-        self._before = get()
-        put(self.n)
+        lib = _openblas()
+        if lib is not None:
+            self._before = lib[0]()
+            lib[1](self.n)
         return self
 
     def __exit__(self, *exc):
-        _openblas()[1](self._before)
+        lib = _openblas()
+        if lib is not None:
+            lib[1](self._before)
 
 
 _pool = {"executor": None, "size": 0}

@@ -186,6 +186,17 @@ def test_run_parallel_raises_the_first_error_after_every_task_finished():
     assert done == ["slow"]
 
 
+def test_without_a_reachable_openblas_nothing_is_split_by_default_and_workers_still_work(monkeypatch):
+    monkeypatch.setattr(threads, "_openblas", lambda: None)
+    assert threads.blas_thread_count() is None
+    with threads.blas_threads(1):
+        pass
+    model = ns.models.cnn()
+    step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()))
+    assert step.parts_for(64) == 1
+    _run_both("cnn", "ce", "adam", workers=2, sizes=(8,))
+
+
 def test_tasks_run_single_threaded_and_the_setting_is_restored():
     before = threads.blas_thread_count()
     inside = threads.run_parallel([threads.blas_thread_count, threads.blas_thread_count])
