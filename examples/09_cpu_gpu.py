@@ -6,10 +6,13 @@ One code path serves both devices: every layer asks ``get_array_module(x)`` and
 computes with NumPy or CuPy accordingly; only the hot loops (im2col, col2im,
 pooling, the optimizer updates) have device-specific twins in nnscratch/kernels/.
 This times one CNN training step with the plain-NumPy reference kernels, with the
-numba kernels, and (where a GPU and CuPy are present) with CuPy, op by op and as
-``ns.TrainStep`` replays it, recorded once as a CUDA graph; it checks that all
-give the same outputs. On a GPU, launching a hundred small kernels from Python
-costs more than computing them at this batch size: the graph removes that cost.
+numba kernels (the batch whole, every call spread over the cores, and split into
+one part per core, as ``ns.TrainStep`` runs it by default), and (where a GPU and
+CuPy are present) with CuPy, op by op and as ``ns.TrainStep`` replays it, recorded
+once as a CUDA graph; it checks that all give the same outputs. On a GPU, launching
+a hundred small kernels from Python costs more than computing them at this batch
+size: the graph removes that cost. On a few CPU cores, waking the other cores for
+each of some forty calls costs more than giving each core its own slice of the batch.
 """
 import time
 
@@ -19,9 +22,10 @@ import nnscratch as ns
 from _common import parser
 
 
-def step_time(model, x, y, repeats, sync=lambda: None, graph=False):
-    """Median ms of one step: forward, loss, backward, Adam (``graph``: on a GPU, replayed as a CUDA graph)."""
-    step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), graph=graph)
+def step_time(model, x, y, repeats, sync=lambda: None, graph=False, workers=None):
+    """Median ms of one step: forward, loss, backward, Adam (``graph``: on a GPU, replayed as a CUDA graph;
+    ``workers``: on the CPU, the parts the batch is split into, None for TrainStep's choice)."""
+    step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), graph=graph, workers=workers)
     warmup = 3                                     # compile kernels; on a GPU the third step is recorded
     times = []
     for _ in range(repeats + warmup):
@@ -54,6 +58,9 @@ def main(argv=None):
         outputs[kernels] = fresh()(x)
         rows.append((f"CPU, {kernels} kernels", step_time(fresh(), x, y, repeats)))
     ns.kernels.set_cpu_kernels("numba")
+    parts = ns.TrainStep(fresh(), ns.CrossEntropyLoss(), ns.Adam(fresh().parameters())).parts_for(args.batch)
+    rows[-1] = (f"CPU, numba, {parts} part(s)", rows[-1][1])
+    rows.append(("CPU, numba, batch whole", step_time(fresh(), x, y, repeats, workers=1)))
     if ns.gpu_available():
         import cupy as cp
         xg, yg = cp.asarray(x), cp.asarray(y)
