@@ -71,4 +71,5 @@ def test_07_08_training_examples_write_their_run_and_figures(name, arch, data_di
 
 def test_09_cpu_kernels_agree_and_are_timed():
     rows = example("09").main(["--quick", "--batch", "8"])
-    assert [r[0] for r in rows[:2]] == ["CPU, reference kernels", "CPU, numba kernels"]
+    assert [r[0] for r in rows[:3]] == ["CPU, reference kernels", "CPU, numba, 1 part(s)", "CPU, numba, batch whole"]
+    assert all(ms > 0 for _, ms in rows)
