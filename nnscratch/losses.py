@@ -32,8 +32,9 @@ class Loss:
 
     def _sample_weights(self, target):
         """The weight of each sample in the mean, (B,), for the targets of a whole batch; None when
-        all weigh the same (each part's share is then its size)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be split across cores")
+        all weigh the same (each part's share is then its size), as for MSE, whose every sample
+        brings the same number of elements."""
+        return None
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -170,9 +171,6 @@ class MSELoss(Loss):
     def _splittable(self) -> bool:
         return True
 
-    def _sample_weights(self, target):
-        return None                        # every sample brings the same number of elements
-
     def backward(self):
         """-> dloss/dpred, the prediction's shape."""
         if self._diff is None:
@@ -211,9 +209,6 @@ class SoftmaxMSELoss(Loss):
 
     def _splittable(self) -> bool:
         return True
-
-    def _sample_weights(self, target):
-        return None
 
     def backward(self):
         """-> dloss/dlogits: (B, K)."""

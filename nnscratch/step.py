@@ -135,7 +135,7 @@ class TrainStep:
         self.model.backward(self.loss_fn.backward(), need_input_grad=False)
         self.optimizer.step()
         self.optimizer.zero_grad()
-        return loss, int((logits.argmax(axis=1) == labels).sum())
+        return loss, _hits(logits, labels)
 
     # ---- a batch split across cores (CPU) ---------------------------------------------------
 
@@ -195,7 +195,8 @@ class TrainStep:
             shares = [(cut.stop - cut.start) / B for cut in cuts]
         else:
             weights = np.asarray(weights, dtype=np.float64)
-            shares = [float(weights[cut].sum() / weights.sum()) for cut in cuts]
+            total = weights.sum()
+            shares = [float(weights[cut].sum() / total) for cut in cuts]
 
         def part(k):
             model, loss_fn, _ = parts[k]
@@ -224,8 +225,7 @@ class TrainStep:
                 other.zero_grad()
         self.optimizer.step()
         self.optimizer.zero_grad()
-        hits = sum(int((logits.argmax(axis=1) == labels[cut]).sum()) for (logits, _), cut in zip(outs, cuts))
-        return loss, hits
+        return loss, sum(_hits(logits, labels[cut]) for (logits, _), cut in zip(outs, cuts))
 
     # ---- CUDA graphs ----------------------------------------------------------------------------
 
@@ -312,6 +312,11 @@ class TrainStep:
 
     def __repr__(self):
         return f"TrainStep({type(self.model).__name__}, {self.loss_fn!r}, {self.optimizer!r})"
+
+
+def _hits(logits, labels) -> int:
+    """How many rows of logits (B, K) have their largest value at the label (B,)."""
+    return int((logits.argmax(axis=1) == labels).sum())
 
 
 class _Recorded:

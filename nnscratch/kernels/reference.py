@@ -30,7 +30,8 @@ def map_size(H: int, W: int, kh: int, kw: int, stride: int, padding: int, out_hw
         return OH, OW
     oh, ow = (int(v) for v in out_hw)
     if not (1 <= oh <= OH and 1 <= ow <= OW):
-        raise ValueError(f"im2col: out_hw {tuple(out_hw)} must lie within the output map {(OH, OW)}")
+        raise ValueError(f"out_hw {tuple(out_hw)} must lie within the output map {(OH, OW)} of a "
+                         f"{kh}x{kw} window over {H}x{W} pixels (stride {stride}, padding {padding})")
     return oh, ow
 
 

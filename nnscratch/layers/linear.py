@@ -54,7 +54,7 @@ class Linear(Module):
 
     def output_owned(self, input_owned: bool) -> bool:
         # a new array, but with a ReLU fused in it is kept for the backward mask: nobody may overwrite it
-        return self._y is None
+        return self._y is None and self.new_output
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, out_features) -> (B, in_features); accumulates weight.grad and bias.grad.

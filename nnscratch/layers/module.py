@@ -99,8 +99,8 @@ class Module:
     # first layer, so an array a caller passes in is never changed.
     _input_owned = False
     _relu_inside = False      # set by a Sequential for one call of a MaxPool2d or Linear that runs a ReLU fused in
-    # A layer whose forward returns a new array it keeps no use for sets this (Linear, Conv2d; MaxPool2d
-    # answers output_owned itself: with a ReLU fused in it keeps its output for the mask)
+    # A layer whose forward returns a new array it keeps no use for sets this (Linear, Conv2d; with a
+    # ReLU fused in, Linear and MaxPool2d keep their output for the mask and answer output_owned so)
     new_output = False
 
     def forward(self, x):
