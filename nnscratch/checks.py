@@ -20,13 +20,19 @@ _TRUSTED = contextvars.ContextVar("nnscratch_trusted_input", default=False)
 
 
 @contextlib.contextmanager
-def trusted_inputs():
-    """Within this block, layers skip the finiteness check of their input (shapes are still checked)."""
-    token = _TRUSTED.set(True)
+def trusted_inputs(trusted: bool = True):
+    """Within this block, layers skip the finiteness check of their input (shapes are still checked);
+    ``trusted=False`` turns the check back on inside such a block."""
+    token = _TRUSTED.set(trusted)
     try:
         yield
     finally:
         _TRUSTED.reset(token)
+
+
+def inputs_trusted() -> bool:
+    """True inside ``trusted_inputs()``."""
+    return _TRUSTED.get()
 
 
 def check_positive_int(owner, **sizes):

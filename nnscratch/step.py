@@ -44,11 +44,11 @@ import warnings
 
 import numpy as np
 
+from . import split
 from .backend import get_array_module, is_gpu_array
 from .checks import check_array, trusted_inputs
-from .layers import Conv2d
 from .losses import _check_labels
-from .threads import blas_thread_count, run_parallel
+from .threads import run_parallel
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -75,18 +75,15 @@ class TrainStep:
 
     WARMUP = 1            # ordinary steps per input shape before recording: kernels compiled, state made
     MAX_GRAPHS = 8        # recorded graphs kept at once (one per input shape, in a training loop two)
-    MIN_PART = 16         # images per part at least when ``workers`` is left to choose
+    MIN_PART = split.MIN_PART     # images per part at least when ``workers`` is left to choose
 
     def __init__(self, model, loss_fn, optimizer, target=None, graph: bool = True, workers: int | None = None):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.target = target if target is not None else (lambda y: y)
         self.graph = bool(graph)
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
-                                    or workers < 1):
-            raise ValueError(f"TrainStep: workers must be a positive int or None, got {workers!r}")
+        split.check_workers("TrainStep", workers)
         self.workers = workers
-        self._replicas = []               # (model, loss_fn, parameters) for parts 1, 2, ... of a split batch
-        self._replicated = None           # (id of the model, id of the loss) the replicas were copied from
+        self._losses, self._losses_of = [], None   # copies of loss_fn for parts 1, 2, ... of a split batch
         self._graphs = {}                 # key -> _Recorded
         self._seen = {}                   # key -> ordinary steps run so far
         self._stream = None
@@ -97,7 +94,10 @@ class TrainStep:
         """x: the model's input (B, ...); labels: (B,) ints -> (loss: float, correct: int)."""
         if not is_gpu_array(x):
             ways = self._ways(x)
-            return self._eager(x, labels) if ways == 1 else self._split(x, labels, ways)
+            if ways > 1:
+                return self._split(x, labels, ways)
+            with split.whole_batches():                  # workers=1: the model does not split it either
+                return self._eager(x, labels)
         if not self.graph:
             return self._eager(x, labels)
         key = self._key(x, labels)
@@ -144,43 +144,20 @@ class TrainStep:
         return 1 if x.ndim == 0 else self.parts_for(x.shape[0])
 
     def parts_for(self, batch: int) -> int:
-        """How many parts a CPU batch of ``batch`` images is split into (1: run whole)."""
+        """How many parts a CPU batch of ``batch`` images is split into (1: run whole); see
+        ``split.default_parts`` for the choice when ``workers`` is None."""
         if not self.loss_fn._splittable():
             return 1
-        if self.workers is not None:
-            return max(1, min(self.workers, batch))
-        # Left to choose, only convolutional networks are split: they reuse each weight at every pixel,
-        # so their gradients are small next to the step's work. The MLNN's 2.8 M gradient sums would
-        # cost more than the split gains (its step at batch 64: 6.8 -> 12.1 ms on two cores).
-        if not any(isinstance(m, Conv2d) for m in self.model.modules()):
-            return 1
-        cores = blas_thread_count()          # None: a BLAS whose threads cannot be held to one
-        return 1 if cores is None else max(1, min(cores, batch // self.MIN_PART))
+        return split.parts_for(self.model, batch, self.workers)
 
     def _parts(self, ways: int) -> list:
-        """[(model, loss_fn, parameters)] for each part: the first is this step's own, the others
-        replicas that share its parameter arrays (made again when those arrays were replaced)."""
-        params = self.model.parameters()
-        stale = (len(self._replicas) != ways - 1 or self._replicated != (id(self.model), id(self.loss_fn))
-                 or any(len(r[2]) != len(params) or any(a.data is not b.data for a, b in zip(r[2], params))
-                        for r in self._replicas))
-        if stale:
-            self._replicas = [self._replica() for _ in range(ways - 1)]
-            self._replicated = (id(self.model), id(self.loss_fn))
-        for model, _, _ in self._replicas:
-            if model.training != self.model.training:
-                model.train(self.model.training)
-        return [(self.model, self.loss_fn, params)] + self._replicas
-
-    def _replica(self) -> tuple:
-        """(model, loss_fn, parameters): deep copies, except that the parameters' values are the
-        model's own arrays (so the optimizer's updates reach every replica); gradients start at zero."""
-        shared = {id(p.data): p.data for p in self.model.parameters()}
-        model = copy.deepcopy(self.model, shared)
-        params = model.parameters()
-        for p in params:
-            p.zero_grad()
-        return model, copy.deepcopy(self.loss_fn), params
+        """[(model, loss_fn, parameters)] for each part: the model's own first, then its replicas
+        (``split.Replicas``) with a copy of the loss each."""
+        parts = split.replicas_of(self.model).parts(self.model, ways)
+        if len(self._losses) != ways - 1 or self._losses_of != id(self.loss_fn):
+            self._losses = [copy.deepcopy(self.loss_fn) for _ in range(ways - 1)]
+            self._losses_of = id(self.loss_fn)
+        return [(model, loss_fn, params) for (model, params), loss_fn in zip(parts, [self.loss_fn] + self._losses)]
 
     def _split(self, x, labels, ways: int):
         """The step on ``ways`` parts of the batch at once (see the module notes). Each part checks its
@@ -219,10 +196,7 @@ class TrainStep:
                 for p in params:
                     p.zero_grad()
             raise NonFiniteLoss(loss, applied=False)
-        for own, *others in zip(parts[0][2], *(p[2] for p in parts[1:])):
-            for other in others:
-                own.grad += other.grad
-                other.zero_grad()
+        split.gather_grads([(model, params) for model, _, params in parts])
         self.optimizer.step()
         self.optimizer.zero_grad()
         return loss, sum(_hits(logits, labels[cut]) for (logits, _), cut in zip(outs, cuts))

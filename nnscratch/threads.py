@@ -21,6 +21,8 @@ nothing, and ``TrainStep`` splits no batch unless told to (``workers``).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import contextvars
 import ctypes
 import functools
 import threading
@@ -81,6 +83,34 @@ class blas_threads:
             lib[1](self._before)
 
 
+# Set where a batch must run whole (see split.py): inside every task of run_parallel, so that a part
+# never splits again, and in TrainStep's unsplit step (its ``workers=1`` means one model, whole batch)
+_WHOLE = contextvars.ContextVar("nnscratch_whole_batch", default=False)
+
+
+@contextlib.contextmanager
+def whole_batches():
+    """Within this block (in this thread) no model splits its batch."""
+    token = _WHOLE.set(True)
+    try:
+        yield
+    finally:
+        _WHOLE.reset(token)
+
+
+def splitting_allowed() -> bool:
+    """False inside ``whole_batches()``, and so inside every task of ``run_parallel``."""
+    return not _WHOLE.get()
+
+
+def _whole(task):
+    """``task`` run inside ``whole_batches()``, in whichever thread calls it."""
+    def run():
+        with whole_batches():
+            return task()
+    return run
+
+
 _pool = {"executor": None, "size": 0}
 # One split step at a time: the BLAS setting and the kernels' serial switch are process-wide
 _lock = threading.Lock()
@@ -88,7 +118,7 @@ _lock = threading.Lock()
 
 def run_parallel(tasks: list) -> list:
     """Run the callables ``tasks`` at once, each single-threaded (OpenBLAS at one thread, numba's
-    serial kernels): the first in this thread, the rest in helper threads. Returns their results in
+    serial kernels) and splitting no batch: the first in this thread, the rest in helper threads. Returns their results in
     order once all have finished; if any raised, the first error (in task order) is raised then,
     after the others have finished too (none is left running)."""
     from .kernels import serial_kernels
@@ -99,10 +129,10 @@ def run_parallel(tasks: list) -> list:
             _pool["executor"] = concurrent.futures.ThreadPoolExecutor(len(tasks) - 1,
                                                                       thread_name_prefix="nnscratch")
             _pool["size"] = len(tasks) - 1
-        futures = [_pool["executor"].submit(task) for task in tasks[1:]]
+        futures = [_pool["executor"].submit(_whole(task)) for task in tasks[1:]]
         results, errors = [None] * len(tasks), [None] * len(tasks)
         try:
-            results[0] = tasks[0]()
+            results[0] = _whole(tasks[0])()
         except BaseException as e:        # noqa: BLE001  (raised below, once the helpers are done)
             errors[0] = e
         for i, future in enumerate(futures, 1):

@@ -127,14 +127,15 @@ def test_a_bad_input_in_one_part_raises_its_error_and_changes_nothing():
 
 def test_replicas_follow_replaced_parameters():
     whole, split = _run_both("cnn", "ce", "adam", workers=2, sizes=(8,))
-    replicas = split._replicas
+    replicas = list(split.model._replicas._copies)
+    assert len(replicas) == 1
     for step in (whole, split):                       # new parameter arrays: the replicas are stale
         step.model.to(dtype=np.float32).to(dtype=np.float64)
     rng = np.random.default_rng(7)
     x, y = rng.standard_normal((8, 3, 28, 28)), rng.integers(0, 8, 8)
     (la, _), (lb, _) = whole(x, y), split(x, y)
-    assert split._replicas is not replicas and lb == pytest.approx(la, rel=1e-12)
-    for (_, _, params) in split._replicas:
+    assert split.model._replicas._copies[0][0] is not replicas[0][0] and lb == pytest.approx(la, rel=1e-12)
+    for (_, params) in split.model._replicas._copies:
         assert all(p.data is q.data for p, q in zip(params, split.model.parameters()))
 
 
@@ -207,3 +208,97 @@ def test_tasks_run_single_threaded_and_the_setting_is_restored():
         from nnscratch.kernels import cpu
         flags = threads.run_parallel([lambda: cpu._serial_only[0]] * 2)
         assert flags == [True, True] and cpu._serial_only[0] is False
+
+
+# ---- the plain loop: Sequential splits a CPU training batch itself ----------------------------------
+
+def _plain_pass(model, x, y, need_input_grad=True):
+    loss_fn = ns.CrossEntropyLoss()
+    loss = loss_fn(model(x), y)
+    return loss, model.backward(loss_fn.backward(), need_input_grad=need_input_grad)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlnn"])
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("B", [13, 8])
+def test_plain_loop_split_equals_the_whole_batch(arch, workers, B):
+    a, b = _pair(arch)
+    a.workers, b.workers = 1, workers
+    rng = np.random.default_rng(B)
+    x, y = rng.standard_normal((B, 3, 28, 28)), rng.integers(0, 8, B)
+    for _ in range(2):                                # twice: the gradients accumulate (+=) in both
+        la, dxa = _plain_pass(a, x, y)
+        lb, dxb = _plain_pass(b, x, y)
+        assert b._split_state is not None and a._split_state is None
+        assert lb == pytest.approx(la, rel=1e-12)
+        assert dxb.shape == x.shape
+        np.testing.assert_allclose(dxb, dxa, rtol=1e-9, atol=1e-13)
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_allclose(q.grad, p.grad, rtol=1e-9, atol=1e-13, err_msg=name)
+    for _, params in b._replicas._copies:             # the replicas' gradients went to the model
+        assert all(p._zero_pending for p in params)
+    assert _plain_pass(b, x, y, need_input_grad=False)[1] is None
+
+
+def test_plain_loop_default_split_is_for_convolutional_networks_in_training():
+    cores = threads.blas_thread_count()
+    x = np.zeros((64, 3, 28, 28), np.float32)
+    cnn, mlnn = ns.models.cnn(), ns.models.mlnn()
+    expected = 1 if cores is None else min(cores, 64 // ns.TrainStep.MIN_PART)
+    assert cnn._ways(x) == expected and mlnn._ways(x) == 1
+    assert cnn._ways(x[:16]) == 1                     # too few images for two parts of MIN_PART
+    cnn.eval()
+    assert cnn._ways(x) == 1                          # inference runs whole
+    cnn.train()
+    cnn.workers = 1
+    assert cnn._ways(x) == 1
+
+
+def test_plain_loop_split_checks_the_whole_batch():
+    model = ns.models.cnn()
+    model.workers = 2
+    x = np.zeros((8, 3, 32, 32), np.float32)          # wrong size: the error names the whole batch (not 4 images)
+    with pytest.raises(ValueError, match=r"expected input of shape .*, got \(8, 2048\)"):
+        model(x)
+    x = np.zeros((8, 3, 28, 28), np.float32)
+    x[6, 1, 2, 3] = np.nan                            # in the second part
+    with pytest.raises(ValueError, match=r"of shape \(8, 3, 28, 28\) contains non-finite"):
+        model(x)
+    out = model(np.zeros((8, 3, 28, 28), np.float32))
+    with pytest.raises(ValueError, match=r"expected a gradient of the output's shape \(8, 8\), got \(4, 8\)"):
+        model.backward(np.zeros((4, 8), np.float32))
+    model.backward(np.ones_like(out))
+    bad = ns.models.cnn()
+    bad.workers = 0
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        bad(np.zeros((8, 3, 28, 28), np.float32))
+
+
+def test_a_split_model_copies_and_pickles_without_its_replicas():
+    import copy
+    import pickle
+    model = ns.models.cnn()
+    model.workers = 2
+    x = np.random.default_rng(0).standard_normal((8, 3, 28, 28)).astype(np.float32)
+    model(x)
+    assert model._replicas._copies and model._split_state is not None
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert "_replicas" not in twin.__dict__ and "_split_state" not in twin.__dict__
+        np.testing.assert_array_equal(twin(x), model(x))
+
+
+def test_nested_sequential_and_trainstep_whole_do_not_split_again():
+    ns.manual_seed(0)
+    inner = ns.models.cnn()
+    outer = ns.Sequential(inner)
+    outer.workers = 2
+    inner.workers = 2
+    x = np.random.default_rng(1).standard_normal((8, 3, 28, 28)).astype(np.float32)
+    out = outer(x)                                    # the outer splits; the inner, inside a part, does not
+    assert outer._split_state is not None and getattr(inner, "_split_state", None) is None
+    outer.backward(np.ones_like(out))
+    model = ns.models.cnn()
+    model.workers = 2
+    step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), workers=1)
+    step(x, np.zeros(8, np.int64))                    # workers=1: one model, the whole batch
+    assert "_replicas" not in model.__dict__

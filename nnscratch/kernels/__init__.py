@@ -111,6 +111,11 @@ def add_bias(y, b, relu=False):
     return for_array(y).add_bias(y, b, relu)
 
 
+def add_bias_checked(y, b, relu=False) -> bool:
+    """add_bias(y, b, relu), and whether every value of y + b (before the ReLU) was finite."""
+    return for_array(y).add_bias_checked(y, b, relu)
+
+
 def relu_forward(x, inplace: bool = False):
     """x: any shape -> max(x, 0), in x's memory layout; ``inplace`` overwrites and returns x."""
     return for_array(x).relu_forward(x, inplace)

@@ -151,6 +151,15 @@ def add_bias(y, b, relu: bool = False):
     return y
 
 
+def add_bias_checked(y, b, relu: bool = False) -> bool:
+    """add_bias, returning whether every value of y + b was finite (waits for the device)."""
+    y += b
+    finite = bool(_cupy().isfinite(y).all())
+    if relu:
+        relu_forward(y, inplace=True)
+    return finite
+
+
 def relu_forward(x, inplace: bool = False):
     """max(x, 0); CuPy's elementwise kernels keep the input's layout. ``inplace`` writes into x."""
     return _cupy().maximum(x, 0, out=x if inplace else None)

@@ -121,6 +121,15 @@ def add_bias(y, b, relu: bool = False):
     return y
 
 
+def add_bias_checked(y, b, relu: bool = False) -> bool:
+    """add_bias(y, b, relu), returning whether every value of y + b (before the ReLU) was finite."""
+    y += b
+    finite = bool(np.isfinite(y).all())
+    if relu:
+        relu_forward(y, inplace=True)
+    return finite
+
+
 def relu_forward(x, inplace: bool = False):
     """max(x, 0) elementwise, any shape; NaN stays NaN (so a diverging run is still caught).
     ``inplace`` writes the result into x and returns x."""

@@ -22,6 +22,8 @@ class Linear(Module):
     """
 
     new_output = True                # forward returns a new array it keeps no reference to
+    _check_output = False            # set by a Sequential for one call: report in _output_finite whether
+    _output_finite = True            # every value before the ReLU was finite
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32, rng=None):
         check_positive_int(type(self).__name__, in_features=in_features, out_features=out_features)
@@ -45,7 +47,10 @@ class Linear(Module):
         # inside a Sequential, a ReLU listed just after this layer may run fused in (_relu_inside, see
         # Sequential.fuse_linear_relu): rectified with the bias in one pass, the output kept for the mask
         relu = self._relu_inside
-        if self.bias is not None:
+        if self.bias is not None and self._check_output:
+            # asked by a Sequential whose input check this stands in for (see Sequential._input_checker)
+            self._output_finite = kernels.add_bias_checked(y, self.bias.data, relu=relu)
+        elif self.bias is not None:
             kernels.add_bias(y, self.bias.data, relu=relu)
         elif relu:
             kernels.relu_forward(y, inplace=True)
