@@ -38,8 +38,9 @@ def timed(times, key, fn):
     return wrapper
 
 
-KERNELS = ("matmul", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "add_bias", "relu_forward",
-           "relu_backward", "adam_update")
+KERNELS = ("matmul", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "add_bias", "add_bias_checked",
+           "relu_forward", "relu_backward", "adam_update", "winograd_input", "winograd_output",
+           "winograd_grad_output", "winograd_grad_input", "winograd_weight", "winograd_weight_grad")
 
 
 def timed_sum(totals, key, fn):

@@ -27,8 +27,10 @@ def test_cnn_forward_backward_and_step_on_gpu_match_cpu(fused):
         model.backward(loss_fn.backward())
         opt.step()
     assert isinstance(gpu_model.parameters()[0].data, cp.ndarray)
+    # atol: the CPU runs conv2 and conv3 as Winograd convolutions, the GPU through im2col; Adam turns
+    # their rounding on gradients near 0 into differences of ~1e-11 in the parameters
     for k, v in cpu_model.state_dict().items():
-        np.testing.assert_allclose(gpu_model.state_dict()[k], v, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(gpu_model.state_dict()[k], v, rtol=1e-9, atol=1e-10)
 
 
 @requires_gpu

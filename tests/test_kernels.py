@@ -557,3 +557,63 @@ def test_numba_sgd_computes_in_float32(shape, nesterov, first, seed):
     cpu.sgd_update(p, g, buf, 0.1, 0.9, 0.0, 0.01, nesterov, first)
     np.testing.assert_array_equal(buf, b)
     np.testing.assert_array_equal(p, want)
+
+
+# ---- Winograd F(2x2, 3x3) ----------------------------------------------------------------------------
+
+@st.composite
+def winograd_case(draw):
+    """(x shape, OC, padding, out_hw): a 3x3, stride-1 convolution, its output map cropped or not."""
+    pad = draw(st.integers(0, 2))
+    H, W = draw(st.integers(max(1, 3 - 2 * pad), 11)), draw(st.integers(max(1, 3 - 2 * pad), 11))
+    OH, OW = H + 2 * pad - 2, W + 2 * pad - 2
+    out_hw = (draw(st.integers(1, OH)), draw(st.integers(1, OW))) if draw(st.booleans()) else (OH, OW)
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 5)), H, W), draw(st.integers(1, 5)), pad, out_hw
+
+
+@given(winograd_case(), st.integers(0, 2**32 - 1))
+def test_reference_winograd_is_the_convolution_and_its_steps_are_adjoint(case, seed):
+    shape, OC, p, out_hw = case
+    rng = np.random.default_rng(seed)
+    x, w, b = rng.standard_normal(shape), rng.standard_normal((OC, shape[1], 3, 3)), rng.standard_normal(OC)
+    tiles = reference.winograd_tiles(*out_hw)
+    V, U = reference.winograd_input(x, p, tiles), reference.winograd_weight(w)
+    y = reference.winograd_output(V @ U, out_hw, tiles, b)
+    expected = naive_conv(x, w, 1, p)[:, :, :out_hw[0], :out_hw[1]] + b[:, None, None]
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    # each backward step is the adjoint of its forward step: <f(a), c> == <a, f*(c)>
+    V2, M, G, U2 = (rng.standard_normal(a.shape) for a in (V, V @ U, y, U))
+    for lhs, rhs in (((V * V2).sum(), (x * reference.winograd_grad_input(V2, shape, p, tiles)).sum()),
+                     ((reference.winograd_output(M, out_hw, tiles) * G).sum(),
+                      (M * reference.winograd_grad_output(G, tiles)).sum()),
+                     ((U * U2).sum(), (w * reference.winograd_weight_grad(U2)).sum())):
+        assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
+
+
+@pytest.mark.usefixtures("thread_mode")
+@given(winograd_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
+def test_numba_winograd_transforms_equal_reference(case, dtype, layout, seed):
+    shape, OC, p, out_hw = case
+    rng = np.random.default_rng(seed)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    tiles = reference.winograd_tiles(*out_hw)
+    T = shape[0] * tiles[0] * tiles[1]
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((OC, shape[1], 3, 3)).astype(dtype)
+    M, dU = rng.standard_normal((16, T, OC)).astype(dtype), rng.standard_normal((16, shape[1], OC)).astype(dtype)
+    dV = rng.standard_normal((16, T, shape[1])).astype(dtype)
+    g = rng.standard_normal((shape[0], OC) + tuple(out_hw)).astype(dtype)
+    bias = rng.standard_normal(OC).astype(dtype)
+    pairs = [(cpu.winograd_input(in_layout(x, layout), p, tiles), reference.winograd_input(x, p, tiles)),
+             (cpu.winograd_weight(w), reference.winograd_weight(w)),
+             (cpu.winograd_weight_grad(dU), reference.winograd_weight_grad(dU)),
+             (cpu.winograd_output(M, out_hw, tiles, bias), reference.winograd_output(M, out_hw, tiles, bias)),
+             (cpu.winograd_grad_output(in_layout(g, layout), tiles), reference.winograd_grad_output(g, tiles)),
+             (cpu.winograd_grad_input(dV, shape, p, tiles), reference.winograd_grad_input(dV, shape, p, tiles))]
+    for got, expected in pairs:
+        assert got.dtype == dtype and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+    out = np.full((16, T, shape[1]), np.nan, dtype)                  # into a given array, every element
+    assert cpu.winograd_input(x, p, tiles, out=out) is out
+    np.testing.assert_allclose(out, pairs[0][1], rtol=tol, atol=tol)
+    assert cpu.channels_last(pairs[3][0]) or OC == 1                 # outputs are channels-last

@@ -360,3 +360,48 @@ def test_linear_weight_is_fortran_ordered_with_the_values_of_a_c_draw():
         lin.backward(g)
     assert lin.weight.grad.flags.f_contiguous
     np.testing.assert_allclose(lin.weight.grad, 2 * g.T @ x, rtol=1e-6)
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_winograd_conv2d_equals_im2col_forward_and_backward(pad, bias):
+    from nnscratch.layers.conv import Conv2d
+    rng = np.random.default_rng(pad)
+    for shape in ((3, 16, 14, 14), (2, 17, 7, 9), (1, 16, 3, 2)):
+        if shape[2] + 2 * pad < 3 or shape[3] + 2 * pad < 3:
+            continue
+        a = Conv2d(shape[1], 5, 3, padding=pad, bias=bias, rng=rng).to(dtype=np.float64)
+        b = Conv2d(shape[1], 5, 3, padding=pad, bias=bias).to(dtype=np.float64)
+        b.load_state_dict(a.state_dict())
+        a.winograd = False
+        x = rng.standard_normal(shape)
+        ya, yb = a(x), b(x)
+        assert b._cache[1].ndim == 3                                   # Winograd ran (V, not columns)
+        np.testing.assert_allclose(yb, ya, rtol=1e-12, atol=1e-12)
+        g = rng.standard_normal(ya.shape)
+        for _ in range(2):                     # twice: backward again after one forward (V rebuilt)
+            np.testing.assert_allclose(b.backward(g), a.backward(g), rtol=1e-12, atol=1e-12)
+        for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+            np.testing.assert_allclose(q.grad, p.grad, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_cnn_with_winograd_equals_im2col_crop_included():
+    from nnscratch.layers.conv import Conv2d
+    ns.manual_seed(0)
+    a, b = ns.models.cnn().to(dtype=np.float64), ns.models.cnn().to(dtype=np.float64)
+    b.load_state_dict(a.state_dict())
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((5, 3, 28, 28)), rng.integers(0, 8, 5)
+    grads = []
+    for model, wino in ((a, False), (b, True)):
+        Conv2d.winograd = wino
+        try:
+            loss = ns.CrossEntropyLoss()
+            loss(model(x), y)
+            grads.append(model.backward(loss.backward()))
+        finally:
+            Conv2d.winograd = True
+    assert b[6]._cache[1].ndim == 3 and b[6]._cache[2] == (6, 6)     # conv3: Winograd on the cropped 6 x 6
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-9, atol=1e-14)
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_allclose(q.grad, p.grad, rtol=1e-8, atol=1e-14, err_msg=name)

@@ -40,9 +40,11 @@ def _run_both(arch, loss, opt, workers, sizes, seed=1):
         x, y = rng.standard_normal((B, 3, 28, 28)), rng.integers(0, 8, B)
         assert split._ways(x) == min(workers, B) and whole._ways(x) == 1
         (la, ha), (lb, hb) = whole(x, y), split(x, y)
-        assert lb == pytest.approx(la, rel=1e-12) and hb == ha
+        assert lb == pytest.approx(la, rel=1e-10) and hb == ha
+    # atol: Adam turns rounding on gradients near 0 (Winograd's transforms add and subtract, conv2 and
+    # conv3) into parameter differences of up to ~2e-11
     for k, v in a.state_dict().items():
-        np.testing.assert_allclose(b.state_dict()[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(b.state_dict()[k], v, rtol=1e-9, atol=1e-10, err_msg=k)
     return whole, split
 
 
@@ -151,8 +153,14 @@ def test_float32_split_training_stays_close_to_the_whole_batch():
         x, y = rng.standard_normal((64, 3, 28, 28)).astype(np.float32), rng.integers(0, 8, 64)
         (la, _), (lb, _) = whole(x, y), split(x, y)
         assert lb == pytest.approx(la, rel=1e-5)
+    # Adam moves a parameter by about lr = 1e-3 a step whatever its gradient's size, so a gradient
+    # within rounding of 0 may point either way in the two runs: such elements (about 1 in 100 with
+    # the Winograd convolutions' float32 rounding) differ by up to 2 lr a step; all others agree
     for k, v in a.state_dict().items():
-        np.testing.assert_allclose(b.state_dict()[k], v, rtol=1e-3, atol=1e-5, err_msg=k)
+        got = b.state_dict()[k]
+        close = np.isclose(got, v, rtol=1e-3, atol=1e-5)
+        assert close.mean() > 0.97, (k, close.mean())
+        np.testing.assert_array_less(np.abs(got - v), 3 * 2e-3 + 1e-6, err_msg=k)
 
 
 # ---- threads.py ----------------------------------------------------------------------------------

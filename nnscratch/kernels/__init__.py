@@ -106,6 +106,37 @@ def maxpool_backward(grad, argmax, x_shape, k, stride, out=None):
     return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride, out)
 
 
+def winograd_input(x, padding, tiles, out=None):
+    """x: (B, C, H, W) -> V: (16, B * TH * TW, C), Winograd F(2x2, 3x3)'s input transform of every tile
+    (``tiles`` = (TH, TW), reference.winograd_tiles); CPU only."""
+    return for_array(x).winograd_input(x, padding, tiles, out)
+
+
+def winograd_output(M, out_hw, tiles, bias=None):
+    """M: (16, B * TH * TW, OC) -> y: (B, OC, OH, OW), channels-last in memory, plus ``bias``."""
+    return for_array(M).winograd_output(M, out_hw, tiles, bias)
+
+
+def winograd_grad_output(grad, tiles, out=None):
+    """grad: (B, OC, OH, OW) -> dM: (16, B * TH * TW, OC), the adjoint of winograd_output; into ``out``."""
+    return for_array(grad).winograd_grad_output(grad, tiles, out)
+
+
+def winograd_grad_input(dV, x_shape, padding, tiles):
+    """dV: (16, B * TH * TW, C) -> dx: (B, C, H, W), channels-last in memory: winograd_input's adjoint."""
+    return for_array(dV).winograd_grad_input(dV, x_shape, padding, tiles)
+
+
+def winograd_weight(w):
+    """w: (OC, C, 3, 3) -> U: (16, C, OC), Winograd F(2x2, 3x3)'s weight transform."""
+    return for_array(w).winograd_weight(w)
+
+
+def winograd_weight_grad(dU):
+    """dU: (16, C, OC) -> dw: (OC, C, 3, 3), the adjoint of winograd_weight."""
+    return for_array(dU).winograd_weight_grad(dU)
+
+
 def add_bias(y, b, relu=False):
     """y: (N, F) += b: (F,), in place (a layer's bias); returns y. ``relu`` rectifies y in the same pass."""
     return for_array(y).add_bias(y, b, relu)

@@ -112,6 +112,110 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int, out=None
     return dx
 
 
+# ---- Winograd F(2x2, 3x3): a 3x3, stride-1 convolution with 2.25x fewer multiplications -------------
+#
+# Lavin & Gray (2016): each 2x2 block ("tile") of output pixels is computed from the 4x4 block of
+# padded input around it as Y = AT [(G g GT) * (BT d B)] A, with * elementwise over the 16 positions.
+# Summed over the input channels, the 16 elementwise products become 16 matrix products:
+#   V[k] (tiles, C) = the input transform of every tile and channel, k = 4 * row + column,
+#   U[k] (C, OC)    = the weight transform,
+#   M[k] = V[k] @ U[k], and the output transform of M gives the 2x2 outputs of each tile.
+# 4 x 4 x C x OC multiplications per tile instead of 9 x 4 x C x OC. The backward pass is the adjoint
+# of each step: the output gradient's transform (adjoint of the output transform), dU = V^T dM for the
+# weight, dV = dM U^T for the input, and the input transform's adjoint, which adds each tile's 4x4
+# block back into the (overlapping) input. Tiles are numbered (b, ty, tx) row-major; an odd output
+# size gets a last, half-used tile (its extra outputs are not written; their gradient is zero).
+WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+
+def winograd_tiles(OH: int, OW: int) -> tuple:
+    """(TH, TW): 2x2 output tiles per column and row covering an OH x OW output map."""
+    return (OH + 1) // 2, (OW + 1) // 2
+
+
+def winograd_input(x, padding: int, tiles: tuple, out=None):
+    """x: (B, C, H, W) -> V: (16, B * TH * TW, C), the input transform BT d B of every tile's 4x4 block
+    of the zero-padded input (rows and columns 2 * ty ... 2 * ty + 3 of it, and likewise for tx)."""
+    B, C, H, W = x.shape
+    TH, TW = tiles
+    d = _padded_tiles(x, padding, tiles)                                   # (4, 4, B, TH, TW, C)
+    V = np.einsum("ir,rsbyxc,js->ijbyxc", WINOGRAD_BT, d, WINOGRAD_BT).reshape(16, B * TH * TW, C)
+    if out is None:
+        return V.astype(x.dtype)
+    out[...] = V
+    return out
+
+
+def _padded_tiles(x, padding, tiles):
+    """The 4x4 input block of every tile: (4, 4, B, TH, TW, C), zeros outside the input."""
+    B, C, H, W = x.shape
+    TH, TW = tiles
+    xp = np.zeros((B, max(2 * TH + 2, H + padding), max(2 * TW + 2, W + padding), C), dtype=np.float64)
+    xp[:, padding:padding + H, padding:padding + W] = x.transpose(0, 2, 3, 1)
+    return np.stack([np.stack([xp[:, r:r + 2 * TH:2, s:s + 2 * TW:2] for s in range(4)]) for r in range(4)])
+
+
+def winograd_output(M, out_hw: tuple, tiles: tuple, bias=None):
+    """M: (16, B * TH * TW, OC) -> y: (B, OC, OH, OW) (channels-last in memory): each tile's 2x2
+    outputs AT M A, the rows and columns past out_hw = (OH, OW) left out; plus ``bias`` (OC,)."""
+    TH, TW = tiles
+    OH, OW = out_hw
+    OC = M.shape[2]
+    B = M.shape[1] // (TH * TW)
+    m = M.astype(np.float64).reshape(4, 4, B, TH, TW, OC)
+    y = np.einsum("ai,ijbyxo,cj->byaxco", WINOGRAD_AT, m, WINOGRAD_AT).reshape(B, 2 * TH, 2 * TW, OC)
+    y = y[:, :OH, :OW]
+    if bias is not None:
+        y = y + bias
+    return np.ascontiguousarray(y.astype(M.dtype)).transpose(0, 3, 1, 2)
+
+
+def winograd_grad_output(grad, tiles: tuple, out=None):
+    """grad: (B, OC, OH, OW) -> dM: (16, B * TH * TW, OC), the adjoint of winograd_output (no bias);
+    into ``out`` if given."""
+    B, OC, OH, OW = grad.shape
+    TH, TW = tiles
+    g = np.zeros((B, 2 * TH, 2 * TW, OC))
+    g[:, :OH, :OW] = grad.transpose(0, 2, 3, 1)
+    g = g.reshape(B, TH, 2, TW, 2, OC)
+    dM = np.einsum("ai,byaxco,cj->ijbyxo", WINOGRAD_AT, g, WINOGRAD_AT).reshape(16, B * TH * TW, OC)
+    if out is None:
+        return dM.astype(grad.dtype)
+    out[...] = dM
+    return out
+
+
+def winograd_grad_input(dV, x_shape: tuple, padding: int, tiles: tuple):
+    """dV: (16, B * TH * TW, C) -> dx: (B, C, H, W) (channels-last in memory), the adjoint of
+    winograd_input: each tile's B dV BT added into its 4x4 block, the padding dropped."""
+    B, C, H, W = x_shape
+    TH, TW = tiles
+    dd = np.einsum("ir,ijbyxc,js->rsbyxc", WINOGRAD_BT, dV.astype(np.float64).reshape(4, 4, B, TH, TW, C),
+                   WINOGRAD_BT)
+    dxp = np.zeros((B, max(2 * TH + 2, H + padding), max(2 * TW + 2, W + padding), C))
+    for r in range(4):
+        for s in range(4):
+            dxp[:, r:r + 2 * TH:2, s:s + 2 * TW:2] += dd[r, s]
+    return np.ascontiguousarray(dxp[:, padding:padding + H, padding:padding + W].astype(dV.dtype)).transpose(0, 3, 1, 2)
+
+
+def winograd_weight(w):
+    """w: (OC, C, 3, 3) -> U: (16, C, OC), the weight transform G g GT of every (out, in) channel pair."""
+    OC, C = w.shape[:2]
+    u = np.tensordot(np.tensordot(WINOGRAD_G, w, axes=([1], [2])), WINOGRAD_G, axes=([3], [1]))  # (4, OC, C, 4)
+    return np.ascontiguousarray(u.transpose(0, 3, 2, 1).reshape(16, C, OC).astype(w.dtype))
+
+
+def winograd_weight_grad(dU):
+    """dU: (16, C, OC) -> dw: (OC, C, 3, 3), the adjoint of winograd_weight."""
+    _, C, OC = dU.shape
+    d = np.tensordot(WINOGRAD_G, dU.reshape(4, 4, C, OC), axes=([0], [0]))       # (3, 4, C, OC): i, b, c, o
+    d = np.tensordot(d, WINOGRAD_G, axes=([1], [0]))                                # (3, C, OC, 3): i, c, o, j
+    return np.ascontiguousarray(d.transpose(2, 1, 0, 3).astype(dU.dtype))
+
+
 def add_bias(y, b, relu: bool = False):
     """y: (N, F), b: (F,) -> y += b, row by row, in place; returns y. ``relu`` then rectifies y in
     place (a ReLU after the layer, fused in: the same values as relu_forward(y, inplace=True))."""

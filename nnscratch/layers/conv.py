@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import init, kernels
-from ..backend import get_array_module
+from ..backend import get_array_module, is_gpu_array
 from ..checks import check_array, check_positive_int, check_grad, check_matches_parameter, check_shape, no_forward
-from ..kernels.reference import out_size
+from ..kernels.reference import out_size, winograd_tiles
 from .module import Module, Parameter
 
 
@@ -44,6 +44,14 @@ class Conv2d(Module):
 
     new_output = True                # forward returns a new array it keeps no reference to
     _pooled_by = None                # (k, stride) of the MaxPool2d reading the output, set by a Sequential per call
+    # A 3x3, stride-1 convolution of at least WINOGRAD_MIN_CHANNELS input channels on the CPU (with the
+    # numba kernels) runs as Winograd F(2x2, 3x3) (see kernels/reference.py): 16 matrix products of
+    # 2.25x fewer multiplications in all than im2col's, and no column matrix. The CNN's conv2 and
+    # conv3, one core, batch 32: forward + backward 6.95 -> ~5.2 and 4.65 -> ~2.7 ms. The results
+    # equal im2col's up to rounding. With few input channels (an RGB input) the transforms cost more
+    # than the products save. False runs every convolution through im2col.
+    winograd = True
+    WINOGRAD_MIN_CHANNELS = 16
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, dtype=np.float32, rng=None):
@@ -101,6 +109,8 @@ class Conv2d(Module):
                              f"than the {kh}x{kw} kernel; got shape {tuple(x.shape)}")
         B = x.shape[0]
         OH, OW = self._computed_size(x.shape)
+        if self._use_winograd(x):
+            return self._forward_winograd(x, (OH, OW))
         # with a bias, cols ends in a column of ones and the weight matrix in the bias: the product
         # adds the bias (no pass of its own over the output), and backward gets its gradient with
         # the weight's (CNN step about -1 ms)
@@ -112,13 +122,54 @@ class Conv2d(Module):
         self._cols_hold_x = True          # False once backward has written the input gradient's columns there
         return y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
 
-    def _buffer(self, x, shape):
-        """The column matrix of the last forward pass if it has ``shape`` and x's dtype and device, else a
-        new one, kept for the next step: a fresh 10 MB array per step costs page faults that are a
-        visible share of a CNN step on the CPU."""
-        kept = self._kept.get("cols")
+    def _use_winograd(self, x) -> bool:
+        return (self.winograd and self.kernel_size == (3, 3) and self.stride[0] == 1
+                and self.in_channels >= self.WINOGRAD_MIN_CHANNELS and not is_gpu_array(x)
+                and kernels.cpu_kernels() == "numba")
+
+    def _forward_winograd(self, x, out_hw):
+        """forward as Winograd F(2x2, 3x3): V = input transform (16, tiles, C), U = weight transform
+        (16, C, OC), M = V[k] @ U[k] for the 16 k, y = output transform of M plus the bias."""
+        tiles = winograd_tiles(*out_hw)
+        T = x.shape[0] * tiles[0] * tiles[1]
+        V = kernels.winograd_input(x, self.padding[0], tiles, out=self._buffer(x, (16, T, self.in_channels)))
+        U = kernels.winograd_weight(self.weight.data)
+        # M's buffer is kept, as the column matrix is (a fresh 6 MB array per call costs page faults);
+        # backward reuses it for dM, which has its shape
+        M = kernels.matmul(V, U, out=self._buffer(x, (16, T, self.out_channels), "M"))
+        y = kernels.winograd_output(M, out_hw, tiles, None if self.bias is None else self.bias.data)
+        self._cache = (x, V, out_hw)
+        self._cols_hold_x = True          # False once backward has written dV into V's buffer
+        self._winograd_cache = (U, tiles)
+        return y
+
+    def _backward_winograd(self, grad, need_input_grad: bool):
+        """The adjoint of each step of _forward_winograd: dM = the output gradient's transform,
+        dU = V[k]^T dM[k] (the weight gradient through the weight transform's adjoint), and for the
+        input dV = dM[k] U[k]^T through the input transform's adjoint."""
+        x, V, out_hw = self._cache
+        U, tiles = self._winograd_cache
+        if not self._cols_hold_x:         # a second backward after one forward: V again
+            kernels.winograd_input(x, self.padding[0], tiles, out=V)
+            self._cols_hold_x = True
+        dM = kernels.winograd_grad_output(grad, tiles, out=self._buffer(x, (16, V.shape[1], self.out_channels), "M"))
+        self.weight.grad += kernels.winograd_weight_grad(kernels.matmul(V.transpose(0, 2, 1), dM))
+        if self.bias is not None:
+            self.bias.grad += grad.transpose(0, 2, 3, 1).reshape(-1, self.out_channels).sum(axis=0)
+        if not need_input_grad:
+            return None
+        # dV into V's buffer, which the weight gradient above has finished with
+        self._cols_hold_x = False
+        dV = kernels.matmul(dM, U.transpose(0, 2, 1), out=V)
+        return kernels.winograd_grad_input(dV, x.shape, self.padding[0], tiles)
+
+    def _buffer(self, x, shape, name: str = "cols"):
+        """The array kept under ``name`` (the column matrix, by default) if it has ``shape`` and x's dtype
+        and device, else a new one, kept for the next step: a fresh 10 MB array per step costs page
+        faults that are a visible share of a CNN step on the CPU."""
+        kept = self._kept.get(name)
         if kept is None or kept.shape != shape or kept.dtype != x.dtype or type(kept) is not type(x):
-            kept = self._kept["cols"] = get_array_module(x).empty(shape, dtype=x.dtype)
+            kept = self._kept[name] = get_array_module(x).empty(shape, dtype=x.dtype)
         return kept
 
     def backward(self, grad, need_input_grad: bool = True):
@@ -131,6 +182,8 @@ class Conv2d(Module):
             raise no_forward(self)
         x, cols, (OH, OW) = self._cache
         check_grad(self, grad, (x.shape[0], self.out_channels, OH, OW), cols.dtype)
+        if cols.ndim == 3:                # forward ran Winograd: cols holds its input transform V
+            return self._backward_winograd(grad, need_input_grad)
         (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]
         bias = self.bias is not None
         if not self._cols_hold_x:         # a second backward after one forward: the columns again
