@@ -10,6 +10,11 @@ rounds, each round in a fresh process of its own: in one process PyTorch's OpenM
 spinning after each operation and take the cores from the next engine (both ran 2-5x slower). Per layer of the CNN: forward and backward times with
 the reference (plain NumPy), numba and, on a GPU, CuPy kernels. Every figure is a median after a
 warm-up. PyTorch rows appear where it is installed. Nothing here asserts anything about speed.
+
+Engines: ``nnscratch`` runs ``TrainStep`` (on a GPU with CUDA graphs; ``nnscratch-no-graphs``
+without); ``nnscratch-loop`` the API contract's loop written out (``loss_fn(model(x), y)``,
+``model.backward(loss_fn.backward())``, ``opt.step()``, ``opt.zero_grad()``), which also computes
+the gradient of the input that ``backward`` returns.
 """
 from __future__ import annotations
 
@@ -62,7 +67,7 @@ def _time(fn, sync=lambda: None):
 
 # ---- the two engines -----------------------------------------------------------------------------
 
-def ours(arch, device, batch, graphs=True):
+def ours(arch, device, batch, graphs=True, loop=False):
     ns.manual_seed(0)
     model = getattr(ns.models, arch)()
     rng = np.random.default_rng(0)
@@ -75,10 +80,17 @@ def ours(arch, device, batch, graphs=True):
         model.to("gpu")
         x, xi, y = cp.asarray(x), cp.asarray(xi), cp.asarray(y)
         sync = cp.cuda.Device().synchronize  # noqa: E731
-    train_step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), graph=graphs)
+    loss_fn, opt = ns.CrossEntropyLoss(), ns.Adam(model.parameters())
+    train_step = ns.TrainStep(model, loss_fn, opt, graph=graphs)
 
     def step():
-        train_step(x, y)            # what a training loop runs: the loss and hit count come back to Python
+        if loop:                    # the API contract's loop, written out; the input gradient is returned
+            loss_fn(model(x), y)
+            model.backward(loss_fn.backward())
+            opt.step()
+            opt.zero_grad()
+        else:
+            train_step(x, y)        # what a training loop runs: the loss and hit count come back to Python
 
     def infer():
         model.eval()
@@ -125,7 +137,7 @@ def worker(engine, arch, device, batch, warmup, repeats) -> dict:
     if engine == "PyTorch":
         step, infer, sync = theirs(arch, device, batch)
     else:
-        step, infer, sync = ours(arch, device, batch, graphs=engine == "nnscratch")
+        step, infer, sync = ours(arch, device, batch, graphs=engine == "nnscratch", loop=engine == "nnscratch-loop")
     for _ in range(warmup):
         step()
         infer()
@@ -218,7 +230,7 @@ def main(argv=None):
     for arch in args.arch:
         flops = step_flops(getattr(ns.models, arch)(), args.batch)
         for device in devices:
-            engines = ["nnscratch"] + (["nnscratch-no-graphs"] if device == "gpu" else [])
+            engines = ["nnscratch"] + (["nnscratch-no-graphs"] if device == "gpu" else ["nnscratch-loop"])
             if have_torch and (device == "cpu" or torch.cuda.is_available()):
                 engines.append("PyTorch")
             result = race(engines, arch, device, args)

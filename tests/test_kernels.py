@@ -617,3 +617,28 @@ def test_numba_winograd_transforms_equal_reference(case, dtype, layout, seed):
     assert cpu.winograd_input(x, p, tiles, out=out) is out
     np.testing.assert_allclose(out, pairs[0][1], rtol=tol, atol=tol)
     assert cpu.channels_last(pairs[3][0]) or OC == 1                 # outputs are channels-last
+
+
+@pytest.mark.usefixtures("thread_mode")
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.integers(1, 5), DTYPES, st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_numba_winograd_with_fused_pooling_equals_reference_ties_included(B, TH, TW, OC, dtype, relu, seed):
+    rng = np.random.default_rng(seed)
+    tiles, T = (TH, TW), B * TH * TW
+    # small integers: the outputs are integers too, so windows often tie (the first maximum must win)
+    M = rng.integers(-2, 3, size=(16, T, OC)).astype(dtype)
+    bias = rng.integers(-1, 2, size=OC).astype(dtype)
+    out, arg = cpu.winograd_output_pool(M, tiles, bias, relu=relu)
+    ref_out, ref_arg = reference.winograd_output_pool(M, tiles, bias, relu=relu)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(arg, ref_arg)
+    assert cpu.channels_last(out) or OC == 1
+    # ... and the same bits as the two kernels in turn
+    y = cpu.winograd_output(M, (2 * TH, 2 * TW), tiles, bias)
+    np.testing.assert_array_equal(out, cpu.maxpool_forward(y, 2, 2, relu=relu)[0])
+    g = rng.standard_normal(out.shape).astype(dtype)
+    rect = out if relu else None
+    got = cpu.winograd_grad_output_pool(g, arg, tiles, rect)
+    np.testing.assert_array_equal(got, reference.winograd_grad_output_pool(g, arg, tiles, rect))
+    dense = cpu.maxpool_backward(g, arg, y.shape, 2, 2, out=rect)
+    np.testing.assert_array_equal(got, cpu.winograd_grad_output(dense, tiles))

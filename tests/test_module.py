@@ -405,3 +405,26 @@ def test_cnn_with_winograd_equals_im2col_crop_included():
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-9, atol=1e-14)
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         np.testing.assert_allclose(q.grad, p.grad, rtol=1e-8, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu", [True, False])
+def test_conv_with_fused_pooling_gives_the_same_bits_as_the_layers_in_turn(dtype, relu):
+    # Sequential.fuse_conv_pool: a Winograd Conv2d writes the 2x2 pooling's maxima itself; only the
+    # bias gradient's sum runs in another grouping (it adds the windows' gradients, not the map's)
+    def net():
+        layers = [ns.Conv2d(16, 8, 3, padding=1, rng=1)] + ([ns.ReLU()] if relu else []) + [ns.MaxPool2d(2)]
+        return ns.Sequential(*layers, ns.Conv2d(8, 4, 3, padding=1, rng=2), ns.Flatten()).to(dtype=dtype)
+    a, b = net(), net()
+    a.fuse_conv_pool = False
+    x = np.random.default_rng(0).standard_normal((3, 16, 7, 9)).astype(dtype)   # 7 x 9: crop to 6 x 8
+    ya, yb = a(x), b(x)
+    assert b._ran[0] == (0,) and len(b._ran) == 3                  # conv + (ReLU +) pool as one step
+    np.testing.assert_array_equal(yb, ya)
+    g = np.random.default_rng(1).standard_normal(ya.shape).astype(dtype)
+    np.testing.assert_array_equal(b.backward(g), a.backward(g))
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        if name == "0.bias":
+            np.testing.assert_allclose(q.grad, p.grad, rtol=1e-5 if dtype == np.float32 else 1e-12)
+        else:
+            np.testing.assert_array_equal(q.grad, p.grad, err_msg=name)

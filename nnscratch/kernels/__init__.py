@@ -122,6 +122,18 @@ def winograd_grad_output(grad, tiles, out=None):
     return for_array(grad).winograd_grad_output(grad, tiles, out)
 
 
+def winograd_output_pool(M, tiles, bias=None, relu=False):
+    """winograd_output of the whole tile grid and the 2x2, stride-2 max-pooling of it (``relu``: of its
+    rectified values) in one pass -> (out, argmax), (B, OC, TH, TW) each, as maxpool_forward's."""
+    return for_array(M).winograd_output_pool(M, tiles, bias, relu)
+
+
+def winograd_grad_output_pool(grad, argmax, tiles, rectified=None, out=None):
+    """grad: the pooled gradient (B, OC, TH, TW) -> dM: (16, B * TH * TW, OC), the adjoint of
+    winograd_output_pool (``rectified``: its relu=True output, the ReLU's mask); into ``out``."""
+    return for_array(grad).winograd_grad_output_pool(grad, argmax, tiles, rectified, out)
+
+
 def winograd_grad_input(dV, x_shape, padding, tiles):
     """dV: (16, B * TH * TW, C) -> dx: (B, C, H, W), channels-last in memory: winograd_input's adjoint."""
     return for_array(dV).winograd_grad_input(dV, x_shape, padding, tiles)

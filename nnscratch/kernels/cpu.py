@@ -499,6 +499,85 @@ def _winograd_grad_output(g, TH, TW, dM, zero):
 
 
 @_twins
+def _winograd_output_pool(M, TH, TW, bias, out, argmax, relu, zero):
+    # _winograd_output with the 2x2 max-pooling that reads it fused in: every tile is one pooling
+    # window, so only its maximum (and the winner's offset) is written, in the pooling kernel's order
+    # (the first element, then a strict > in row-major order) and with the same sums as
+    # _winograd_output: the same bits as the two kernels in turn. out, argmax: channels-last
+    # (B, TH, TW, OC); ``relu`` rectifies the maxima (_maxpool_forward_cl's fused ReLU)
+    B, OC = out.shape[0], out.shape[3]
+    for b in prange(B):
+        m = np.empty((2, 4, OC), dtype=M.dtype)
+        for ty in range(TH):
+            for tx in range(TW):
+                t = (b * TH + ty) * TW + tx
+                for j in range(4):
+                    for o in range(OC):
+                        m[0, j, o] = M[j, t, o] + M[4 + j, t, o] + M[8 + j, t, o]
+                    for o in range(OC):
+                        m[1, j, o] = M[4 + j, t, o] - M[8 + j, t, o] - M[12 + j, t, o]
+                mx, a = out[b, ty, tx], argmax[b, ty, tx]
+                for o in range(OC):
+                    mx[o] = m[0, 0, o] + m[0, 1, o] + m[0, 2, o] + bias[o]
+                    a[o] = 0
+                for r in range(2):
+                    for e in range(2):
+                        w = 2 * r + e
+                        if w == 0:
+                            continue
+                        for o in range(OC):
+                            if e == 0:
+                                v = m[r, 0, o] + m[r, 1, o] + m[r, 2, o] + bias[o]
+                            else:
+                                v = m[r, 1, o] - m[r, 2, o] - m[r, 3, o] + bias[o]
+                            better = v > mx[o]
+                            mx[o] = v if better else mx[o]
+                            a[o] = w if better else a[o]
+                if relu:
+                    for o in range(OC):
+                        mx[o] = zero if mx[o] < zero else mx[o]
+
+
+@_twins
+def _winograd_grad_output_pool(gp, argmax, out, TH, TW, dM, masked, zero):
+    # _maxpool_backward_cl (2x2 windows tiling the map) and _winograd_grad_output in one: each tile's
+    # 2x2 gradient is zero + the window's gradient at its winner (where ``out`` > 0 when ``masked``)
+    # and zero + zero elsewhere, as the pooling kernel writes it, then transformed as there
+    B, OC = gp.shape[0], gp.shape[3]
+    for b in prange(B):
+        q = np.empty((2, 2, OC), dtype=gp.dtype)
+        h = np.empty((4, 2, OC), dtype=gp.dtype)
+        for ty in range(TH):
+            for tx in range(TW):
+                t = (b * TH + ty) * TW + tx
+                g, a, y = gp[b, ty, tx], argmax[b, ty, tx], out[b, ty, tx]
+                for r in range(2):
+                    for e in range(2):
+                        w = 2 * r + e
+                        for o in range(OC):
+                            won = a[o] == w and (not masked or y[o] > zero)
+                            q[r, e, o] = zero + (g[o] if won else zero)
+                for e in range(2):
+                    for o in range(OC):
+                        h[0, e, o] = q[0, e, o]
+                    for o in range(OC):
+                        h[1, e, o] = q[0, e, o] + q[1, e, o]
+                    for o in range(OC):
+                        h[2, e, o] = q[0, e, o] - q[1, e, o]
+                    for o in range(OC):
+                        h[3, e, o] = -q[1, e, o]
+                for i in range(4):
+                    for o in range(OC):
+                        dM[4 * i, t, o] = h[i, 0, o]
+                    for o in range(OC):
+                        dM[4 * i + 1, t, o] = h[i, 0, o] + h[i, 1, o]
+                    for o in range(OC):
+                        dM[4 * i + 2, t, o] = h[i, 0, o] - h[i, 1, o]
+                    for o in range(OC):
+                        dM[4 * i + 3, t, o] = -h[i, 1, o]
+
+
+@_twins
 def _winograd_grad_input(dV, TH, TW, padding, dx):
     # dV: (16, B * TH * TW, C); dx: channels-last (B, H, W, C), each tile's B dV BT added in
     B, H, W, C = dx.shape
@@ -625,6 +704,30 @@ def winograd_grad_output(grad, tiles: tuple, out=None):
     TH, TW = tiles
     dM = np.empty((16, B * TH * TW, OC), dtype=grad.dtype) if out is None else out
     _winograd_grad_output(dM.size, _as_channels_last(grad), TH, TW, dM, grad.dtype.type(0))
+    return dM
+
+
+def winograd_output_pool(M, tiles: tuple, bias=None, relu: bool = False):
+    """Twin of reference.winograd_output_pool."""
+    TH, TW = tiles
+    OC = M.shape[2]
+    B = M.shape[1] // (TH * TW)
+    out = np.empty((B, TH, TW, OC), dtype=M.dtype)
+    argmax = np.empty((B, TH, TW, OC), dtype=np.int32)
+    bias = np.zeros(OC, dtype=M.dtype) if bias is None else np.ascontiguousarray(bias, dtype=M.dtype)
+    _winograd_output_pool(out.size, np.ascontiguousarray(M), TH, TW, bias, out, argmax, relu, M.dtype.type(0))
+    return out.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
+
+
+def winograd_grad_output_pool(grad, argmax, tiles: tuple, rectified=None, out=None):
+    """Twin of reference.winograd_grad_output_pool, into ``out`` if given."""
+    B, OC = grad.shape[:2]
+    TH, TW = tiles
+    dM = np.empty((16, B * TH * TW, OC), dtype=grad.dtype) if out is None else out
+    g = _as_channels_last(grad)
+    y = g if rectified is None else _as_channels_last(rectified)
+    _winograd_grad_output_pool(dM.size, g, _as_channels_last(argmax), y, TH, TW, dM, rectified is not None,
+                               grad.dtype.type(0))
     return dM
 
 

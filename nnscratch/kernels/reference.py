@@ -187,6 +187,21 @@ def winograd_grad_output(grad, tiles: tuple, out=None):
     return out
 
 
+def winograd_output_pool(M, tiles: tuple, bias=None, relu: bool = False):
+    """winograd_output of the whole tile grid, then maxpool_forward(k=2, stride=2, relu): every tile is
+    one pooling window. -> (out, argmax), (B, OC, TH, TW) each."""
+    y = winograd_output(M, (2 * tiles[0], 2 * tiles[1]), tiles, bias)
+    return maxpool_forward(y, 2, 2, relu=relu)
+
+
+def winograd_grad_output_pool(grad, argmax, tiles: tuple, rectified=None, out=None):
+    """The adjoint of winograd_output_pool: maxpool_backward (its ReLU mask from ``rectified``, the
+    output of a relu=True pass), then winograd_grad_output."""
+    B, OC, TH, TW = grad.shape
+    dy = maxpool_backward(grad, argmax, (B, OC, 2 * TH, 2 * TW), 2, 2, out=rectified)
+    return winograd_grad_output(dy, tiles, out=out)
+
+
 def winograd_grad_input(dV, x_shape: tuple, padding: int, tiles: tuple):
     """dV: (16, B * TH * TW, C) -> dx: (B, C, H, W) (channels-last in memory), the adjoint of
     winograd_input: each tile's B dV BT added into its 4x4 block, the padding dropped."""

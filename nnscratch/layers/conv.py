@@ -52,6 +52,8 @@ class Conv2d(Module):
     # than the products save. False runs every convolution through im2col.
     winograd = True
     WINOGRAD_MIN_CHANNELS = 16
+    _pool_inside = None              # set by a Sequential for one call: None, or a fused 2x2 pooling's relu flag
+    _pooled = None                   # (argmax, rectified output or None) of the last forward with a pooling fused in
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, dtype=np.float32, rng=None):
@@ -137,11 +139,28 @@ class Conv2d(Module):
         # M's buffer is kept, as the column matrix is (a fresh 6 MB array per call costs page faults);
         # backward reuses it for dM, which has its shape
         M = kernels.matmul(V, U, out=self._buffer(x, (16, T, self.out_channels), "M"))
-        y = kernels.winograd_output(M, out_hw, tiles, None if self.bias is None else self.bias.data)
+        bias = None if self.bias is None else self.bias.data
         self._cache = (x, V, out_hw)
         self._cols_hold_x = True          # False once backward has written dV into V's buffer
         self._winograd_cache = (U, tiles)
-        return y
+        self._pooled = None
+        if self._pool_inside is None:
+            return kernels.winograd_output(M, out_hw, tiles, bias)
+        # a 2x2 max-pooling (and the ReLU before it) fused in by a Sequential: see _fuses_pool
+        out, argmax = kernels.winograd_output_pool(M, tiles, bias, relu=self._pool_inside)
+        self._pooled = (argmax, out if self._pool_inside else None)
+        return out
+
+    def _fuses_pool(self, x, pool) -> bool:
+        """Whether this layer, called on x, can run the 2x2 max-pooling ``pool`` that reads its output
+        (with the ReLU between them) inside its Winograd output transform (Sequential.fuse_conv_pool):
+        each 2x2 tile of outputs is then one pooling window, so only the windows' maxima are written,
+        and in backward the pooled gradient goes straight into the output gradient's transform (the
+        CNN's conv2 and conv3: no 1.6 and 0.6 MB maps and no pooling passes over them)."""
+        if pool.kernel_size != 2 or pool.stride != 2 or x.ndim != 4 or not self._use_winograd(x):
+            return False
+        OH, OW = self._computed_size(x.shape)
+        return OH % 2 == 0 and OW % 2 == 0
 
     def _backward_winograd(self, grad, need_input_grad: bool):
         """The adjoint of each step of _forward_winograd: dM = the output gradient's transform,
@@ -152,10 +171,18 @@ class Conv2d(Module):
         if not self._cols_hold_x:         # a second backward after one forward: V again
             kernels.winograd_input(x, self.padding[0], tiles, out=V)
             self._cols_hold_x = True
-        dM = kernels.winograd_grad_output(grad, tiles, out=self._buffer(x, (16, V.shape[1], self.out_channels), "M"))
+        dM = self._buffer(x, (16, V.shape[1], self.out_channels), "M")
+        if self._pooled is None:
+            kernels.winograd_grad_output(grad, tiles, out=dM)
+            gsum = grad
+        else:                             # grad is the fused pooling's: (B, OC, TH, TW)
+            argmax, rectified = self._pooled
+            kernels.winograd_grad_output_pool(grad, argmax, tiles, rectified, out=dM)
+            # each window passes its gradient to one pixel (none where the ReLU's output is 0)
+            gsum = grad if rectified is None else grad * (rectified > 0)
         self.weight.grad += kernels.winograd_weight_grad(kernels.matmul(V.transpose(0, 2, 1), dM))
         if self.bias is not None:
-            self.bias.grad += grad.transpose(0, 2, 3, 1).reshape(-1, self.out_channels).sum(axis=0)
+            self.bias.grad += gsum.transpose(0, 2, 3, 1).reshape(-1, self.out_channels).sum(axis=0)
         if not need_input_grad:
             return None
         # dV into V's buffer, which the weight gradient above has finished with
@@ -181,7 +208,9 @@ class Conv2d(Module):
         if self._cache is None:
             raise no_forward(self)
         x, cols, (OH, OW) = self._cache
-        check_grad(self, grad, (x.shape[0], self.out_channels, OH, OW), cols.dtype)
+        pooled = cols.ndim == 3 and self._pooled is not None
+        check_grad(self, grad, (x.shape[0], self.out_channels) + ((OH // 2, OW // 2) if pooled else (OH, OW)),
+                   cols.dtype)
         if cols.ndim == 3:                # forward ran Winograd: cols holds its input transform V
             return self._backward_winograd(grad, need_input_grad)
         (kh, kw), s, p = self.kernel_size, self.stride[0], self.padding[0]

@@ -256,6 +256,11 @@ class Sequential(Module):
     # odd map leaves the last ones out (the CNN's conv3: 13 of 49 pixels, a quarter of its products).
     # The pooling's output and the gradients are the same up to rounding. False computes every pixel.
     crop_before_pool = True
+    # And such a Conv2d that runs as Winograd F(2x2, 3x3) (see Conv2d.winograd) under a 2x2, stride-2
+    # pooling: each 2x2 tile of its outputs is one pooling window, so the convolution writes only the
+    # windows' maxima (ReLU'd when the ReLU is fused) and takes the pooled gradient in its backward
+    # pass (Conv2d._fuses_pool): the same bits as the three layers in turn. False runs them in turn.
+    fuse_conv_pool = True
 
     def _steps(self) -> list:
         """What forward runs, in order (backward runs it reversed): (i,) for layer i, and (j, i) for a
@@ -355,23 +360,23 @@ class Sequential(Module):
         if not self.layers:
             return x
         steps = self._steps()
-        self._ran = steps                              # backward runs these reversed
+        ran = self._ran = []                          # the steps run, which backward runs reversed
         owned = self._input_owned                     # set when this Sequential sits inside another
         checker = self._input_checker(steps, x)
+        t = 0
         if checker is None:
-            x, owned = self._run(steps, 0, x, owned)
-            first = 1
+            x, owned, t = self._run(steps, t, x, owned, ran)
         else:
-            checker._check_output, x0, first = True, x, 0
+            checker._check_output, x0 = True, x
         try:
             with trusted_inputs():
-                for t in range(first, len(steps)):
+                while t < len(steps):
                     if checker is None:
-                        x, owned = self._run(steps, t, x, owned)
+                        x, owned, t = self._run(steps, t, x, owned, ran)
                         continue
                     with np.errstate(invalid="ignore", over="ignore"):   # a NaN input is reported below
-                        x, owned = self._run(steps, t, x, owned)
-                    if self.layers[steps[t][0]] is checker:
+                        x, owned, t = self._run(steps, t, x, owned, ran)
+                    if self.layers[ran[-1][0]] is checker:
                         checker._check_output = False
                         if not checker._output_finite:     # the input's values, or an overflow
                             with trusted_inputs(False):
@@ -416,26 +421,38 @@ class Sequential(Module):
         pool = self.layers[steps[t + 1][0]]
         return (pool.kernel_size, pool.stride) if type(pool) is MaxPool2d else None
 
-    def _run(self, steps, t, x, owned: bool):
-        """Step t of forward: (output, whether it is owned). The layer is told for this one call
-        whether it may overwrite x (see Module._input_owned), a fused pooling that it rectifies, and a
-        convolution the pooling that reads its output."""
+    def _run(self, steps, t, x, owned: bool, ran: list):
+        """Step t of forward, appended to ``ran``: (output, whether it is owned, the next step's index).
+        The layer is told for this one call whether it may overwrite x (see Module._input_owned), a
+        fused pooling that it rectifies, and a convolution the pooling that reads its output, or that
+        it runs that pooling itself (``fuse_conv_pool``: then step t + 1 is done too)."""
         step = steps[t]
         layer = self.layers[step[0]]
         fused = len(step) == 2
         layer._input_owned, layer._relu_inside = owned, fused
         pooled_by = self._pooled_by(steps, t)
+        pool_step = None
         if pooled_by is not None:
             layer._pooled_by = pooled_by
+            pool_step = steps[t + 1]
+            if self.fuse_conv_pool and layer._fuses_pool(x, self.layers[pool_step[0]]):
+                layer._pool_inside = len(pool_step) == 2      # with the ReLU between them, if fused
+            else:
+                pool_step = None
         try:
             y = layer(x)
         finally:
             layer._input_owned = layer._relu_inside = False
             if pooled_by is not None:
-                layer._pooled_by = None
+                layer._pooled_by = layer._pool_inside = None
         if fused:
             self.layers[step[1]]._y = y                # the ReLU's state, as if it had run
-        return y, layer.output_owned(owned)
+        ran.append(step)
+        if pool_step is None:
+            return y, layer.output_owned(owned), t + 1
+        if len(pool_step) == 2:
+            self.layers[pool_step[1]]._y = y           # the ReLU's state: its rectified maxima
+        return y, False, t + 2                          # kept as the ReLU's mask (see MaxPool2d)
 
     def output_owned(self, input_owned: bool) -> bool:
         return bool(self.layers) and getattr(self, "_last_owned", False)
