@@ -428,3 +428,16 @@ def test_conv_with_fused_pooling_gives_the_same_bits_as_the_layers_in_turn(dtype
             np.testing.assert_allclose(q.grad, p.grad, rtol=1e-5 if dtype == np.float32 else 1e-12)
         else:
             np.testing.assert_array_equal(q.grad, p.grad, err_msg=name)
+
+
+def test_a_forward_pass_lets_go_of_the_last_ones_activations_first():
+    import gc
+    import weakref
+    model = ns.models.mlnn(hidden_size=32)
+    x = np.random.default_rng(0).standard_normal((4, 3, 28, 28)).astype(np.float32)
+    model(x)
+    hidden = weakref.ref(model[1]._y)                 # Linear + fused ReLU keeps its output (the mask)
+    model(x)
+    gc.collect()
+    assert hidden() is None                           # freed, not held until the new one replaced it
+    model.backward(np.ones((4, 8), np.float32))       # the new pass's state is there

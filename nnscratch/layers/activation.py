@@ -26,6 +26,9 @@ class ReLU(Module):
         self._y = kernels.relu_forward(x, inplace=self._input_owned)
         return self._y
 
+    def _drop_state(self):
+        self._y = None
+
     def output_owned(self, input_owned: bool) -> bool:
         return True                 # a new array, or the owned input overwritten; its max(., 0) is idempotent
 

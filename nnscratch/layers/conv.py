@@ -124,6 +124,9 @@ class Conv2d(Module):
         self._cols_hold_x = True          # False once backward has written the input gradient's columns there
         return y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
 
+    def _drop_state(self):
+        self._cache = self._pooled = None          # the kept buffers (_kept) stay
+
     def _use_winograd(self, x) -> bool:
         return (self.winograd and self.kernel_size == (3, 3) and self.stride[0] == 1
                 and self.in_channels >= self.WINOGRAD_MIN_CHANNELS and not is_gpu_array(x)

@@ -57,6 +57,9 @@ class Linear(Module):
         self._y = y if relu else None
         return y
 
+    def _drop_state(self):
+        self._x = self._y = None
+
     def output_owned(self, input_owned: bool) -> bool:
         # a new array, but with a ReLU fused in it is kept for the backward mask: nobody may overwrite it
         return self._y is None and self.new_output

@@ -120,6 +120,11 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    def _drop_state(self):
+        """Let go of what the last forward pass kept for backward (a Sequential calls this on its layers
+        before a forward pass: the old activations are freed before the new ones are allocated, so the
+        allocator hands back memory that is still in cache, and the model holds one set, not two)."""
+
     def output_owned(self, input_owned: bool) -> bool:
         """Whether this layer's last output is an array it created and keeps no use for, which the next
         layer may overwrite: ``new_output``, False unless a layer says so (an unknown layer may return
@@ -360,6 +365,8 @@ class Sequential(Module):
         if not self.layers:
             return x
         steps = self._steps()
+        for layer in self.layers:
+            layer._drop_state()
         ran = self._ran = []                          # the steps run, which backward runs reversed
         owned = self._input_owned                     # set when this Sequential sits inside another
         checker = self._input_checker(steps, x)
@@ -456,6 +463,10 @@ class Sequential(Module):
 
     def output_owned(self, input_owned: bool) -> bool:
         return bool(self.layers) and getattr(self, "_last_owned", False)
+
+    def _drop_state(self):
+        for layer in self.layers:
+            layer._drop_state()
 
     def backward(self, grad, need_input_grad: bool = True):
         """Each layer's backward in reverse order (the chain rule). With ``need_input_grad=False``

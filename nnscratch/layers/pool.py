@@ -42,6 +42,9 @@ class MaxPool2d(Module):
         self._cache = (x.shape, x.dtype, argmax, out if relu else None)
         return out
 
+    def _drop_state(self):
+        self._cache = None
+
     def output_owned(self, input_owned: bool) -> bool:
         # a new array, but with a ReLU fused in it is kept for the backward mask: nobody may overwrite it
         return self._cache is None or self._cache[3] is None
