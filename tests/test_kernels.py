@@ -123,25 +123,14 @@ def test_reference_im2col_ones_column_adds_the_bias(case, seed):
     np.testing.assert_allclose(y, naive_conv(x, w, s, p) + b[:, None, None], rtol=1e-12, atol=1e-12)
 
 
-@pytest.fixture(params=["nchw_twin", "channels_last_twin"])
-def col2im_twin(request):
-    """Runs a col2im test through both numba twins: the test cases have 1-4 channels, which
-    cpu.col2im hands to _col2im_nchw (C-contiguous output) unless NCHW_TWIN_MAX_C is below that."""
-    saved = cpu.NCHW_TWIN_MAX_C
-    cpu.NCHW_TWIN_MAX_C = 8 if request.param == "nchw_twin" else 0
-    yield request.param
-    cpu.NCHW_TWIN_MAX_C = saved
-
-
 @pytest.mark.usefixtures("thread_mode")
 @given(conv_case(), DTYPES, st.integers(0, 2**32 - 1))
-def test_numba_col2im_equals_reference(col2im_twin, case, dtype, seed):
+def test_numba_col2im_equals_reference(case, dtype, seed):
     shape, kh, kw, s, p = case
     OH, OW = out_size(shape[2], kh, s, p), out_size(shape[3], kw, s, p)
     cols = np.random.default_rng(seed).standard_normal((shape[0] * OH * OW, shape[1] * kh * kw)).astype(dtype)
     got = cpu.col2im(cols, shape, kh, kw, s, p)
     assert got.dtype == dtype and got.shape == shape
-    assert got.flags.c_contiguous if col2im_twin == "nchw_twin" else cpu.channels_last(got) or shape[1] == 1
     tol = 1e-5 if dtype == np.float32 else 1e-12   # sums of overlaps in another order
     np.testing.assert_allclose(got, reference.col2im(cols, shape, kh, kw, s, p), rtol=tol, atol=tol)
     # a non-contiguous column matrix is copied first: the same sums, bit for bit
@@ -189,7 +178,7 @@ def _out_hw_case(crop, dtype, ones, seed):
     return x, expected, cols, 1e-5 if dtype == np.float32 else 1e-12
 
 
-@pytest.mark.usefixtures("thread_mode", "col2im_twin")
+@pytest.mark.usefixtures("thread_mode")
 @given(cropped_conv_case(), DTYPES, LAYOUTS, st.booleans(), st.integers(0, 2**32 - 1))
 def test_numba_im2col_and_col2im_with_out_hw_equal_reference(crop, dtype, layout, ones, seed):
     (shape, kh, kw, s, p), out_hw = crop

@@ -203,32 +203,6 @@ def _col2im(cols, kh, kw, stride, padding, OH, OW, dx):
 
 
 @_twins
-def _col2im_nchw(cols, kh, kw, stride, padding, OH, OW, dx):
-    # Twin for a C-contiguous (B, C, H, W) output with few channels (the gradient of a network's RGB
-    # input): _col2im would add runs of C = 3 values; here each (i, j, c) column of an output row's
-    # block of OW rows is added along one contiguous image row, its in-bounds run worked out first.
-    # Each pixel's sum runs over output rows, then kernel columns (tests allow the rounding).
-    B, C, H, W = dx.shape
-    for b in prange(B):
-        dx[b] = 0
-        for oh in range(OH):
-            r0 = (b * OH + oh) * OW
-            for i in range(kh):
-                y = oh * stride + i - padding
-                if y < 0 or y >= H:
-                    continue
-                for j in range(kw):
-                    # ow with 0 <= ow * stride + j - padding < W
-                    lo = max(0, -((j - padding) // stride))
-                    hi = min(OW, (W - 1 + padding - j) // stride + 1)
-                    for c in range(C):
-                        col = (i * kw + j) * C + c
-                        d = dx[b, c, y]
-                        for ow in range(lo, hi):
-                            d[ow * stride + j - padding] += cols[r0 + ow, col]
-
-
-@_twins
 def _maxpool_forward(x, k, stride, out, argmax):
     B, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
@@ -335,17 +309,11 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, one
 
 
 def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0, out_hw=None):
-    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), overlaps summed; channels-last in memory,
-    or C-contiguous for at most ``NCHW_TWIN_MAX_C`` channels (as im2col reads such an input)."""
+    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), channels-last in memory, overlaps summed."""
     B, C, H, W = x_shape
     OH, OW = map_size(H, W, kh, kw, stride, padding, out_hw)
-    cols = np.ascontiguousarray(cols)
-    if C <= NCHW_TWIN_MAX_C:
-        dx = np.empty(x_shape, dtype=cols.dtype)
-        _col2im_nchw(dx.size, cols, kh, kw, stride, padding, OH, OW, dx)
-        return dx
     dx = empty_nchw(x_shape, cols.dtype, last=True)
-    _col2im(dx.size, cols, kh, kw, stride, padding, OH, OW, dx.transpose(0, 2, 3, 1))
+    _col2im(dx.size, np.ascontiguousarray(cols), kh, kw, stride, padding, OH, OW, dx.transpose(0, 2, 3, 1))
     return dx
 
 
