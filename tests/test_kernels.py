@@ -446,6 +446,16 @@ def test_cupy_optimizer_updates_equal_reference(shape, dtype, step, first, seed)
     np.testing.assert_allclose(cp.asnumpy(buf), ref_buf, rtol=tol, atol=tol)
 
 
+@pytest.fixture(params=["numba", "numpy_below_threshold"])
+def numba_bias(request):
+    """Runs a bias test on the numba kernel (small arrays normally take NumPy's add, see
+    cpu.BIAS_NUMPY_BELOW) and then as the engine runs small arrays."""
+    saved = cpu.BIAS_NUMPY_BELOW
+    cpu.BIAS_NUMPY_BELOW = 0 if request.param == "numba" else saved
+    yield request.param
+    cpu.BIAS_NUMPY_BELOW = saved
+
+
 def _bias_case(n, f, dtype, seed):
     """y (n, f) and b (f,) with NaN, inf and values whose sum is exactly 0 or -0 among them."""
     rng = np.random.default_rng(seed)
@@ -459,7 +469,7 @@ def _bias_case(n, f, dtype, seed):
 
 @pytest.mark.usefixtures("thread_mode")
 @given(st.integers(1, 70), st.integers(1, 70), DTYPES, st.booleans(), st.integers(0, 2**32 - 1))
-def test_numba_add_bias_equals_reference(n, f, dtype, relu, seed):
+def test_numba_add_bias_equals_reference(numba_bias, n, f, dtype, relu, seed):
     y, b = _bias_case(n, f, dtype, seed)
     expected = reference.add_bias(y.copy(), b, relu=relu)
     got = y.copy()
@@ -474,7 +484,7 @@ def test_numba_add_bias_equals_reference(n, f, dtype, relu, seed):
 @pytest.mark.usefixtures("thread_mode")
 @given(st.integers(1, 70), st.integers(1, 70), DTYPES, st.booleans(), st.sampled_from([None, np.nan, np.inf, -np.inf]),
        st.integers(0, 2**32 - 1))
-def test_add_bias_checked_reports_any_non_finite_value_before_the_relu(n, f, dtype, relu, bad, seed):
+def test_add_bias_checked_reports_any_non_finite_value_before_the_relu(numba_bias, n, f, dtype, relu, bad, seed):
     rng = np.random.default_rng(seed)
     y, b = rng.standard_normal((n, f)).astype(dtype), rng.standard_normal(f).astype(dtype)
     if bad is not None:                               # one value anywhere; -inf is rectified to 0 by the ReLU
