@@ -40,7 +40,8 @@ def timed(times, key, fn):
 
 KERNELS = ("matmul", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "add_bias", "add_bias_checked",
            "relu_forward", "relu_backward", "adam_update", "winograd_input", "winograd_output",
-           "winograd_grad_output", "winograd_grad_input", "winograd_weight", "winograd_weight_grad")
+           "winograd_grad_output", "winograd_grad_input", "winograd_weight", "winograd_weight_grad",
+           "winograd_output_pool", "winograd_grad_output_pool")
 
 
 def timed_sum(totals, key, fn):
