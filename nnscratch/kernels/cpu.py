@@ -402,6 +402,41 @@ def _winograd_input(x, TH, TW, padding, V, zero):
                         V[4 * i + 3, t, c] = m[i, 1, c] - m[i, 3, c]
 
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _winograd_rows_out(M, t, m):
+    # AT M for tile t: its two output rows combined from M's four, per column j; m: (2, 4, OC)
+    OC = m.shape[2]
+    for j in range(4):
+        for o in range(OC):
+            m[0, j, o] = M[j, t, o] + M[4 + j, t, o] + M[8 + j, t, o]
+        for o in range(OC):
+            m[1, j, o] = M[4 + j, t, o] - M[8 + j, t, o] - M[12 + j, t, o]
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _winograd_tile_grad(q, h, dM, t):
+    # dM[:, t] = A q AT for tile t's 2x2 output gradient q (2, 2, OC); h: (4, 2, OC), A q by rows
+    OC = q.shape[2]
+    for e in range(2):
+        for o in range(OC):
+            h[0, e, o] = q[0, e, o]
+        for o in range(OC):
+            h[1, e, o] = q[0, e, o] + q[1, e, o]
+        for o in range(OC):
+            h[2, e, o] = q[0, e, o] - q[1, e, o]
+        for o in range(OC):
+            h[3, e, o] = -q[1, e, o]
+    for i in range(4):
+        for o in range(OC):
+            dM[4 * i, t, o] = h[i, 0, o]
+        for o in range(OC):
+            dM[4 * i + 1, t, o] = h[i, 0, o] + h[i, 1, o]
+        for o in range(OC):
+            dM[4 * i + 2, t, o] = h[i, 0, o] - h[i, 1, o]
+        for o in range(OC):
+            dM[4 * i + 3, t, o] = -h[i, 1, o]
+
+
 @_twins
 def _winograd_output(M, TH, TW, bias, y):
     # M: (16, B * TH * TW, OC); y: channels-last (B, OH, OW, OC), bias (OC,) added
@@ -411,11 +446,7 @@ def _winograd_output(M, TH, TW, bias, y):
         for ty in range(TH):
             for tx in range(TW):
                 t = (b * TH + ty) * TW + tx
-                for j in range(4):
-                    for o in range(OC):
-                        m[0, j, o] = M[j, t, o] + M[4 + j, t, o] + M[8 + j, t, o]
-                    for o in range(OC):
-                        m[1, j, o] = M[4 + j, t, o] - M[8 + j, t, o] - M[12 + j, t, o]
+                _winograd_rows_out(M, t, m)
                 for a in range(2):
                     yy, xx = 2 * ty + a, 2 * tx
                     if yy >= OH:
@@ -446,24 +477,7 @@ def _winograd_grad_output(g, TH, TW, dM, zero):
                         else:
                             for o in range(OC):
                                 q[a, e, o] = zero
-                for e in range(2):
-                    for o in range(OC):
-                        h[0, e, o] = q[0, e, o]
-                    for o in range(OC):
-                        h[1, e, o] = q[0, e, o] + q[1, e, o]
-                    for o in range(OC):
-                        h[2, e, o] = q[0, e, o] - q[1, e, o]
-                    for o in range(OC):
-                        h[3, e, o] = -q[1, e, o]
-                for i in range(4):
-                    for o in range(OC):
-                        dM[4 * i, t, o] = h[i, 0, o]
-                    for o in range(OC):
-                        dM[4 * i + 1, t, o] = h[i, 0, o] + h[i, 1, o]
-                    for o in range(OC):
-                        dM[4 * i + 2, t, o] = h[i, 0, o] - h[i, 1, o]
-                    for o in range(OC):
-                        dM[4 * i + 3, t, o] = -h[i, 1, o]
+                _winograd_tile_grad(q, h, dM, t)
 
 
 @_twins
@@ -479,11 +493,7 @@ def _winograd_output_pool(M, TH, TW, bias, out, argmax, relu, zero):
         for ty in range(TH):
             for tx in range(TW):
                 t = (b * TH + ty) * TW + tx
-                for j in range(4):
-                    for o in range(OC):
-                        m[0, j, o] = M[j, t, o] + M[4 + j, t, o] + M[8 + j, t, o]
-                    for o in range(OC):
-                        m[1, j, o] = M[4 + j, t, o] - M[8 + j, t, o] - M[12 + j, t, o]
+                _winograd_rows_out(M, t, m)
                 mx, a = out[b, ty, tx], argmax[b, ty, tx]
                 for o in range(OC):
                     mx[o] = m[0, 0, o] + m[0, 1, o] + m[0, 2, o] + bias[o]
@@ -525,24 +535,7 @@ def _winograd_grad_output_pool(gp, argmax, out, TH, TW, dM, masked, zero):
                         for o in range(OC):
                             won = a[o] == w and (not masked or y[o] > zero)
                             q[r, e, o] = zero + (g[o] if won else zero)
-                for e in range(2):
-                    for o in range(OC):
-                        h[0, e, o] = q[0, e, o]
-                    for o in range(OC):
-                        h[1, e, o] = q[0, e, o] + q[1, e, o]
-                    for o in range(OC):
-                        h[2, e, o] = q[0, e, o] - q[1, e, o]
-                    for o in range(OC):
-                        h[3, e, o] = -q[1, e, o]
-                for i in range(4):
-                    for o in range(OC):
-                        dM[4 * i, t, o] = h[i, 0, o]
-                    for o in range(OC):
-                        dM[4 * i + 1, t, o] = h[i, 0, o] + h[i, 1, o]
-                    for o in range(OC):
-                        dM[4 * i + 2, t, o] = h[i, 0, o] - h[i, 1, o]
-                    for o in range(OC):
-                        dM[4 * i + 3, t, o] = -h[i, 1, o]
+                _winograd_tile_grad(q, h, dM, t)
 
 
 @_twins
