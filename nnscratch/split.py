@@ -49,8 +49,8 @@ def parts_for(model, batch: int, workers: int | None) -> int:
     return default_parts(model, batch)
 
 
-def check_workers(owner: str, workers):
-    """None or a positive int, or a ValueError naming ``owner``."""
+def check_workers(owner, workers):
+    """None or a positive int, or a ValueError naming ``owner`` (a name, or a module shown by its repr)."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
                                 or workers < 1):
         raise ValueError(f"{owner}: workers must be a positive int or None, got {workers!r}")

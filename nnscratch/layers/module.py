@@ -331,7 +331,7 @@ class Sequential(Module):
                 or not isinstance(x, np.ndarray) or x.ndim < 1 or x.shape[0] < 2
                 or type(self).forward is not Sequential.forward or type(self).backward is not Sequential.backward):
             return 1
-        split.check_workers(repr(self), self.workers)
+        split.check_workers(self, self.workers)
         return split.parts_for(self, x.shape[0], self.workers)
 
     def _forward_split(self, x, ways: int):
