@@ -118,9 +118,9 @@ _lock = threading.Lock()
 
 def run_parallel(tasks: list) -> list:
     """Run the callables ``tasks`` at once, each single-threaded (OpenBLAS at one thread, numba's
-    serial kernels) and splitting no batch: the first in this thread, the rest in helper threads. Returns their results in
-    order once all have finished; if any raised, the first error (in task order) is raised then,
-    after the others have finished too (none is left running)."""
+    serial kernels) and splitting no batch: the first in this thread, the rest in helper threads.
+    Returns their results in order once all have finished; if any raised, the first error (in task
+    order) is raised then, after the others have finished too (none is left running)."""
     from .kernels import serial_kernels
     with _lock, blas_threads(1), serial_kernels():
         if _pool["size"] < len(tasks) - 1:
