@@ -35,18 +35,27 @@ def default_parts(model, batch: int) -> int:
     gradients are small next to the work; the MLNN's 2.8 M gradient sums would cost more than the
     split gains (its step at batch 64: 6.8 -> 12.1 ms on two cores). Without a reachable OpenBLAS
     (whose threads could not be held to one per part) nothing is split."""
-    from .layers import Conv2d
-    if not any(isinstance(m, Conv2d) for m in model.modules()):
-        return 1
-    cores = blas_thread_count()
-    return 1 if cores is None else max(1, min(cores, batch // MIN_PART))
+    return parts_for(model, batch, None)
 
 
 def parts_for(model, batch: int, workers: int | None) -> int:
-    """``workers`` parts (at most one per image), or ``default_parts`` when it is None."""
+    """``workers`` parts (at most one per image), or the default (see ``default_parts``) when it is
+    None. A model with a layer whose ``forward`` or ``backward`` was replaced on the instance (a timing
+    wrapper, a hook) runs whole: its replicas would copy the replacement, which still calls the
+    original layer."""
+    from .layers import Conv2d
+    convolutional = False
+    for m in model.modules():
+        own = vars(m)
+        if "forward" in own or "backward" in own:
+            return 1
+        convolutional = convolutional or isinstance(m, Conv2d)
     if workers is not None:
         return max(1, min(int(workers), batch))
-    return default_parts(model, batch)
+    if not convolutional:
+        return 1
+    cores = blas_thread_count()
+    return 1 if cores is None else max(1, min(cores, batch // MIN_PART))
 
 
 def check_workers(owner, workers):

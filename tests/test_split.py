@@ -310,3 +310,25 @@ def test_nested_sequential_and_trainstep_whole_do_not_split_again():
     step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), workers=1)
     step(x, np.zeros(8, np.int64))                    # workers=1: one model, the whole batch
     assert "_replicas" not in model.__dict__
+
+
+def test_a_layer_with_a_wrapped_forward_keeps_the_batch_whole():
+    # a wrapper set on a layer instance (a timer, a hook) would be copied into the replicas by
+    # reference and run the original layer on every part: such a model runs whole, and right
+    ns.manual_seed(0)
+    model = ns.models.cnn()
+    calls = []
+    inner = model[3].forward
+
+    def wrapped(x):
+        calls.append(x.shape[0])
+        return inner(x)
+    model[3].forward = wrapped
+    model.workers = 2
+    x = np.random.default_rng(0).standard_normal((8, 3, 28, 28)).astype(np.float32)
+    assert model._ways(x) == 1
+    step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), workers=2)
+    assert step.parts_for(8) == 1
+    model(x)
+    step(x, np.zeros(8, np.int64))
+    assert calls == [8, 8]
