@@ -28,19 +28,15 @@ from .threads import blas_thread_count, splitting_allowed as allowed, whole_batc
 MIN_PART = 16          # images per part at least, when the number of parts is left to choose
 
 
-def default_parts(model, batch: int) -> int:
-    """The parts a CPU batch of ``batch`` images is split into when nobody says: one per OpenBLAS
+def parts_for(model, batch: int, workers: int | None) -> int:
+    """``workers`` parts (at most one per image), or when it is None the default: one per OpenBLAS
     thread (that is, per core, or ``OPENBLAS_NUM_THREADS``), at most one per ``MIN_PART`` images, and
     only for a network with a Conv2d. Convolutions reuse each weight at every pixel, so their
     gradients are small next to the work; the MLNN's 2.8 M gradient sums would cost more than the
     split gains (its step at batch 64: 6.8 -> 12.1 ms on two cores). Without a reachable OpenBLAS
-    (whose threads could not be held to one per part) nothing is split."""
-    return parts_for(model, batch, None)
+    (whose threads could not be held to one per part) nothing is split by default.
 
-
-def parts_for(model, batch: int, workers: int | None) -> int:
-    """``workers`` parts (at most one per image), or the default (see ``default_parts``) when it is
-    None. A model with a layer whose ``forward`` or ``backward`` was replaced on the instance (a timing
+    A model with a layer whose ``forward`` or ``backward`` was replaced on the instance (a timing
     wrapper, a hook) runs whole: its replicas would copy the replacement, which still calls the
     original layer."""
     from .layers import Conv2d

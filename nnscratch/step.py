@@ -145,7 +145,7 @@ class TrainStep:
 
     def parts_for(self, batch: int) -> int:
         """How many parts a CPU batch of ``batch`` images is split into (1: run whole); see
-        ``split.default_parts`` for the choice when ``workers`` is None."""
+        ``split.parts_for`` for the choice when ``workers`` is None."""
         if not self.loss_fn._splittable():
             return 1
         return split.parts_for(self.model, batch, self.workers)
@@ -165,7 +165,7 @@ class TrainStep:
         finite exactly when every part's is. So the threads meet once a step, not twice."""
         parts = self._parts(ways)
         B = x.shape[0]
-        cuts = [slice(B * k // ways, B * (k + 1) // ways) for k in range(ways)]
+        cuts = split.cuts(B, ways)
         target = self.target(labels)
         weights = self.loss_fn._sample_weights(target)
         if weights is None:

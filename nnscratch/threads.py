@@ -3,9 +3,9 @@
 A CNN step at the paper's batch of 64 is some forty calls, each split across the cores by
 whoever runs it (OpenBLAS's threads for the products, numba's for the kernels): every call
 wakes the threads and waits for the slowest, and the products run on inputs that the other
-core's cache holds. ``TrainStep`` can instead hand each core a slice of the batch: every call
-then runs single-threaded on its own slice, start to end, and the cores meet once a step, when
-every slice's forward and backward passes are done. For that:
+core's cache holds. ``TrainStep`` and ``Sequential`` (see ``split.py``) can instead hand each core
+a slice of the batch: every call then runs single-threaded on its own slice, start to end, and the
+cores meet once a pass. For that:
 
 - ``run_parallel(tasks)``: the first task in the calling thread, the others in a pool of
   helper threads, all finished before it returns (or raises the first error);
@@ -16,7 +16,7 @@ every slice's forward and backward passes are done. For that:
 
 Only OpenBLAS's thread count can be set here (found through NumPy's loaded library, as
 threadpoolctl does); with any other BLAS ``blas_thread_count()`` is None, ``blas_threads`` does
-nothing, and ``TrainStep`` splits no batch unless told to (``workers``).
+nothing, and no batch is split unless ``workers`` says so.
 """
 from __future__ import annotations
 
