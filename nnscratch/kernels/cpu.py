@@ -648,43 +648,49 @@ def winograd_input(x, padding: int, tiles: tuple, out=None):
     return V
 
 
+def _output_args(M, tiles: tuple, bias):
+    """For the output transforms: (M contiguous, images B, channels OC, the bias as a contiguous array
+    of M's dtype, zeros without one)."""
+    OC = M.shape[2]
+    bias = np.zeros(OC, dtype=M.dtype) if bias is None else np.ascontiguousarray(bias, dtype=M.dtype)
+    return np.ascontiguousarray(M), M.shape[1] // (tiles[0] * tiles[1]), OC, bias
+
+
+def _grad_output_buffer(grad, tiles: tuple, out):
+    """``out``, or a new dM (16, B * TH * TW, OC) for the output gradient ``grad`` (B, OC, ...)."""
+    B, OC = grad.shape[:2]
+    return np.empty((16, B * tiles[0] * tiles[1], OC), dtype=grad.dtype) if out is None else out
+
+
 def winograd_output(M, out_hw: tuple, tiles: tuple, bias=None):
     """Twin of reference.winograd_output."""
-    TH, TW = tiles
-    OC = M.shape[2]
-    B = M.shape[1] // (TH * TW)
+    M, B, OC, bias = _output_args(M, tiles, bias)
     y = np.empty((B, out_hw[0], out_hw[1], OC), dtype=M.dtype)
-    bias = np.zeros(OC, dtype=M.dtype) if bias is None else np.ascontiguousarray(bias, dtype=M.dtype)
-    _winograd_output(y.size, np.ascontiguousarray(M), TH, TW, bias, y)
+    _winograd_output(y.size, M, tiles[0], tiles[1], bias, y)
     return y.transpose(0, 3, 1, 2)
 
 
 def winograd_grad_output(grad, tiles: tuple, out=None):
     """Twin of reference.winograd_grad_output, into ``out`` if given."""
-    B, OC = grad.shape[:2]
-    TH, TW = tiles
-    dM = np.empty((16, B * TH * TW, OC), dtype=grad.dtype) if out is None else out
-    _winograd_grad_output(dM.size, _as_channels_last(grad), TH, TW, dM, grad.dtype.type(0))
+    dM = _grad_output_buffer(grad, tiles, out)
+    _winograd_grad_output(dM.size, _as_channels_last(grad), tiles[0], tiles[1], dM, grad.dtype.type(0))
     return dM
 
 
 def winograd_output_pool(M, tiles: tuple, bias=None, relu: bool = False):
     """Twin of reference.winograd_output_pool."""
+    M, B, OC, bias = _output_args(M, tiles, bias)
     TH, TW = tiles
-    OC = M.shape[2]
-    B = M.shape[1] // (TH * TW)
     out = np.empty((B, TH, TW, OC), dtype=M.dtype)
     argmax = np.empty((B, TH, TW, OC), dtype=np.int32)
-    bias = np.zeros(OC, dtype=M.dtype) if bias is None else np.ascontiguousarray(bias, dtype=M.dtype)
-    _winograd_output_pool(out.size, np.ascontiguousarray(M), TH, TW, bias, out, argmax, relu, M.dtype.type(0))
+    _winograd_output_pool(out.size, M, TH, TW, bias, out, argmax, relu, M.dtype.type(0))
     return out.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
 
 
 def winograd_grad_output_pool(grad, argmax, tiles: tuple, rectified=None, out=None):
     """Twin of reference.winograd_grad_output_pool, into ``out`` if given."""
-    B, OC = grad.shape[:2]
     TH, TW = tiles
-    dM = np.empty((16, B * TH * TW, OC), dtype=grad.dtype) if out is None else out
+    dM = _grad_output_buffer(grad, tiles, out)
     g = _as_channels_last(grad)
     y = g if rectified is None else _as_channels_last(rectified)
     _winograd_grad_output_pool(dM.size, g, _as_channels_last(argmax), y, TH, TW, dM, rectified is not None,
