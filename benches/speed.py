@@ -3,8 +3,8 @@
     python benches/speed.py [--batch 64] [--repeats 15] [--arch cnn mlnn] [--no-layers]
 
 Per architecture: median time of one training step (forward, backward, Adam) and the epoch it
-implies (11,959 BloodMNIST images), inference images per second at batch 256, the ratio to
-PyTorch, and the fraction of the arithmetic floor reached (the step's FLOPs at the speed of one
+implies (11,959 BloodMNIST images), inference images per second at batch 256, the ratios of both
+times to PyTorch's, and the fraction of the arithmetic floor reached (the step's FLOPs at the speed of one
 large float32 matrix product on this machine). nnscratch and PyTorch are timed in alternating
 rounds, each round in a fresh process of its own: in one process PyTorch's OpenMP workers keep
 spinning after each operation and take the cores from the next engine (both ran 2-5x slower). Per layer of the CNN: forward and backward times with
@@ -224,8 +224,8 @@ def main(argv=None):
           f"each after {args.warmup} warm-up steps; {torch_note}; float32 2048^3 matrix product here: "
           f"{gflops:.0f} GFLOP/s\n")
     print("| arch | device | engine | ms / step | s / epoch | inference img/s (batch 256) | step time vs PyTorch "
-          "| floor reached |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+          "| inference time vs PyTorch | floor reached |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     steps_per_epoch = -(-TRAIN_IMAGES // args.batch)
     for arch in args.arch:
         flops = step_flops(getattr(ns.models, arch)(), args.batch)
@@ -236,11 +236,12 @@ def main(argv=None):
             result = race(engines, arch, device, args)
             for name, (step_s, infer_s) in result.items():
                 ratio = step_s / result["PyTorch"][0] if "PyTorch" in result else float("nan")
+                infer_ratio = infer_s / result["PyTorch"][1] if "PyTorch" in result else float("nan")
                 floor = (flops / (gflops * 1e9)) / step_s if device == "cpu" else float("nan")
                 print(f"| {arch} | {device} | {name} | {step_s * 1e3:.2f} | {step_s * steps_per_epoch:.2f} | "
-                      f"{256 / infer_s:,.0f} | {ratio:.2f}x | "
+                      f"{256 / infer_s:,.0f} | {ratio:.2f}x | {infer_ratio:.2f}x | "
                       + (f"{floor:.0%}" if floor == floor else "-") + " |", flush=True)
-        print(f"|  |  | ({arch}: {flops / 1e9:.2f} GFLOP per step) |  |  |  |  |  |")
+        print(f"|  |  | ({arch}: {flops / 1e9:.2f} GFLOP per step) |  |  |  |  |  |  |")
     if not args.no_layers:
         print(f"\nCNN per layer, batch {args.batch}, ms (median of {args.repeats} after {args.warmup})\n")
         print("| layer | kernels | forward | backward |")
