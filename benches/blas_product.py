@@ -10,6 +10,10 @@ with W row-major (2352, 1180), as ``Linear`` stores it; PyTorch ``x @ weight.t()
 ``nn.Linear`` without its bias), the rate in GFLOP/s and the ratio. Each library runs in fresh
 processes of its own, alternating, ``--rounds`` times: in one process the two thread pools take
 each other's cores. Figures are medians after a warm-up; nothing is asserted.
+
+A second table sets the product against the whole inference pass at batch 256 (``model(x)`` in eval
+mode, as ``benches/speed.py`` times it), both timed in the same process in turns, so "the rest" (bias,
+ReLU, the 1180 x 8 layer, Python) is each engine's own overhead around the product.
 """
 from __future__ import annotations
 
@@ -37,10 +41,11 @@ def _median_ms(fn, warmup: int, repeats: int) -> float:
 
 
 def worker(library: str, rows: list, warmup: int, repeats: int) -> dict:
-    """Run in a process of its own: {B: median ms of the (B x 2352) @ (2352 x 1180) product}."""
+    """Run in a process of its own: {B: median ms of the (B x 2352) @ (2352 x 1180) product}, and under
+    "pass" [whole inference pass ms, product ms] at batch 256, timed in turns."""
+    out = {"pass": _pass_and_product(library, warmup, repeats)}
     rng = np.random.default_rng(0)
     w = rng.standard_normal((IN_FEATURES, OUT_FEATURES)).astype(np.float32)   # (in, out) row-major
-    out = {}
     for b in rows:
         x = rng.standard_normal((b, IN_FEATURES)).astype(np.float32)
         if library == "numpy":
@@ -54,6 +59,30 @@ def worker(library: str, rows: list, warmup: int, repeats: int) -> dict:
                     torch.mm(tx, tw.t())
         out[b] = _median_ms(fn, warmup, repeats)
     return out
+
+
+def _pass_and_product(library: str, warmup: int, repeats: int, turns: int = 4) -> list:
+    """[median ms of the MLNN's whole inference pass at batch 256, median ms of its first product alone],
+    the two timed in ``turns`` alternating blocks in this process."""
+    from speed import ours, theirs          # benches/speed.py: the same models and the same pass
+    if library == "numpy":
+        _, infer, _ = ours("mlnn", "cpu", 64)
+        x = np.random.default_rng(1).standard_normal((256, IN_FEATURES)).astype(np.float32)
+        w = np.random.default_rng(2).standard_normal((IN_FEATURES, OUT_FEATURES)).astype(np.float32)
+        product = lambda: np.matmul(x, w)  # noqa: E731
+    else:
+        import torch
+        _, infer, _ = theirs("mlnn", "cpu", 64)
+        tx, tw = torch.randn(256, IN_FEATURES), torch.randn(OUT_FEATURES, IN_FEATURES)
+
+        def product():
+            with torch.no_grad():
+                torch.mm(tx, tw.t())
+    whole, alone = [], []
+    for _ in range(turns):
+        whole.append(_median_ms(infer, warmup, repeats))
+        alone.append(_median_ms(product, warmup, repeats))
+    return [statistics.median(whole), statistics.median(alone)]
 
 
 def blas_names() -> tuple:
@@ -91,11 +120,13 @@ def main(argv=None):
     numpy_blas, torch_blas = blas_names()
     libraries = ["numpy"] + (["torch"] if torch_blas else [])
     times = {lib: {b: [] for b in args.rows} for lib in libraries}
+    passes = {lib: [] for lib in libraries}
     for _ in range(args.rounds):
         for lib in libraries:
             cmd = [sys.executable, __file__, "--worker", lib, "--rows", *map(str, args.rows),
                    "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
             result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+            passes[lib].append(result.pop("pass"))
             for b, ms in result.items():
                 times[lib][int(b)].append(ms)
     print(f"float32 (B x {IN_FEATURES}) @ ({IN_FEATURES} x {OUT_FEATURES}); medians of {args.rounds} alternating "
@@ -113,6 +144,15 @@ def main(argv=None):
         else:
             row += " - | - | - |"
         print(row)
+    print("\nThe MLNN's whole inference pass at batch 256 and its first product alone, in the same process, "
+          "ms (medians over the processes of the medians of 4 turns)\n")
+    print("| engine | whole pass | product alone | the rest |")
+    print("| --- | ---: | ---: | ---: |")
+    for lib in libraries:
+        whole = statistics.median(p[0] for p in passes[lib])
+        alone = statistics.median(p[1] for p in passes[lib])
+        name = "nnscratch (NumPy)" if lib == "numpy" else "PyTorch"
+        print(f"| {name} | {whole:.3f} | {alone:.3f} | {whole - alone:.3f} |")
 
 
 if __name__ == "__main__":
