@@ -22,9 +22,9 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
+from speed import _time, ours, theirs    # benches/speed.py: its timer, and the same models and pass
 
 IN_FEATURES, OUT_FEATURES = 2352, 1180       # the MLNN's first Linear on BloodMNIST
 
@@ -32,12 +32,7 @@ IN_FEATURES, OUT_FEATURES = 2352, 1180       # the MLNN's first Linear on BloodM
 def _median_ms(fn, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return statistics.median(_time(fn) for _ in range(repeats)) * 1e3
 
 
 def worker(library: str, rows: list, warmup: int, repeats: int) -> dict:
@@ -64,7 +59,6 @@ def worker(library: str, rows: list, warmup: int, repeats: int) -> dict:
 def _pass_and_product(library: str, warmup: int, repeats: int, turns: int = 4) -> list:
     """[median ms of the MLNN's whole inference pass at batch 256, median ms of its first product alone],
     the two timed in ``turns`` alternating blocks in this process."""
-    from speed import ours, theirs          # benches/speed.py: the same models and the same pass
     if library == "numpy":
         _, infer, _ = ours("mlnn", "cpu", 64)
         x = np.random.default_rng(1).standard_normal((256, IN_FEATURES)).astype(np.float32)
