@@ -365,8 +365,7 @@ class Sequential(Module):
         if not self.layers:
             return x
         steps = self._steps()
-        for layer in self.layers:
-            layer._drop_state()
+        self._drop_state()
         ran = self._ran = []                          # the steps run, which backward runs reversed
         owned = self._input_owned                     # set when this Sequential sits inside another
         checker = self._input_checker(steps, x)
