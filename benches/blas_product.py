@@ -35,45 +35,43 @@ def _median_ms(fn, warmup: int, repeats: int) -> float:
     return statistics.median(_time(fn) for _ in range(repeats)) * 1e3
 
 
+def _product(library: str, x, w):
+    """The product x @ w as each engine runs it, as a callable: NumPy ``x @ W`` with W row-major
+    (in, out), as ``Linear`` stores it; PyTorch ``x @ weight.t()`` with nn.Linear's (out, in) weight.
+    x (B, 2352) and w (2352, 1180) are float32 NumPy arrays."""
+    if library == "numpy":
+        return lambda: np.matmul(x, w)
+    import torch
+    tx, tw = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(w.T))
+
+    def run():
+        with torch.no_grad():
+            torch.mm(tx, tw.t())
+    return run
+
+
 def worker(library: str, rows: list, warmup: int, repeats: int) -> dict:
     """Run in a process of its own: {B: median ms of the (B x 2352) @ (2352 x 1180) product}, and under
     "pass" [whole inference pass ms, product ms] at batch 256, timed in turns."""
-    out = {"pass": _pass_and_product(library, warmup, repeats)}
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((IN_FEATURES, OUT_FEATURES)).astype(np.float32)   # (in, out) row-major
+    w = rng.standard_normal((IN_FEATURES, OUT_FEATURES)).astype(np.float32)
+    x = rng.standard_normal((256, IN_FEATURES)).astype(np.float32)
+    out = {"pass": _pass_and_product(library, _product(library, x, w), warmup, repeats)}
     for b in rows:
         x = rng.standard_normal((b, IN_FEATURES)).astype(np.float32)
-        if library == "numpy":
-            fn = lambda x=x: np.matmul(x, w)  # noqa: E731
-        else:
-            import torch
-            tx, tw = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(w.T))    # nn.Linear's (out, in)
-
-            def fn(tx=tx, tw=tw):
-                with torch.no_grad():
-                    torch.mm(tx, tw.t())
-        out[b] = _median_ms(fn, warmup, repeats)
+        out[b] = _median_ms(_product(library, x, w), warmup, repeats)
     return out
 
 
-def _pass_and_product(library: str, warmup: int, repeats: int, turns: int = 4) -> list:
-    """[median ms of the MLNN's whole inference pass at batch 256, median ms of its first product alone],
-    the two timed in ``turns`` alternating blocks in this process."""
-    if library == "numpy":
-        _, infer, _ = ours("mlnn", "cpu", 64)
-        x = np.random.default_rng(1).standard_normal((256, IN_FEATURES)).astype(np.float32)
-        w = np.random.default_rng(2).standard_normal((IN_FEATURES, OUT_FEATURES)).astype(np.float32)
-        product = lambda: np.matmul(x, w)  # noqa: E731
-    else:
-        import torch
-        _, infer, _ = theirs("mlnn", "cpu", 64)
-        tx, tw = torch.randn(256, IN_FEATURES), torch.randn(OUT_FEATURES, IN_FEATURES)
+PASS_TURNS = 4          # alternating blocks of the whole pass and the product alone, per process
 
-        def product():
-            with torch.no_grad():
-                torch.mm(tx, tw.t())
+
+def _pass_and_product(library: str, product, warmup: int, repeats: int) -> list:
+    """[median ms of the MLNN's whole inference pass at batch 256, median ms of ``product`` (its first
+    product at batch 256) alone], the two timed in ``PASS_TURNS`` alternating blocks in this process."""
+    _, infer, _ = (ours if library == "numpy" else theirs)("mlnn", "cpu", 64)
     whole, alone = [], []
-    for _ in range(turns):
+    for _ in range(PASS_TURNS):
         whole.append(_median_ms(infer, warmup, repeats))
         alone.append(_median_ms(product, warmup, repeats))
     return [statistics.median(whole), statistics.median(alone)]
@@ -139,7 +137,7 @@ def main(argv=None):
             row += " - | - | - |"
         print(row)
     print("\nThe MLNN's whole inference pass at batch 256 and its first product alone, in the same process, "
-          "ms (medians over the processes of the medians of 4 turns)\n")
+          f"ms (medians over the processes of the medians of {PASS_TURNS} turns)\n")
     print("| engine | whole pass | product alone | the rest |")
     print("| --- | ---: | ---: | ---: |")
     for lib in libraries:
