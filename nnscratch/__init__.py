@@ -7,8 +7,10 @@
     loss = loss_fn(model(x), y)                  # x: (B, 3, 28, 28) float32, y: (B,) int
     model.backward(loss_fn.backward()); opt.step(); opt.zero_grad()
 """
-from . import init, kernels, models
+from . import data, fast, init, kernels, models
 from .backend import get_array_module, gpu_available, to_device, to_numpy
+from .execution import execution, set_execution
+from .fast import plan
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU, Sequential
 from .losses import CrossEntropyLoss, Loss, MSELoss, SoftmaxMSELoss, one_hot
@@ -22,6 +24,6 @@ __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
     "Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam",
     "TrainStep", "NonFiniteLoss",
-    "models", "init", "kernels", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
+    "models", "init", "kernels", "data", "fast", "plan", "set_execution", "execution", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
     "get_array_module", "gpu_available", "to_device", "to_numpy",
 ]

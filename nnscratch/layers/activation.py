@@ -16,21 +16,15 @@ class ReLU(Module):
     def __init__(self):
         self._y = None
 
+    def check_input(self, x):
+        check_array(self, x)
+
     def forward(self, x):
         """x: any shape -> max(x, 0), the same shape (and memory layout)."""
-        check_array(self, x)
-        # the output is kept for the backward pass: y > 0 exactly where x > 0, and the next
-        # layer holds y anyway, so no separate mask is stored. Inside a Sequential the input is
-        # usually the fresh output of the layer before (a convolution's, a Linear's) that nothing
-        # else needs: it is then overwritten instead of allocating another array of its size.
-        self._y = kernels.relu_forward(x, inplace=self._input_owned)
+        self.check_input(x)
+        # the output is kept for the backward pass: y > 0 exactly where x > 0
+        self._y = kernels.relu_forward(x)
         return self._y
-
-    def _drop_state(self):
-        self._y = None
-
-    def output_owned(self, input_owned: bool) -> bool:
-        return True                 # a new array, or the owned input overwritten; its max(., 0) is idempotent
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: the output's shape -> the input's gradient, grad where x > 0 and 0 elsewhere."""
@@ -46,22 +40,23 @@ class Flatten(Module):
     def __init__(self):
         self._shape = None
 
-    def forward(self, x):
+    def check_input(self, x):
         check_array(self, x)
         if x.ndim < 2:
             check_shape(self, x, (None, None), "(B, ...)")
+
+    def forward(self, x):
+        """x: (B, ...) -> (B, n), a view of x."""
+        self.check_input(x)
         self._shape, self._dtype = x.shape, x.dtype
         return x.reshape(x.shape[0], -1)
 
-    def output_owned(self, input_owned: bool) -> bool:
-        return input_owned           # a view of the input: owned exactly when the input was
-
     def backward(self, grad, need_input_grad: bool = True):
+        """grad: (B, n) -> the input's shape."""
         if self._shape is None:
             raise no_forward(self)
-        B = self._shape[0]
         n = 1
         for d in self._shape[1:]:
             n *= d
-        check_grad(self, grad, (B, n), self._dtype)
+        check_grad(self, grad, (self._shape[0], n), self._dtype)
         return grad.reshape(self._shape) if need_input_grad else None

@@ -12,7 +12,9 @@ class MaxPool2d(Module):
 
     x: (B, C, H, W) -> (B, C, OH, OW), OH = (H - k) // stride + 1 (floor, as
     PyTorch: 7 -> 3 for k = stride = 2). ``stride`` defaults to ``kernel_size``.
-    The backward pass sends each window's gradient to the element that won it.
+    Forward also records which element of each window won (argmax); the backward
+    pass sends each window's gradient to that element, and zero to the others.
+    ``kernels/reference.py`` shows both in plain NumPy.
     """
 
     def __init__(self, kernel_size: int, stride: int | None = None):
@@ -28,33 +30,27 @@ class MaxPool2d(Module):
         B, C, H, W = x_shape
         return B, C, out_size(H, self.kernel_size, self.stride), out_size(W, self.kernel_size, self.stride)
 
-    def forward(self, x):
-        """x: (B, C, H, W) -> (B, C, OH, OW)."""
+    def check_input(self, x):
+        """A clear error unless x is a (B, C, H, W) array with at least one whole window."""
         check_array(self, x)
         check_shape(self, x, (None, None, None, None), "(B, C, H, W)")
         if min(x.shape[2], x.shape[3]) < self.kernel_size:
             raise ValueError(f"{self}: input of {x.shape[2]}x{x.shape[3]} pixels is smaller than the "
                              f"{self.kernel_size}x{self.kernel_size} window; got shape {tuple(x.shape)}")
-        # inside a Sequential, a ReLU listed just before this layer may run fused in (_relu_inside,
-        # see Sequential.fuse_relu_pool): the output is then rectified, and kept for the mask
-        relu = self._relu_inside
-        out, argmax = kernels.maxpool_forward(x, self.kernel_size, self.stride, relu=relu)
-        self._cache = (x.shape, x.dtype, argmax, out if relu else None)
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, C, OH, OW)."""
+        self.check_input(x)
+        out, argmax = kernels.maxpool_forward(x, self.kernel_size, self.stride)
+        self._cache = (x.shape, x.dtype, argmax)
         return out
-
-    def _drop_state(self):
-        self._cache = None
-
-    def output_owned(self, input_owned: bool) -> bool:
-        # a new array, but with a ReLU fused in it is kept for the backward mask: nobody may overwrite it
-        return self._cache is None or self._cache[3] is None
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: (B, C, OH, OW) -> (B, C, H, W)."""
         if self._cache is None:
             raise no_forward(self)
-        x_shape, dtype, argmax, rectified = self._cache
+        x_shape, dtype, argmax = self._cache
         check_grad(self, grad, self.output_shape(x_shape), dtype)
         if not need_input_grad:
             return None
-        return kernels.maxpool_backward(grad, argmax, x_shape, self.kernel_size, self.stride, out=rectified)
+        return kernels.maxpool_backward(grad, argmax, x_shape, self.kernel_size, self.stride)

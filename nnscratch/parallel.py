@@ -1,16 +1,17 @@
-"""A CPU batch split into parts, one per core: how many parts, and the model copies that run them.
+"""Data parallelism on one machine: a CPU batch split into parts, one per core, each run by a replica.
 
 A CNN step at the paper's batch of 64 is some forty calls; left whole, each call is split across
 the cores by whoever runs it (OpenBLAS's threads, numba's), which wake up and wait for each other
 forty times a step. Split by images instead, each core runs every call single-threaded on its own
-part, start to end (``threads.run_parallel``), and the cores meet once per pass. Two callers do
-this:
+part, start to end (``threads.run_parallel``), and the cores meet once per pass.
 
-- ``Sequential.forward`` / ``backward`` in training mode, so the plain loop of the API contract
-  (``loss_fn(model(x), y)``, ``model.backward(loss_fn.backward())``) is split: the parts meet after
-  the forward pass (the loss sees the whole batch's output) and after the backward pass (the
-  parameters' gradients are summed);
-- ``TrainStep``, which meets once a step: each part also computes its own loss.
+``DataParallel`` is the one implementation, with two schedules:
+
+- ``forward`` / ``backward``: the plain loop of the API contract (``loss_fn(model(x), y)``,
+  ``model.backward(loss_fn.backward())``), which the planner runs split in training mode
+  (``fast.SplitPlan``): the parts meet after the forward pass (the loss sees the whole batch's
+  output) and after the backward pass (the parameters' gradients are summed);
+- ``step``: ``TrainStep``'s, which meets once a step: each part also computes its own loss.
 
 Each part runs through a replica of the model: a deep copy that shares the model's parameter
 arrays (so an optimizer's in-place update reaches every replica) and has its own gradients and
@@ -20,10 +21,13 @@ whole batch's.
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 
-from .threads import blas_thread_count, splitting_allowed as allowed, whole_batches  # noqa: F401 (re-exported)
+from .checks import check_grad
+from .layers import Conv2d
+from .threads import blas_thread_count, run_parallel, splitting_allowed as allowed, whole_batches  # noqa: F401
 
 MIN_PART = 16          # images per part at least, when the number of parts is left to choose
 
@@ -39,7 +43,6 @@ def parts_for(model, batch: int, workers: int | None) -> int:
     A model with a layer whose ``forward`` or ``backward`` was replaced on the instance (a timing
     wrapper, a hook) runs whole: its replicas would copy the replacement, which still calls the
     original layer."""
-    from .layers import Conv2d
     convolutional = False
     for m in model.modules():
         own = vars(m)
@@ -127,3 +130,82 @@ def clear_replica_grads(parts: list):
     for _, params in parts[1:]:
         for p in params:
             p.zero_grad()
+
+
+class DataParallel:
+    """A model's batch run in ``ways`` parts at once, part k by ``parts[k]`` (the model, then its
+    replicas), each in a thread of its own (``threads.run_parallel``)."""
+
+    def __init__(self, model, ways: int):
+        self.model, self.ways = model, ways
+        self.parts = replicas_of(model).parts(model, ways)
+
+    # ---- the plain loop: the parts meet after forward and after backward ------------------------
+
+    def forward(self, x, part_forward):
+        """part_forward(part_model, x_part) -> y_part, on every part at once -> y, the parts' outputs in
+        order. If a part fails with a ValueError or TypeError, ``part_forward(model, x)`` runs on the
+        whole batch to raise its error (a part's shape would mislead), or the part's error is raised."""
+        self._cuts = cuts(x.shape[0], self.ways)
+        try:
+            outs = run_parallel([functools.partial(part_forward, model, x[cut])
+                                 for (model, _), cut in zip(self.parts, self._cuts)])
+        except (ValueError, TypeError) as e:
+            failed = e
+        else:
+            failed = None
+        if failed is not None:
+            with whole_batches():
+                part_forward(self.model, x)
+            raise failed
+        y = np.concatenate(outs)
+        self._out = (y.shape, y.dtype)
+        return y
+
+    def backward(self, grad, need_input_grad: bool, part_backward, last_layer):
+        """part_backward(part_model, grad_part, need_input_grad) on every part at once; the replicas'
+        parameter gradients are then added to the model's. Returns dL/dx (None without
+        ``need_input_grad``)."""
+        check_grad(last_layer, grad, *self._out)
+        try:
+            outs = run_parallel([functools.partial(part_backward, model, grad[cut], need_input_grad)
+                                 for (model, _), cut in zip(self.parts, self._cuts)])
+        except BaseException:
+            clear_replica_grads(self.parts)
+            raise
+        gather_grads(self.parts)
+        return np.concatenate(outs) if need_input_grad else None
+
+    # ---- TrainStep: the parts meet once a step ---------------------------------------------------
+
+    def step(self, x, target, loss_fns: list, shares: list):
+        """Each part: forward, its own loss (``loss_fns[k]``), and, when that is finite, backward of
+        its share (``shares[k]``) of the whole batch's mean loss. Returns [(logits, loss)] per part and
+        the cuts. The whole batch's loss, a weighted mean of the parts', is finite exactly when every
+        part's is; when it is not, the caller clears the gradients (``clear_grads``)."""
+        self._cuts = batch_cuts = cuts(x.shape[0], self.ways)
+
+        def part(k):
+            model, loss_fn = self.parts[k][0], loss_fns[k]
+
+            def task():
+                with np.errstate(over="ignore", invalid="ignore"):     # a diverging step is reported later
+                    logits = model(x[batch_cuts[k]])
+                    loss = loss_fn(logits, target[batch_cuts[k]])
+                if np.isfinite(loss):
+                    grad = loss_fn.backward()
+                    grad *= shares[k]                     # this part's share of the whole batch's mean
+                    model.backward(grad, need_input_grad=False)
+                return logits, loss
+            return task
+
+        return run_parallel([part(k) for k in range(self.ways)]), batch_cuts
+
+    def clear_grads(self):
+        """Clear every part's gradients, the model's too (after a step whose loss was not finite)."""
+        for _, params in self.parts:
+            for p in params:
+                p.zero_grad()
+
+    def gather_grads(self):
+        gather_grads(self.parts)

@@ -1,0 +1,80 @@
+"""The planner's rules, each a switch: on by default, off to see what it is worth.
+
+    with ns.fast.rules(winograd=False):       # within this block only
+        ...
+    ns.fast.set_rules(relu_into_pool=False)    # from now on
+
+Every rule computes what the textbook layers compute: the same bits, or (where the sums run in
+another order: ``crop_before_pool``, ``winograd``, ``split_batch``) the same values up to rounding.
+Each is tested equal to the layers it replaces (``tests/test_fast.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+
+RULES = {
+    # ReLU then MaxPool2d as one pooling kernel that rectifies what it outputs: ReLU is monotonic, so it
+    # does not change which element wins a window, and a window whose maximum is <= 0 passes no gradient
+    # either way. ReLU costs no pass of its own and touches a quarter of the values. Same bits.
+    "relu_into_pool": True,
+    # Linear then ReLU: the bias and the ReLU in one pass over the output. Same bits.
+    "relu_into_linear": True,
+    # A Conv2d read by a MaxPool2d whose windows leave its last rows or columns out (floor pooling of an
+    # odd map) computes only the pixels the windows read.
+    "crop_before_pool": True,
+    # A 3x3, stride-1 Conv2d of at least WINOGRAD_MIN_CHANNELS input channels on the CPU (numba kernels)
+    # runs as Winograd F(2x2, 3x3): 2.25x fewer multiplications than im2col's product.
+    "winograd": True,
+    # ... and a 2x2, stride-2 MaxPool2d (with the ReLU before it) that reads such a convolution runs
+    # inside its output transform: each 2x2 tile of outputs is one window. Same bits as Winograd alone.
+    "pool_into_winograd": True,
+    # A ReLU overwrites its input when the layer before created it and nobody else holds it. Same bits.
+    "relu_in_place": True,
+    # When the first layer with parameters is a Linear with a bias (after Flatten only), its bias pass
+    # reports non-finite values, and the input is read for NaN and inf only then. Same bits.
+    "input_check_in_bias": True,
+    # Large work arrays (im2col's columns, Winograd's transforms) are kept from one step to the next
+    # instead of being allocated anew. Same bits.
+    "kept_buffers": True,
+    # In training, a CPU batch of a convolutional network is split into one part per core, each run by
+    # its own replica of the model on one thread (see nnscratch/parallel.py).
+    "split_batch": True,
+}
+WINOGRAD_MIN_CHANNELS = 16    # fewer input channels (an RGB image): the transforms cost more than they save
+
+_version = [0]                # bumped on every change, so that cached plans made under other rules are not used
+
+
+def on(name: str) -> bool:
+    return RULES[name]
+
+
+def version() -> int:
+    return _version[0]
+
+
+def set_rules(**switches):
+    """Switch rules on (True) or off (False) by name; see ``RULES``."""
+    unknown = sorted(set(switches) - set(RULES))
+    if unknown:
+        raise ValueError(f"set_rules: unknown rule(s) {unknown}; the rules are {sorted(RULES)}")
+    RULES.update({name: bool(value) for name, value in switches.items()})
+    _version[0] += 1
+
+
+@contextlib.contextmanager
+def rules(**switches):
+    """Within this block the named rules are switched as given; afterwards as they were."""
+    before = dict(RULES)
+    set_rules(**switches)
+    try:
+        yield
+    finally:
+        RULES.clear()
+        RULES.update(before)
+        _version[0] += 1
+
+
+def all_off() -> dict:
+    """Every rule off, as keyword arguments for ``rules``/``set_rules``."""
+    return {name: False for name in RULES}

@@ -1,0 +1,253 @@
+"""The steps a plan runs: each stands for one layer, or a few fused, and reads and writes their
+``Parameter``s. Every step computes what its layers compute (``tests/test_fast.py`` holds it to them).
+
+A step has ``forward(x, owned) -> y``, where ``owned`` says that nobody but the plan holds x (the
+layer before created it), ``owns_output(owned)`` (may the next step overwrite y?), ``backward(grad,
+need_input_grad)``, ``drop()`` (let go of what forward kept), and ``describe()`` for printing.
+The Winograd convolution is in ``winograd.py``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..backend import get_array_module
+from ..checks import check_grad, no_forward
+from ..layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from .buffers import accumulate_product
+
+
+class Step:
+    """Base: the layers a step stands for (``layers``: [(index in the Sequential, layer)])."""
+
+    def __init__(self, layers: list):
+        self.layers = layers
+
+    @property
+    def layer(self):
+        """The step's main layer (the one with parameters, if any)."""
+        return self.layers[0][1]
+
+    def has_parameters(self) -> bool:
+        return any(layer.parameters() for _, layer in self.layers)
+
+    def owns_output(self, owned: bool) -> bool:
+        return True
+
+    def drop(self):
+        self._cache = None
+
+    def describe(self) -> str:
+        names = " + ".join(f"{type(layer).__name__} [{i}]" for i, layer in self.layers)
+        return f"{type(self).__name__}: {names}"
+
+
+class LayerStep(Step):
+    """A layer run as written (``layer.forward``/``backward``): Flatten, a nested model, any layer the
+    planner has no rule for, or one whose forward or backward was replaced on the instance."""
+
+    def forward(self, x, owned: bool):
+        return self.layer.forward(x)
+
+    def owns_output(self, owned: bool) -> bool:
+        return owned and type(self.layer) is Flatten        # a view of the input: owned as it was
+
+    def backward(self, grad, need_input_grad: bool):
+        return self.layer.backward(grad, need_input_grad=need_input_grad)
+
+    def drop(self):
+        pass
+
+
+class ReluStep(Step):
+    """ReLU, overwriting its input when the plan owns it (``relu_in_place``)."""
+
+    def __init__(self, layers, in_place: bool):
+        super().__init__(layers)
+        self.in_place = in_place
+        self._cache = None
+
+    def forward(self, x, owned: bool):
+        self.layer.check_input(x)
+        self._cache = y = kernels.relu_forward(x, inplace=self.in_place and owned)
+        return y
+
+    def backward(self, grad, need_input_grad: bool):
+        y = self._cache
+        if y is None:
+            raise no_forward(self.layer)
+        check_grad(self.layer, grad, y.shape, y.dtype)
+        return kernels.relu_backward(grad, y) if need_input_grad else None
+
+    def describe(self) -> str:
+        return super().describe() + (" (in place on an input nobody else holds)" if self.in_place else "")
+
+
+class PoolStep(Step):
+    """MaxPool2d; with ``relu`` (the ReLU listed before it, ``relu_into_pool``) the pooling kernel
+    rectifies what it outputs, and its backward applies the ReLU's mask: max(relu(x)) = relu(max(x))."""
+
+    def __init__(self, layers, relu: bool):
+        super().__init__(layers)
+        self.relu = relu
+        self._cache = None
+
+    @property
+    def pool(self):
+        return self.layers[-1][1]
+
+    def owns_output(self, owned: bool) -> bool:
+        return not self.relu                     # with the ReLU the output is kept for its mask
+
+    def forward(self, x, owned: bool):
+        pool = self.pool
+        pool.check_input(x)
+        out, argmax = kernels.maxpool_forward(x, pool.kernel_size, pool.stride, relu=self.relu)
+        self._cache = (x.shape, x.dtype, argmax, out if self.relu else None)
+        return out
+
+    def backward(self, grad, need_input_grad: bool):
+        if self._cache is None:
+            raise no_forward(self.pool)
+        x_shape, dtype, argmax, rectified = self._cache
+        pool = self.pool
+        check_grad(pool, grad, pool.output_shape(x_shape), dtype)
+        if not need_input_grad:
+            return None
+        return kernels.maxpool_backward(grad, argmax, x_shape, pool.kernel_size, pool.stride, out=rectified)
+
+
+class LinearStep(Step):
+    """Linear; with ``relu`` (the ReLU listed after it, ``relu_into_linear``) the bias and the ReLU in
+    one pass over the output, the output kept as the ReLU's mask. ``forward_checked`` also reports
+    whether every value before the ReLU was finite (``input_check_in_bias``)."""
+
+    def __init__(self, layers, relu: bool):
+        super().__init__(layers)
+        self.relu = relu
+        self._cache = None
+
+    def owns_output(self, owned: bool) -> bool:
+        return not self.relu                     # with the ReLU the output is kept for its mask
+
+    def forward(self, x, owned: bool):
+        return self._forward(x, check=False)[0]
+
+    def forward_checked(self, x):
+        """(y, whether every value of x W^T + b was finite)."""
+        return self._forward(x, check=True)
+
+    def _forward(self, x, check: bool):
+        linear = self.layer
+        linear.check_input(x)
+        y = kernels.matmul(x, linear.weight.data.T)
+        finite = True
+        if linear.bias is not None and check:
+            finite = kernels.add_bias_checked(y, linear.bias.data, relu=self.relu)
+        elif linear.bias is not None:
+            kernels.add_bias(y, linear.bias.data, relu=self.relu)
+        elif self.relu:
+            kernels.relu_forward(y, inplace=True)
+        self._cache = (x, y if self.relu else None)
+        return y, finite
+
+    def backward(self, grad, need_input_grad: bool):
+        if self._cache is None:
+            raise no_forward(self.layer)
+        x, y = self._cache
+        linear = self.layer
+        check_grad(linear, grad, (x.shape[0], linear.out_features), x.dtype)
+        if y is not None:                        # the fused ReLU's backward first
+            grad = kernels.relu_backward(grad, y)
+        accumulate_product(linear.weight, grad.T, x)
+        if linear.bias is not None:
+            linear.bias.grad += grad.sum(axis=0)
+        return kernels.matmul(grad, linear.weight.data) if need_input_grad else None
+
+
+class Im2colStep(Step):
+    """Conv2d as im2col and one product, as the layer computes it, plus: the bias folded into the
+    product (a column of ones in ``cols``, the bias as the weight matrix's last column: no pass of its
+    own, and its gradient comes with the weight's); ``cols`` kept from step to step, and reused for the
+    input gradient's columns once the weight gradient is done with it; and, given ``out_hw``, only the
+    output pixels a pooling reads (``crop_before_pool``)."""
+
+    def __init__(self, layers, out_hw: tuple | None, buffers):
+        super().__init__(layers)
+        self.out_hw, self.buffers = out_hw, buffers
+        self._cache = None
+
+    def describe(self) -> str:
+        crop = f", only the {self.out_hw[0]}x{self.out_hw[1]} pixels the pooling reads" if self.out_hw else ""
+        return super().describe() + f": im2col + one product, bias folded in{crop}"
+
+    def _weight_matrix(self, with_bias: bool):
+        """Wm (out_channels, kh*kw*C); with ``with_bias`` and a bias, the bias as one more last column,
+        facing im2col's column of ones."""
+        conv = self.layer
+        wm = conv.weight_matrix()
+        if not with_bias or conv.bias is None:
+            return wm
+        return get_array_module(wm).concatenate([wm, conv.bias.data[:, None]], axis=1)
+
+    def forward(self, x, owned: bool):
+        conv = self.layer
+        conv.check_input(x)
+        (kh, kw), s, p = conv.kernel_size, conv.stride[0], conv.padding[0]
+        B = x.shape[0]
+        OH, OW = self.out_hw or conv.output_shape(x.shape)[2:]
+        bias = conv.bias is not None
+        cols = kernels.im2col(x, kh, kw, s, p, ones=bias, out_hw=(OH, OW),
+                              out=self.buffers.get(conv, "cols", (B * OH * OW, kh * kw * conv.in_channels + bias), x))
+        y = kernels.matmul(cols, self._weight_matrix(with_bias=True).T)            # (B*OH*OW, OC)
+        self._cache = (x, cols, (OH, OW))
+        self._cols_hold_x = True      # False once backward has written the input gradient's columns there
+        return y.reshape(B, OH, OW, conv.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
+
+    def backward(self, grad, need_input_grad: bool):
+        conv = self.layer
+        if self._cache is None:
+            raise no_forward(conv)
+        x, cols, (OH, OW) = self._cache
+        check_grad(conv, grad, (x.shape[0], conv.out_channels, OH, OW), cols.dtype)
+        (kh, kw), s, p = conv.kernel_size, conv.stride[0], conv.padding[0]
+        bias = conv.bias is not None
+        if not self._cols_hold_x:     # a second backward after one forward: the columns again
+            kernels.im2col(x, kh, kw, s, p, out=cols, ones=bias, out_hw=(OH, OW))
+            self._cols_hold_x = True
+        OC, K = conv.out_channels, kh * kw * conv.in_channels
+        g = grad.transpose(0, 2, 3, 1).reshape(-1, OC)     # (B*OH*OW, OC); free for channels-last grad
+        # (OC, K), then the bias's column if any; the longer side as the product's rows, which
+        # OpenBLAS runs faster (same values: the same dot products)
+        dwb = kernels.matmul(cols.T, g).T if cols.shape[1] > OC else kernels.matmul(g.T, cols)
+        conv.weight.grad += dwb[:, :K].reshape(OC, kh, kw, conv.in_channels).transpose(0, 3, 1, 2)
+        if bias:
+            conv.bias.grad += dwb[:, K]                     # the column of ones: sum of g over pixels
+        if not need_input_grad:
+            return None
+        # the input gradient's columns go into the column matrix's memory, which the weight gradient
+        # above has finished with: one matrix instead of two, still in cache
+        self._cols_hold_x = False
+        dcols = cols.reshape(-1)[:g.shape[0] * K].reshape(g.shape[0], K)
+        return kernels.col2im(kernels.matmul(g, self._weight_matrix(with_bias=False), out=dcols), x.shape,
+                              kh, kw, s, p, out_hw=(OH, OW))
+
+
+def propagate(layer, shape):
+    """The output shape of a known layer for an input of ``shape``, or None (unknown, or an input the
+    layer will refuse: its own check then raises the error)."""
+    if shape is None:
+        return None
+    kind = type(layer)
+    if kind is ReLU:
+        return shape
+    if kind is Flatten:
+        return (shape[0], int(np.prod(shape[1:]))) if len(shape) >= 2 else None
+    if kind is Linear:
+        return (shape[0], layer.out_features) if len(shape) == 2 and shape[1] == layer.in_features else None
+    if kind in (Conv2d, MaxPool2d) and len(shape) == 4:
+        if kind is Conv2d and shape[1] != layer.in_channels:
+            return None
+        out = layer.output_shape(shape)
+        return out if min(out[2:]) >= 1 else None
+    return None
