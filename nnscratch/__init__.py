@@ -9,7 +9,7 @@
 """
 from . import data, fast, init, kernels, models
 from .backend import get_array_module, gpu_available, to_device, to_numpy
-from .execution import execution, set_execution
+from .execution import get_execution, set_execution
 from .fast import plan
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU, Sequential
@@ -24,6 +24,6 @@ __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
     "Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam",
     "TrainStep", "NonFiniteLoss",
-    "models", "init", "kernels", "data", "fast", "plan", "set_execution", "execution", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
+    "models", "init", "kernels", "data", "fast", "plan", "set_execution", "get_execution", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
     "get_array_module", "gpu_available", "to_device", "to_numpy",
 ]

@@ -24,7 +24,7 @@ def set_execution(name: str):
     _state["execution"] = name
 
 
-def execution() -> str:
+def get_execution() -> str:
     """The choice in force: "plan" or "reference" (also when no planner is registered)."""
     if _state["execution"] == "plan" and _state["planner"] is not None:
         return "plan"

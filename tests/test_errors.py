@@ -149,17 +149,17 @@ def test_a_model_checks_its_input_once_and_names_the_first_layer():
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("training", [True, False])
 def test_a_network_starting_with_flatten_and_linear_refuses_non_finite_input_anywhere(bad, training):
-    # its Linear's bias pass checks the output instead of reading the input (Sequential._input_checker);
-    # the error is still the first layer's, for every position and sign
+    # its Linear's bias pass checks the output instead of reading the input (the plan's
+    # input_check_in_bias rule); the error is still the first layer's, for every position and sign
     model = ns.models.mlnn(hidden_size=16)
     model.train(training)
     rng = np.random.default_rng(0)
+    assert ns.plan(model, rng.random((5, 3, 28, 28)).astype(f32)).plan.stand_in == 1
     for _ in range(20):
         x = rng.random((5, 3, 28, 28)).astype(f32)
         x[tuple(rng.integers(0, n) for n in x.shape)] = bad
         with pytest.raises(ValueError, match=r"Flatten\(\): the input of shape \(5, 3, 28, 28\) contains non-finite"):
             model(x)
-        assert not model[1]._check_output
     model(rng.random((5, 3, 28, 28)).astype(f32))      # a finite input passes
     first = ns.Sequential(ns.Linear(4, 3), ns.ReLU(), ns.Linear(3, 2))
     x = np.ones((2, 4), f32)

@@ -11,20 +11,20 @@ from conftest import requires_gpu
 @requires_gpu
 @pytest.mark.parametrize("fused", [True, False])
 def test_cnn_forward_backward_and_step_on_gpu_match_cpu(fused):
-    """Also with the GPU model's fusions and conv3's crop off (Sequential.fuse_*, crop_before_pool)."""
+    """Also with every rule of the GPU model's plan off (ns.fast.all_off())."""
     import cupy as cp
     ns.manual_seed(0)
     cpu_model = ns.models.cnn().to(dtype=np.float64)
     gpu_model = ns.models.cnn().to(dtype=np.float64)
     gpu_model.load_state_dict(cpu_model.state_dict())
     gpu_model.to("gpu")
-    gpu_model.fuse_relu_pool = gpu_model.fuse_linear_relu = gpu_model.crop_before_pool = fused
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 3, 28, 28)), rng.integers(0, 8, 4)
     for model, xx, yy in ((cpu_model, x, y), (gpu_model, cp.asarray(x), cp.asarray(y))):
         opt, loss_fn = ns.Adam(model.parameters()), ns.CrossEntropyLoss()
-        loss_fn(model(xx), yy)
-        model.backward(loss_fn.backward())
+        with ns.fast.switched(**({} if fused or model is cpu_model else ns.fast.all_off())):
+            loss_fn(model(xx), yy)
+            model.backward(loss_fn.backward())
         opt.step()
     assert isinstance(gpu_model.parameters()[0].data, cp.ndarray)
     # atol: the CPU runs conv2 and conv3 as Winograd convolutions, the GPU through im2col; Adam turns

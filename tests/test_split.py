@@ -8,6 +8,13 @@ import pytest
 
 import nnscratch as ns
 from nnscratch import threads
+from nnscratch.execution import last_plan
+from nnscratch.fast.planner import SplitPlan, _ways
+
+
+def _split(model) -> bool:
+    """Whether the model's last forward pass was split."""
+    return isinstance(last_plan(model), SplitPlan)
 from nnscratch.kernels import cpu_kernels
 
 
@@ -237,7 +244,7 @@ def test_plain_loop_split_equals_the_whole_batch(arch, workers, B):
     for _ in range(2):                                # twice: the gradients accumulate (+=) in both
         la, dxa = _plain_pass(a, x, y)
         lb, dxb = _plain_pass(b, x, y)
-        assert b._split_state is not None and a._split_state is None
+        assert _split(b) and not _split(a)
         assert lb == pytest.approx(la, rel=1e-12)
         assert dxb.shape == x.shape
         np.testing.assert_allclose(dxb, dxa, rtol=1e-9, atol=1e-13)
@@ -253,13 +260,13 @@ def test_plain_loop_default_split_is_for_convolutional_networks_in_training():
     x = np.zeros((64, 3, 28, 28), np.float32)
     cnn, mlnn = ns.models.cnn(), ns.models.mlnn()
     expected = 1 if cores is None else min(cores, 64 // ns.TrainStep.MIN_PART)
-    assert cnn._ways(x) == expected and mlnn._ways(x) == 1
-    assert cnn._ways(x[:16]) == 1                     # too few images for two parts of MIN_PART
+    assert _ways(cnn, x) == expected and _ways(mlnn, x) == 1
+    assert _ways(cnn, x[:16]) == 1                     # too few images for two parts of MIN_PART
     cnn.eval()
-    assert cnn._ways(x) == 1                          # inference runs whole
+    assert _ways(cnn, x) == 1                          # inference runs whole
     cnn.train()
     cnn.workers = 1
-    assert cnn._ways(x) == 1
+    assert _ways(cnn, x) == 1
 
 
 def test_plain_loop_split_checks_the_whole_batch():
@@ -289,9 +296,10 @@ def test_a_split_model_copies_and_pickles_without_its_replicas():
     model.workers = 2
     x = np.random.default_rng(0).standard_normal((8, 3, 28, 28)).astype(np.float32)
     model(x)
-    assert model._replicas._copies and model._split_state is not None
+    assert model._replicas._copies and _split(model)
     for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert "_replicas" not in twin.__dict__ and "_split_state" not in twin.__dict__
+        assert not twin.__dict__.get("_replicas", None) or not twin._replicas._copies
+        assert last_plan(twin) is None
         np.testing.assert_array_equal(twin(x), model(x))
 
 
@@ -303,7 +311,7 @@ def test_nested_sequential_and_trainstep_whole_do_not_split_again():
     inner.workers = 2
     x = np.random.default_rng(1).standard_normal((8, 3, 28, 28)).astype(np.float32)
     out = outer(x)                                    # the outer splits; the inner, inside a part, does not
-    assert outer._split_state is not None and getattr(inner, "_split_state", None) is None
+    assert _split(outer) and not _split(inner)
     outer.backward(np.ones_like(out))
     model = ns.models.cnn()
     model.workers = 2
@@ -326,7 +334,7 @@ def test_a_layer_with_a_wrapped_forward_keeps_the_batch_whole():
     model[3].forward = wrapped
     model.workers = 2
     x = np.random.default_rng(0).standard_normal((8, 3, 28, 28)).astype(np.float32)
-    assert model._ways(x) == 1
+    assert _ways(model, x) == 1
     step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), workers=2)
     assert step.parts_for(8) == 1
     model(x)

@@ -9,16 +9,16 @@ layers it replaces.
 
     print(ns.plan(model, x))           # what will run for this input
     ns.set_execution("reference")      # the textbook layers alone (or NNSCRATCH_EXECUTION=reference)
-    with ns.fast.rules(winograd=False): ...
+    with ns.fast.switched(winograd=False): ...
 """
 from __future__ import annotations
 
 from .. import execution
 from . import planner
 from .planner import SplitPlan, kept_arrays, whole_plan
-from .rules import RULES, all_off, rules, set_rules
+from .rules import RULES, all_off, set_rules, switched
 
-__all__ = ["plan", "rules", "set_rules", "all_off", "RULES", "kept_arrays", "whole_plan", "Explained"]
+__all__ = ["plan", "switched", "set_rules", "all_off", "RULES", "kept_arrays", "whole_plan", "Explained"]
 
 
 class Explained:
@@ -36,7 +36,7 @@ class Explained:
 def plan(model, x) -> Explained:
     """The plan that ``model(x)`` runs now, to print: which layers are fused, which algorithm each
     convolution uses, which buffers are kept. Builds the plan if needed; runs nothing."""
-    if execution.execution() != "plan":
+    if execution.get_execution() != "plan":
         return Explained(None, "no plan: execution is 'reference', so every layer runs as written")
     if not hasattr(model, "layers"):
         return Explained(None, f"no plan: a {type(model).__name__} runs as written")

@@ -13,7 +13,6 @@ import numpy as np
 
 from .. import kernels, parallel
 from ..backend import is_gpu_array
-from ..checks import inputs_trusted
 from ..layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from . import rules
 from .buffers import Buffers

@@ -1,6 +1,6 @@
 """The planner's rules, each a switch: on by default, off to see what it is worth.
 
-    with ns.fast.rules(winograd=False):       # within this block only
+    with ns.fast.switched(winograd=False):       # within this block only
         ...
     ns.fast.set_rules(relu_into_pool=False)    # from now on
 
@@ -63,7 +63,7 @@ def set_rules(**switches):
 
 
 @contextlib.contextmanager
-def rules(**switches):
+def switched(**switches):
     """Within this block the named rules are switched as given; afterwards as they were."""
     before = dict(RULES)
     set_rules(**switches)
@@ -76,5 +76,5 @@ def rules(**switches):
 
 
 def all_off() -> dict:
-    """Every rule off, as keyword arguments for ``rules``/``set_rules``."""
+    """Every rule off, as keyword arguments for ``switched``/``set_rules``."""
     return {name: False for name in RULES}

@@ -1,0 +1,307 @@
+"""The planner (nnscratch/fast): every rule computes what the textbook layers compute.
+
+Rules that keep the bits (ReLU into pooling or into Linear, pooling into Winograd, in-place ReLU,
+kept buffers, the input check in the bias pass) are compared bit for bit with the rule off; rules
+that change the order of sums (the crop, Winograd, the folded bias) are compared in float64 with the
+textbook layers (``set_execution("reference")``), and the planned model is gradient-checked.
+"""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+
+import nnscratch as ns
+from nnscratch import execution
+from nnscratch.fast import rules as fast_rules  # the module
+from nnscratch.fast.steps import Im2colStep, LayerStep, LinearStep, PoolStep, ReluStep
+from nnscratch.fast.winograd import WinogradStep
+from nnscratch.kernels import cpu_kernels
+
+from conftest import requires_gpu
+
+SAME_BITS = ["relu_into_pool", "relu_into_linear", "pool_into_winograd", "relu_in_place", "kept_buffers",
+             "input_check_in_bias"]
+
+
+@pytest.fixture
+def small_winograd(monkeypatch):
+    """Winograd for any channel count, so that small layers take it."""
+    monkeypatch.setattr(fast_rules, "WINOGRAD_MIN_CHANNELS", 1)
+    fast_rules.set_rules()                       # a new rules version: no cached plan made before is used
+
+
+def _pass(model, x, g, need_input_grad=True, reference=False, **switches):
+    """(y, dL/dx, [every parameter's grad]) of one forward and backward pass."""
+    model.zero_grad()
+    before = execution.get_execution()
+    execution.set_execution("reference" if reference else "plan")
+    try:
+        with fast_rules.switched(**switches):
+            y = model(x)
+            dx = model.backward(g if g is not None else np.ones_like(y), need_input_grad=need_input_grad)
+    finally:
+        execution.set_execution(before)
+    return y.copy(), None if dx is None else dx.copy(), [p.grad.copy() for p in model.parameters()]
+
+
+def _assert_same(a, b, exact: bool, rtol=1e-10, atol=1e-12):
+    (ya, dxa, ga), (yb, dxb, gb) = a, b
+    pairs = [(ya, yb)] + ([(dxa, dxb)] if dxa is not None else []) + list(zip(ga, gb))
+    for u, v in pairs:
+        if exact:
+            np.testing.assert_array_equal(u, v)
+        else:
+            np.testing.assert_allclose(u, v, rtol=rtol, atol=atol)
+
+
+@st.composite
+def cnn_case(draw):
+    """A small CNN-like model: [Conv2d (k, pad), ReLU?, MaxPool2d(k, s)?] x 1-2, Flatten, Linear, ReLU?,
+    Linear; odd sizes, overlapping windows and maps the pooling reads only in part included."""
+    B, C = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    H, W = draw(st.integers(4, 11)), draw(st.integers(4, 11))
+    layers, shape = [], (B, C, H, W)
+    for block in range(draw(st.integers(1, 2))):
+        k, pad = draw(st.sampled_from([1, 3, 3])), draw(st.integers(0, 1))
+        if min(shape[2:]) + 2 * pad < k:
+            break
+        oc = draw(st.integers(1, 5))
+        conv = ns.Conv2d(shape[1], oc, k, padding=pad, bias=draw(st.booleans()), dtype=np.float64, rng=block)
+        shape = conv.output_shape(shape)
+        layers.append(conv)
+        if draw(st.booleans()):
+            layers.append(ns.ReLU())
+        pk, ps = draw(st.sampled_from([(2, 2), (2, 2), (2, 2), (1, 1), (2, 1), (3, 2), (3, 3), (2, 3)]))
+        if draw(st.integers(0, 3)) and min(shape[2:]) >= pk:
+            pool = ns.MaxPool2d(pk, ps)
+            shape = pool.output_shape(shape)
+            layers.append(pool)
+    n = int(np.prod(shape[1:]))
+    hidden = draw(st.integers(1, 6))
+    layers += [ns.Flatten(), ns.Linear(n, hidden, dtype=np.float64, rng=7)]
+    if draw(st.booleans()):
+        layers.append(ns.ReLU())
+    layers.append(ns.Linear(hidden, 3, dtype=np.float64, rng=8))
+    for layer in layers:                       # non-zero biases, so that a wrong bias path shows
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.data[...] = np.random.default_rng(len(layers)).standard_normal(layer.bias.shape)
+    return ns.Sequential(*layers), (B, C, H, W), draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(cnn_case())
+def test_the_plan_equals_the_textbook_layers_on_random_models(small_winograd, case):
+    model, shape, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    g = rng.standard_normal((shape[0], 3))
+    _assert_same(_pass(model, x, g), _pass(model, x, g, reference=True), exact=False)
+    _assert_same(_pass(model, x, g, need_input_grad=False), _pass(model, x, g, need_input_grad=False, reference=True),
+                 exact=False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cnn_case(), st.sampled_from(SAME_BITS))
+def test_rules_that_keep_the_bits_keep_them(small_winograd, case, rule):
+    model, shape, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=shape).astype(np.float64)     # ties, zeros, all-negative windows
+    x += rng.standard_normal(shape) * (rng.random() < 0.5)
+    kept = x.copy()
+    g = rng.standard_normal((shape[0], 3))
+    (y1, dx1, g1), (y0, dx0, g0) = _pass(model, x, g), _pass(model, x, g, **{rule: False})
+    _assert_same((y1, dx1, []), (y0, dx0, []), exact=True)
+    for (name, _), a, b in zip(model.named_parameters(), g1, g0):
+        layer = model[int(name.split(".")[0])]
+        if rule in ("relu_into_pool", "pool_into_winograd") and isinstance(layer, ns.Conv2d) and "bias" in name:
+            # pooling inside Winograd sums the bias gradient over the windows, not over the map
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    np.testing.assert_array_equal(x, kept)                    # the caller's input is never overwritten
+
+
+@settings(max_examples=15, deadline=None)
+@given(cnn_case())
+def test_planned_models_pass_gradcheck(small_winograd, case):
+    model, shape, seed = case
+    assume(int(np.prod(shape)) + model.num_parameters() <= 1500)
+    x = np.random.default_rng(seed).standard_normal(shape)
+    assert ns.gradcheck(model, x, mode="auto").ok
+
+
+def _steps(model, x):
+    return [type(step) for step in ns.plan(model, x).plan.steps]
+
+
+class _MyReLU(ns.ReLU):
+    pass
+
+
+def test_what_the_rules_make_of_the_papers_networks_and_of_subclasses():
+    x = np.zeros((2, 3, 28, 28), np.float32)
+    numba = cpu_kernels() == "numba"
+    conv = WinogradStep if numba else Im2colStep
+    cnn = ns.models.cnn()
+    cnn.workers = 1
+    assert _steps(cnn, x) == ([Im2colStep, PoolStep, WinogradStep, WinogradStep, LayerStep] if numba else
+                              [Im2colStep, PoolStep, Im2colStep, PoolStep, Im2colStep, PoolStep, LayerStep]) \
+        + [LinearStep] * 3
+    steps = ns.plan(cnn, x).plan.steps
+    assert steps[-2 if conv is Im2colStep else 3].out_hw == (6, 6)   # conv3: the 6 x 6 pixels pool3 reads
+    assert _steps(ns.models.mlnn(), x) == [LayerStep, LinearStep, LinearStep]
+    assert ns.plan(ns.models.mlnn(), x).plan.stand_in == 1
+    # only exact types fuse: a subclass may do something else
+    assert _steps(ns.Sequential(ns.ReLU(), ns.MaxPool2d(2), ns.ReLU()), x) == [PoolStep, ReluStep]
+    assert _steps(ns.Sequential(_MyReLU(), ns.MaxPool2d(2)), x) == [LayerStep, PoolStep]
+    assert _steps(ns.Sequential(ns.Linear(2, 2), _MyReLU()), np.zeros((2, 2), np.float32)) == [LinearStep, LayerStep]
+
+
+def test_a_layer_with_a_replaced_forward_runs_as_written():
+    model = ns.models.mlnn(hidden_size=4)
+    calls = []
+    inner = model[1].forward
+    model[1].forward = lambda x: calls.append(1) or inner(x)
+    x = np.zeros((2, 3, 28, 28), np.float32)
+    assert _steps(model, x) == [LayerStep, LayerStep, ReluStep, LinearStep]
+    model(x)
+    assert calls == [1]
+
+
+def test_the_plan_prints_what_runs():
+    cnn = ns.models.cnn()
+    cnn.workers = 2
+    x = np.zeros((64, 3, 28, 28), np.float32)
+    text = str(ns.plan(cnn, x))
+    assert "split in 2 parts" in text and "(32, 3, 28, 28)" in text and "Linear [10] + ReLU [11]" in text
+    cnn.eval()
+    cnn(x)
+    text = str(ns.plan(cnn, x))
+    assert "eval mode" in text and "kept buffers: cols (50176, 28)" in text
+    if cpu_kernels() == "numba":
+        assert "Winograd F(2x2, 3x3) on 6x6 outputs, 2x2 max-pooling of the ReLU" in text
+
+
+def test_reference_execution_runs_the_textbook_layers(monkeypatch):
+    model = ns.models.mlnn(hidden_size=5)
+    x = np.random.default_rng(0).standard_normal((3, 3, 28, 28)).astype(np.float32)
+    ns.set_execution("reference")
+    try:
+        assert "no plan" in str(ns.plan(model, x))
+        model(x)
+        assert model[1]._x is x.reshape(3, -1).base or model[1]._x.shape == (3, 2352)   # the layer kept it
+        model.backward(np.ones((3, 8), np.float32))
+        assert execution.last_plan(model) is None
+    finally:
+        ns.set_execution("plan")
+    with pytest.raises(ValueError, match="expected one of"):
+        ns.set_execution("fast")
+    monkeypatch.setitem(execution._state, "execution", "bogus")
+    with pytest.raises(ValueError, match="NNSCRATCH_EXECUTION='bogus'"):
+        model(x)
+
+
+def test_rules_can_be_switched_and_unknown_ones_are_refused():
+    with fast_rules.switched(winograd=False):
+        assert not fast_rules.on("winograd")
+    assert fast_rules.on("winograd")
+    with pytest.raises(ValueError, match="unknown rule"):
+        ns.fast.set_rules(wino=False)
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_winograd_equals_im2col_forward_and_backward_twice(small_winograd, pad, bias):
+    rng = np.random.default_rng(pad)
+    for shape in ((3, 16, 14, 14), (2, 17, 7, 9), (1, 16, 3, 2)):
+        if shape[2] + 2 * pad < 3 or shape[3] + 2 * pad < 3:
+            continue
+        model = ns.Sequential(ns.Conv2d(shape[1], 5, 3, padding=pad, bias=bias, rng=rng).to(dtype=np.float64))
+        if bias:
+            model[0].bias.data[...] = rng.standard_normal(5)
+        x = rng.standard_normal(shape)
+        if cpu_kernels() == "numba":
+            assert _steps(model, x) == [WinogradStep]
+        g = rng.standard_normal(model[0].output_shape(shape))
+        for _ in range(2):                     # twice: backward again after one forward (V rebuilt)
+            wino = _pass(model, x, g)
+            y, dx, _ = _pass(model, x, g, winograd=False)
+            model.zero_grad()
+            y2 = model(x)
+            model.backward(g)
+            np.testing.assert_allclose(model.backward(g), dx, rtol=1e-12, atol=1e-12)
+            _assert_same(wino, (y, dx, [p.grad / 2 for p in model.parameters()]), exact=False)
+            np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu", [True, False])
+def test_pooling_inside_winograd_gives_the_same_bits_as_winograd_then_pooling(dtype, relu):
+    # only the bias gradient's sum runs in another grouping (it adds the windows' gradients, not the map's)
+    layers = [ns.Conv2d(16, 8, 3, padding=1, rng=1)] + ([ns.ReLU()] if relu else []) + [ns.MaxPool2d(2)]
+    model = ns.Sequential(*layers, ns.Conv2d(8, 4, 3, padding=1, rng=2), ns.Flatten()).to(dtype=dtype)
+    x = np.random.default_rng(0).standard_normal((3, 16, 7, 9)).astype(dtype)   # 7 x 9: crop to 6 x 8
+    if cpu_kernels() == "numba":
+        assert _steps(model, x) == [WinogradStep, Im2colStep, LayerStep]
+    g = np.random.default_rng(1).standard_normal((3, 4 * 3 * 4)).astype(dtype)
+    (y1, dx1, g1), (y0, dx0, g0) = _pass(model, x, g), _pass(model, x, g, pool_into_winograd=False)
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(dx1, dx0)
+    for (name, _), a, b in zip(model.named_parameters(), g1, g0):
+        if name == "0.bias":
+            np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == np.float32 else 1e-12)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_the_crop_computes_only_the_pixels_the_pooling_reads():
+    model = ns.Sequential(ns.Conv2d(2, 3, 3, padding=1, dtype=np.float64), ns.MaxPool2d(2), ns.Flatten())
+    x = np.random.default_rng(0).standard_normal((2, 2, 7, 9))
+    assert ns.plan(model, x).plan.steps[0].out_hw == (6, 8)
+    with fast_rules.switched(crop_before_pool=False):
+        assert ns.plan(model, x).plan.steps[0].out_hw is None
+    g = np.random.default_rng(1).standard_normal((2, 3 * 3 * 4))
+    _assert_same(_pass(model, x, g), _pass(model, x, g, crop_before_pool=False), exact=False)
+    assert model[0](x).shape == (2, 3, 7, 9)                  # called alone, the layer computes the whole map
+
+
+def test_relu_in_place_never_touches_the_callers_array():
+    relu = ns.Sequential(ns.ReLU())
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    kept = x.copy()
+    y = relu(x)
+    assert not np.shares_memory(y, x)
+    np.testing.assert_array_equal(x, kept)
+    with fast_rules.switched(relu_into_linear=False):
+        model = ns.Sequential(ns.Linear(5, 4), ns.ReLU())
+        assert _steps(model, x) == [LinearStep, ReluStep] and ns.plan(model, x).plan.steps[1].in_place
+        np.testing.assert_array_equal(model(x), np.maximum(x @ model[0].weight.data.T, 0))
+
+
+def test_a_forward_pass_lets_go_of_the_last_ones_activations_first():
+    model = ns.models.mlnn(hidden_size=32)
+    x = np.random.default_rng(0).standard_normal((4, 3, 28, 28)).astype(np.float32)
+    model(x)
+    hidden = weakref.ref(ns.plan(model, x).plan.steps[1]._cache[1])   # Linear + ReLU keeps its output (the mask)
+    model(x)
+    gc.collect()
+    assert hidden() is None                           # freed, not held until the new one replaced it
+    model(x[:3])                                      # another plan: the last one lets go of its pass too
+    gc.collect()
+    assert ns.plan(model, x).plan.steps[1]._cache is None
+    model.backward(np.ones((3, 8), np.float32))       # the new pass's state is there
+
+
+@requires_gpu
+def test_the_plan_equals_the_textbook_layers_on_the_gpu():
+    ns.manual_seed(0)
+    model = ns.models.cnn().to("gpu", dtype=np.float64)
+    rng = np.random.default_rng(0)
+    x = ns.to_device(rng.standard_normal((5, 3, 28, 28)), "gpu")
+    g = ns.to_device(rng.standard_normal((5, 8)), "gpu")
+    a = [ns.to_numpy(v) if v is not None else None for v in _pass(model, x, g)[:2]]
+    b = [ns.to_numpy(v) if v is not None else None for v in _pass(model, x, g, reference=True)[:2]]
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
