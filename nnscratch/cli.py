@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class UsageError(Exception):
-    """Bad input from the user; the message is printed as one line."""
+from .errors import UsageError  # noqa: F401  (the commands import it from here)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -21,11 +19,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(body) -> int:
-    """Run ``body()``; user-facing errors become one line on stderr and exit status 2."""
-    from .data import DataError
+    """Run ``body()``; user-facing errors (``UsageError``, ``data.DataError`` among them) become one line
+    on stderr and exit status 2."""
     try:
         return body() or 0
-    except (UsageError, DataError) as e:
+    except UsageError as e:
         first, *rest = str(e).splitlines() or [""]
         print(f"error: {first}", file=sys.stderr)
         for line in rest:

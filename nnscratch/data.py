@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .backend import get_array_module
+from .errors import UsageError
 from .files import atomic_path
 from .medmnist_info import DATASETS, DatasetInfo
 
@@ -37,7 +38,7 @@ ENV_VAR = "NNSCRATCH_DATA_DIR"
 DOWNLOAD_TIMEOUT_S = 30
 
 
-class DataError(Exception):
+class DataError(UsageError):
     """A data file is missing, unreachable or wrong; the message says what was tried and what to do."""
 
 

@@ -203,14 +203,12 @@ class Adam(Optimizer):
         """(2,) float64 on the GPU: the step size lr / (1 - beta1^t) and sqrt(1 - beta2^t), kept across steps."""
         kept = getattr(self, "_coef_kept", None)
         if kept is None:
-            import cupy as cp
-            kept = self._coef_kept = cp.empty(2, dtype=cp.float64)
+            kept = self._coef_kept = get_array_module(self.params[0].data).empty(2, dtype="float64")
         return kept
 
     def _update(self, p, state):
         if self._coef is not None:
-            from .kernels import gpu
-            gpu.adam_update_coef(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self._coef,
+            kernels.adam_update_coef(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self._coef,
                                  self.betas[0], self.betas[1], self.eps, self.weight_decay)
             return
         kernels.adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self.lr, self.betas[0],

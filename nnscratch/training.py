@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import __version__, losses, models, optim, plots
 from .backend import gpu_available, to_device, to_numpy
-from .cli import UsageError
+from .errors import UsageError
 from .data import Dataset, batches, load, num_batches
 from .files import save_model, write_json, write_text
 from .metrics import classification_report

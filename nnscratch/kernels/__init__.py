@@ -174,6 +174,14 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     return for_array(p).adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
 
 
+def adam_update_coef(p, g, m, v, coef, beta1, beta2, eps, weight_decay):
+    """adam_update with the step's two factors read from device memory, coef = (lr / (1 - beta1^t),
+    sqrt(1 - beta2^t)) (float64, (2,)), so that a recorded CUDA graph replays it unchanged; GPU only."""
+    if not is_gpu_array(p):
+        raise TypeError("kernels.adam_update_coef runs on GPU arrays only (the factors live in device memory)")
+    return _twin("gpu").adam_update_coef(p, g, m, v, coef, beta1, beta2, eps, weight_decay)
+
+
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
     """In place: parameter p (and momentum buffer ``buf``) take one SGD step with gradient g."""
     return for_array(p).sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first)
