@@ -14,8 +14,8 @@ from _common import OUT, parser
 from nnscratch.training import TrainConfig, run
 
 
-def main(argv=None, arch="mlnn", name="07_mlnn"):
-    p = parser(__doc__)
+def main(argv=None, arch="mlnn", name="07_mlnn", doc=__doc__):
+    p = parser(doc)
     p.add_argument("--full", action="store_true", help="the paper's 15 epochs on all training images")
     p.add_argument("--dataset", default="bloodmnist", help="MedMNIST 2-D set")
     p.add_argument("--data-dir", default=None, help="folder with <dataset>.npz (default: the usual search)")

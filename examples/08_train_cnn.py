@@ -50,7 +50,7 @@ def misclassified_grid(model, dataset, path, n=24):
 
 
 def main(argv=None):
-    result = example07.main(argv, arch="cnn", name="08_cnn")
+    result = example07.main(argv, arch="cnn", name="08_cnn", doc=__doc__)
     from nnscratch.evaluate import load_model
     model, meta = load_model(result.run_dir)
     config = json.loads((result.run_dir / "config.json").read_text())

@@ -131,8 +131,11 @@ class TrainStep:
 
     def _split(self, x, labels, ways: int):
         """The step on ``ways`` parts of the batch at once (see the module notes)."""
-        dp = parallel.DataParallel(self.model, ways)
         B = x.shape[0]
+        if np.ndim(labels) < 1 or np.shape(labels)[0] != B:     # before the parts see halves of them
+            raise ValueError(f"{self}: expected labels of shape (B,) = ({B},) for a batch of {B} images, "
+                             f"got shape {tuple(np.shape(labels))}")
+        dp = parallel.DataParallel(self.model, ways)
         target = self.target(labels)
         weights = self.loss_fn._sample_weights(target)
         cuts = parallel.cuts(B, ways)

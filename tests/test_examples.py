@@ -22,7 +22,7 @@ def example(name):
 
 def test_every_numbered_example_has_a_test():
     numbers = sorted(p.name[:2] for p in EXAMPLES.glob("[0-9][0-9]_*.py"))
-    assert numbers == [f"{i:02d}" for i in range(1, 10)]
+    assert numbers == [f"{i:02d}" for i in range(1, 11)]
 
 
 def test_01_linear_by_hand_agrees_with_gradcheck():
@@ -73,3 +73,9 @@ def test_09_cpu_kernels_agree_and_are_timed():
     rows = example("09").main(["--quick", "--batch", "8"])
     assert [r[0] for r in rows[:3]] == ["CPU, reference kernels", "CPU, numba, 1 part(s)", "CPU, numba, batch whole"]
     assert all(ms > 0 for _, ms in rows)
+
+
+def test_10_plans_print_the_plan_and_every_stage_agrees_with_the_textbook(capsys):
+    assert example("10").main(["--quick"]) is True
+    out = capsys.readouterr().out
+    assert "Plan for" in out and "textbook layers" in out and "(split_batch)" in out

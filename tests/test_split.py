@@ -340,3 +340,10 @@ def test_a_layer_with_a_wrapped_forward_keeps_the_batch_whole():
     model(x)
     step(x, np.zeros(8, np.int64))
     assert calls == [8, 8]
+
+
+def test_a_split_step_names_the_label_count_the_user_passed():
+    model = ns.models.cnn()
+    step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), workers=2)
+    with pytest.raises(ValueError, match=r"labels of shape \(B,\) = \(64,\) for a batch of 64 images, got shape \(60,\)"):
+        step(np.zeros((64, 3, 28, 28), np.float32), np.zeros(60, np.int64))
