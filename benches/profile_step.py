@@ -28,6 +28,11 @@ from nnscratch import threads
 from nnscratch.kernels import serial_kernels
 
 
+def _names(step) -> str:
+    """The layers a plan step stands for, as "Conv2d + ReLU + MaxPool2d"."""
+    return " + ".join(type(layer).__name__ for _, layer in step.layers)
+
+
 def timed(times, key, fn):
     """fn, with the duration of every call appended to times[key]."""
     def wrapper(*args, **kwargs):
@@ -96,8 +101,8 @@ def inference(args):
     model = getattr(ns.models, args.arch)().eval()
     x = np.random.default_rng(0).standard_normal((256, 3, 28, 28)).astype(np.float32)
     times = collections.defaultdict(list)
-    for i, layer in enumerate(model):
-        layer.forward = timed(times, f"{i:2d} {type(layer).__name__}", layer.forward)
+    for i, step in enumerate(ns.plan(model, x).plan.steps):      # the plan's steps, as model(x) runs them
+        step.forward = timed(times, f"{i:2d} {_names(step)}", step.forward)
     whole = timed(times, "model(x)", model)
     for _ in range(args.warmup):
         whole(x)
@@ -106,11 +111,10 @@ def inference(args):
         whole(x)
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     print(f"{args.arch}, inference on 256 images, median of {args.steps} passes, ms\n")
-    print("| layer | forward |")
+    print("| plan step (layers) | forward |")
     print("| --- | ---: |")
-    for i, layer in enumerate(model):
-        name = f"{i:2d} {type(layer).__name__}"
-        print(f"| {name} | {'(in the next layer)' if name not in ms else f'{ms[name]:.2f}'} |")
+    for name in (k for k in ms if k != "model(x)"):
+        print(f"| {name} | {ms[name]:.2f} |")
     print(f"\nmodel(x): {ms['model(x)']:.2f} ms")
     first = next(m for m in model if isinstance(m, (ns.Linear, ns.Conv2d)))
     if isinstance(first, ns.Linear):                  # the product the first layer runs, alone
@@ -173,10 +177,10 @@ def profile(args, model):
         for name in KERNELS:
             setattr(ns.kernels, name, timed_sum(kernel_times, name, getattr(ns.kernels, name)))
     if not args.total:
-        for i, layer in enumerate(model):
-            name = f"{i:2d} {type(layer).__name__}"
-            layer.forward = timed(times, (name, "forward"), layer.forward)
-            layer.backward = timed(times, (name, "backward"), layer.backward)
+        for i, plan_step in enumerate(ns.plan(model, x).plan.steps):     # the steps model(x) runs
+            name = f"{i:2d} {_names(plan_step)}"
+            plan_step.forward = timed(times, (name, "forward"), plan_step.forward)
+            plan_step.backward = timed(times, (name, "backward"), plan_step.backward)
 
     def step():
         t0 = time.perf_counter()
@@ -207,13 +211,9 @@ def profile(args, model):
         print(f"{args.arch} step {ms['step']:.2f} ms")
         return
     print(f"{args.arch}, batch {args.batch}, median of {args.steps} steps, ms\n")
-    print("| layer | forward | backward |")
+    print("| plan step (layers) | forward | backward |")
     print("| --- | ---: | ---: |")
-    for i, layer in enumerate(model):
-        name = f"{i:2d} {type(layer).__name__}"
-        if (name, "forward") not in ms:           # a ReLU the Sequential ran inside the MaxPool2d after it
-            print(f"| {name} | (in the next layer) | (in the next layer) |")
-            continue
+    for name in dict.fromkeys(k[0] for k in ms if isinstance(k, tuple)):
         back = ms.get((name, "backward"))
         print(f"| {name} | {ms[(name, 'forward')]:.2f} | {'-' if back is None else f'{back:.2f}'} |")
     print()
