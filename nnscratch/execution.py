@@ -32,7 +32,7 @@ def get_execution() -> str:
 
 
 def register(planner):
-    """Install the planner: an object with ``plan_for(model, x)`` and ``last_plan(model)``."""
+    """Install the planner: an object with ``plan_for(model, x, enabled)`` and ``last_plan(model)``."""
     _state["planner"] = planner
 
 

@@ -117,21 +117,6 @@ def _replica(model) -> tuple:
     return twin, params
 
 
-def gather_grads(parts: list):
-    """Add the replicas' gradients to the model's (part 0's) and clear the replicas'."""
-    for own, *others in zip(parts[0][1], *(p[1] for p in parts[1:])):
-        for other in others:
-            own.grad += other.grad
-            other.zero_grad()
-
-
-def clear_replica_grads(parts: list):
-    """Clear the replicas' gradients (after a failed pass: what it added is dropped)."""
-    for _, params in parts[1:]:
-        for p in params:
-            p.zero_grad()
-
-
 class DataParallel:
     """A model's batch run in ``ways`` parts at once, part k by ``parts[k]`` (the model, then its
     replicas), each in a thread of its own (``threads.run_parallel``)."""
@@ -171,19 +156,19 @@ class DataParallel:
             outs = run_parallel([functools.partial(part_backward, model, grad[cut], need_input_grad)
                                  for (model, _), cut in zip(self.parts, self._cuts)])
         except BaseException:
-            clear_replica_grads(self.parts)
+            self._clear(self.parts[1:])                   # the replicas' gradients from the failed pass
             raise
-        gather_grads(self.parts)
+        self.gather_grads()
         return np.concatenate(outs) if need_input_grad else None
 
     # ---- TrainStep: the parts meet once a step ---------------------------------------------------
 
-    def step(self, x, target, loss_fns: list, shares: list):
-        """Each part: forward, its own loss (``loss_fns[k]``), and, when that is finite, backward of
-        its share (``shares[k]``) of the whole batch's mean loss. Returns [(logits, loss)] per part and
-        the cuts. The whole batch's loss, a weighted mean of the parts', is finite exactly when every
-        part's is; when it is not, the caller clears the gradients (``clear_grads``)."""
-        self._cuts = batch_cuts = cuts(x.shape[0], self.ways)
+    def step(self, x, target, batch_cuts: list, loss_fns: list, shares: list):
+        """Each part k, the rows ``batch_cuts[k]`` (``cuts(len(x), ways)``): forward, its own loss
+        (``loss_fns[k]``), and, when that is finite, backward of its share (``shares[k]``) of the whole
+        batch's mean loss. Returns [(logits, loss)] per part. The whole batch's loss, a weighted mean
+        of the parts', is finite exactly when every part's is; when it is not, the caller clears the
+        gradients (``clear_grads``)."""
 
         def part(k):
             model, loss_fn = self.parts[k][0], loss_fns[k]
@@ -199,13 +184,21 @@ class DataParallel:
                 return logits, loss
             return task
 
-        return run_parallel([part(k) for k in range(self.ways)]), batch_cuts
+        return run_parallel([part(k) for k in range(self.ways)])
 
     def clear_grads(self):
         """Clear every part's gradients, the model's too (after a step whose loss was not finite)."""
-        for _, params in self.parts:
-            for p in params:
-                p.zero_grad()
+        self._clear(self.parts)
 
     def gather_grads(self):
-        gather_grads(self.parts)
+        """Add the replicas' gradients to the model's (part 0's) and clear the replicas'."""
+        for own, *others in zip(self.parts[0][1], *(params for _, params in self.parts[1:])):
+            for other in others:
+                own.grad += other.grad
+                other.zero_grad()
+
+    @staticmethod
+    def _clear(parts: list):
+        for _, params in parts:
+            for p in params:
+                p.zero_grad()

@@ -145,7 +145,7 @@ class TrainStep:
             weights = np.asarray(weights, dtype=np.float64)
             total = weights.sum()
             shares = [float(weights[cut].sum() / total) for cut in cuts]
-        outs, cuts = dp.step(x, target, self._loss_copies(ways), shares)
+        outs = dp.step(x, target, cuts, self._loss_copies(ways), shares)
         loss = sum(share * part_loss for share, (_, part_loss) in zip(shares, outs))
         if not np.isfinite(loss):
             dp.clear_grads()                              # what the finite parts' backward passes added

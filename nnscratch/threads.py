@@ -3,7 +3,7 @@
 A CNN step at the paper's batch of 64 is some forty calls, each split across the cores by
 whoever runs it (OpenBLAS's threads for the products, numba's for the kernels): every call
 wakes the threads and waits for the slowest, and the products run on inputs that the other
-core's cache holds. ``TrainStep`` and ``Sequential`` (see ``split.py``) can instead hand each core
+core's cache holds. ``parallel.DataParallel`` (for ``TrainStep`` and the planner) can instead hand each core
 a slice of the batch: every call then runs single-threaded on its own slice, start to end, and the
 cores meet once a pass. For that:
 
@@ -83,7 +83,7 @@ class blas_threads:
             lib[1](self._before)
 
 
-# Set where a batch must run whole (see split.py): inside every task of run_parallel, so that a part
+# Set where a batch must run whole (see parallel.py): inside every task of run_parallel, so that a part
 # never splits again, and in TrainStep's unsplit step (its ``workers=1`` means one model, whole batch)
 _WHOLE = contextvars.ContextVar("nnscratch_whole_batch", default=False)
 

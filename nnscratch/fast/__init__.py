@@ -40,7 +40,7 @@ def plan(model, x) -> Explained:
         return Explained(None, "no plan: execution is 'reference', so every layer runs as written")
     if not hasattr(model, "layers"):
         return Explained(None, f"no plan: a {type(model).__name__} runs as written")
-    p = planner._lookup(planner._record(model), model, x, split=True)
+    p = planner.lookup(model, x)
     return Explained(p, p.explain(x) if isinstance(p, SplitPlan) else str(p))
 
 

@@ -39,21 +39,27 @@ def _record(model) -> _Record:
 
 
 def plan_for(model, x, enabled: bool = True):
-    """The plan that runs ``model`` on ``x`` (remembered as the model's last), or None (``enabled``
-    False, or a model that is not a Sequential: it runs as written)."""
-    record = _records.get(model) if not enabled else _record(model)
+    """The plan that runs ``model`` on ``x`` (remembered as the model's last), or None when ``enabled``
+    is False (the model runs as written, and its last plan is forgotten)."""
     if not enabled:
+        record = _records.get(model)
         if record is not None:
             _switch(record, None)
         return None
-    plan = _lookup(record, model, x, split=True)
+    record = _record(model)
+    plan = _lookup(record, model, x, _ways(model, x))
     _switch(record, plan)
     return plan
 
 
+def lookup(model, x):
+    """The plan ``plan_for`` would give, without running it or making it the model's last."""
+    return _lookup(_record(model), model, x, _ways(model, x))
+
+
 def whole_plan(model, x):
     """The plan that runs ``model`` on the whole of ``x``, never split (a part of a split batch)."""
-    return _lookup(_record(model), model, x, split=False)
+    return _lookup(_record(model), model, x, 1)
 
 
 def last_plan(model):
@@ -74,24 +80,16 @@ def _switch(record, plan):
     record.last = plan
 
 
-def _key(model, x, split: bool) -> tuple:
+def _lookup(record, model, x, ways: int):
+    """The model's plan for x in ``ways`` parts, built on first use. The key is all a plan depends on:
+    the input's type, shape and dtype, the mode, the split, the CPU kernels, the rules, the layers."""
     layers = tuple((id(layer), "forward" in layer.__dict__ or "backward" in layer.__dict__)
                    for layer in model.layers)
-    ways = _ways(model, x) if split else 1
-    return (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), model.training, ways,
-            kernels.cpu_kernels(), rules.version(), layers)
-
-
-def _lookup(record, model, x, split: bool):
-    key = _key(model, x, split)
+    key = (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), model.training, ways,
+           kernels.cpu_kernels(), rules.version(), layers)
     plan = record.plans.get(key)
     if plan is None:
-        ways = key[4]
-        if ways > 1:
-            plan = SplitPlan(model, ways)
-        else:
-            plan = build(model, x, record.buffers)
-        record.plans[key] = plan
+        plan = record.plans[key] = SplitPlan(model, ways) if ways > 1 else build(model, x, record.buffers)
     return plan
 
 
@@ -113,6 +111,7 @@ class SplitPlan:
     def __init__(self, model, ways: int):
         self._model, self.ways = weakref.ref(model), ways
         self.key_text = f"a batch split in {ways} parts"
+        self._plans = {}                  # id(part's model) -> the whole plan that ran it last
 
     def forward(self, x):
         model = self._model()
@@ -130,7 +129,7 @@ class SplitPlan:
         return self._parallel.backward(grad, need_input_grad, part_backward, self._model().layers[-1])
 
     def drop(self):
-        for plan in getattr(self, "_plans", {}).values():
+        for plan in self._plans.values():
             plan.drop()
         self._plans = {}
 
@@ -184,13 +183,10 @@ def build(model, x, buffers) -> Plan:
         i += used
     if not isinstance(x, np.ndarray):
         stand_in = None                 # on a GPU the check would wait for the device: the layer checks
-    key_text = (f"{type(model).__name__} on {device.upper()} input {shape_text(x)} in "
-                f"{'training' if model.training else 'eval'} mode")
+    what = f"{tuple(x.shape)} {x.dtype}" if hasattr(x, "shape") else type(x).__name__
+    mode = "training" if model.training else "eval"
+    key_text = f"{type(model).__name__} on {device.upper()} input {what} in {mode} mode"
     return Plan(key_text, steps, stand_in, buffers, layers[0] if layers else model)
-
-
-def shape_text(x) -> str:
-    return f"{tuple(x.shape)} {x.dtype}" if hasattr(x, "shape") else type(x).__name__
 
 
 def _conv_step(layers, i, shape, device, buffers, exact):
