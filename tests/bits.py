@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import nnscratch as ns
+from nnscratch import training
 
 HERE = Path(__file__).resolve().parent
 FILE = HERE / "data" / "bits.json"
@@ -34,14 +34,9 @@ BATCHES = (64, 37)           # an even batch and an odd one (uneven parts when s
 
 def machine() -> dict:
     """What decides the rounding: the CPU model, its core count, the library versions."""
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     import numba
-    return {"cpu": cpu, "cores": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
+    run = training.machine()                  # what a run folder records
+    return {"cpu": run["cpu"], "cores": run["cores"], "numpy": np.__version__, "numba": numba.__version__,
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "")}
 
 

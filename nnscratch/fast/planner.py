@@ -17,7 +17,7 @@ from ..layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from . import rules
 from .buffers import Buffers
 from .plan import Plan
-from .steps import Im2colStep, LayerStep, LinearStep, PoolStep, ReluStep, propagate
+from .steps import Im2colStep, LayerStep, LinearStep, PoolStep, ReluStep
 from .winograd import WinogradStep
 
 
@@ -217,3 +217,23 @@ def _conv_step(layers, i, shape, device, buffers, exact):
         covered = [(k, layers[k]) for k in range(i, pool_at + 1)]
         return WinogradStep(covered, hw, buffers, pool=True, relu=pool_at == i + 2), pool_at + 1 - i
     return WinogradStep([(i, conv)], hw, buffers), 1
+
+
+def propagate(layer, shape):
+    """The output shape of a known layer for an input of ``shape``, or None (unknown, or an input the
+    layer will refuse: its own check then raises the error)."""
+    if shape is None:
+        return None
+    kind = type(layer)
+    if kind is ReLU:
+        return shape
+    if kind is Flatten:
+        return (shape[0], int(np.prod(shape[1:]))) if len(shape) >= 2 else None
+    if kind is Linear:
+        return (shape[0], layer.out_features) if len(shape) == 2 and shape[1] == layer.in_features else None
+    if kind in (Conv2d, MaxPool2d) and len(shape) == 4:
+        if kind is Conv2d and shape[1] != layer.in_channels:
+            return None
+        out = layer.output_shape(shape)
+        return out if min(out[2:]) >= 1 else None
+    return None

@@ -8,12 +8,10 @@ The Winograd convolution is in ``winograd.py``.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import kernels
 from ..backend import get_array_module
 from ..checks import check_grad, no_forward
-from ..layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from ..layers import Flatten
 from .buffers import accumulate_product
 
 
@@ -232,22 +230,3 @@ class Im2colStep(Step):
         return kernels.col2im(kernels.matmul(g, self._weight_matrix(with_bias=False), out=dcols), x.shape,
                               kh, kw, s, p, out_hw=(OH, OW))
 
-
-def propagate(layer, shape):
-    """The output shape of a known layer for an input of ``shape``, or None (unknown, or an input the
-    layer will refuse: its own check then raises the error)."""
-    if shape is None:
-        return None
-    kind = type(layer)
-    if kind is ReLU:
-        return shape
-    if kind is Flatten:
-        return (shape[0], int(np.prod(shape[1:]))) if len(shape) >= 2 else None
-    if kind is Linear:
-        return (shape[0], layer.out_features) if len(shape) == 2 and shape[1] == layer.in_features else None
-    if kind in (Conv2d, MaxPool2d) and len(shape) == 4:
-        if kind is Conv2d and shape[1] != layer.in_channels:
-            return None
-        out = layer.output_shape(shape)
-        return out if min(out[2:]) >= 1 else None
-    return None
