@@ -158,7 +158,7 @@ def main(argv=None):
         args.batch //= parts
         with threads.blas_threads(1), serial_kernels():
             return profile(args, model)
-    # the batch whole, every call on all cores: the model would otherwise split it itself (Sequential.workers),
+    # the batch whole, every call on all cores: the model would otherwise split it itself (model.workers),
     # through replicas that the timing wrappers below do not reach
     model.workers = 1
     print(f"the whole batch of {args.batch}, every call on all cores\n")
