@@ -1,4 +1,4 @@
-"""03. Convolution as im2col plus one matrix product, against a naive loop, with the column matrix drawn.
+"""03. Convolution as im2col plus one matrix product, forward and backward, against naive loops.
 
     python examples/03_conv_im2col.py
 
@@ -9,7 +9,15 @@ matrix, so that all the dot products become one matrix product:
     x: (B, C, H, W) --im2col--> cols: (B*OH*OW, 3*3*C) ;  y = cols @ W^T: (B*OH*OW, OC)
 
 The copy costs memory (each pixel appears in up to nine rows) but the product runs
-at the speed of the BLAS library. Writes examples/out/03_im2col.png.
+at the speed of the BLAS library. The backward pass is that product's backward
+plus col2im, im2col's adjoint, which adds each patch's gradient back onto the
+pixels it was copied from:
+
+    g = dL/dy as (B*OH*OW, OC) rows:  dW = g^T cols,  db = column sums of g,
+                                      dcols = g W,  dx = col2im(dcols)
+
+Both passes are checked against loops written from the definition, against the
+Conv2d layer, and numerically by gradcheck. Writes examples/out/03_im2col.png.
 """
 import matplotlib.pyplot as plt
 import numpy as np
@@ -34,6 +42,24 @@ def naive_conv(x, w, b, padding):
     return y
 
 
+def naive_conv_backward(x, w, g, padding):
+    """The chain rule on the definition: output (n, o, i, j) received w[o] times its window, so its
+    gradient g[n, o, i, j] flows back to the window's pixels (times w[o]) and to w[o] (times the
+    window). Returns dW, db, dx."""
+    B, C, H, W = x.shape
+    OC, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for n in range(B):
+        for o in range(OC):
+            for i in range(g.shape[2]):
+                for j in range(g.shape[3]):
+                    dw[o] += g[n, o, i, j] * xp[n, :, i:i + kh, j:j + kw]
+                    dxp[n, :, i:i + kh, j:j + kw] += g[n, o, i, j] * w[o]
+    dx = dxp[:, :, padding:padding + H, padding:padding + W]
+    return dw, g.sum(axis=(0, 2, 3)), dx
+
+
 def main(argv=None):
     parser(__doc__).parse_args(argv)
     rng = np.random.default_rng(0)
@@ -52,6 +78,28 @@ def main(argv=None):
     print("max |Conv2d - naive| =", np.abs(y_layer - y_naive).max())
     assert np.allclose(y_im2col, y_naive) and np.allclose(y_layer, y_naive)
 
+    # backward: suppose the loss is L = sum(y * g) for a fixed g, so that dL/dy = g
+    g = rng.standard_normal(y_layer.shape)
+    g_rows = g.transpose(0, 2, 3, 1).reshape(-1, 4)                  # (B*OH*OW, OC), the rows of cols
+    dW_im2col = (g_rows.T @ cols).reshape(4, 3, 3, 3).transpose(0, 3, 1, 2)   # back to (OC, C, kh, kw)
+    db_im2col = g_rows.sum(axis=0)
+    dx_im2col = reference.col2im(g_rows @ w, x.shape, 3, 3, 1, 1)
+    dW_naive, db_naive, dx_naive = naive_conv_backward(x, conv.weight.data, g, 1)
+    dx_layer = conv.backward(g)
+    backward_error = 0.0
+    for name, by_im2col, by_layer, by_hand in (("dL/dW", dW_im2col, conv.weight.grad, dW_naive),
+                                               ("dL/db", db_im2col, conv.bias.grad, db_naive),
+                                               ("dL/dx", dx_im2col, dx_layer, dx_naive)):
+        print(f"{name}: max |im2col - naive| = {np.abs(by_im2col - by_hand).max():.1e}, "
+              f"max |Conv2d.backward - naive| = {np.abs(by_layer - by_hand).max():.1e}")
+        assert np.allclose(by_im2col, by_hand) and np.allclose(by_layer, by_hand)
+        backward_error = max(backward_error, np.abs(by_layer - by_hand).max())
+
+    # and numerically: central differences of the forward pass, for every element of x, W and b
+    result = ns.gradcheck(conv, x, mode="full")
+    print(result)
+    assert result.ok
+
     # draw one channel of an image, and its column matrix
     img = np.arange(1, 26, dtype=np.float64).reshape(1, 1, 5, 5)
     small = reference.im2col(img, 3, 3, 1, 1)                        # (25, 9)
@@ -69,7 +117,7 @@ def main(argv=None):
     path = figure_path("03_im2col.png")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     print(f"column matrix drawn in {path}")
-    return float(np.abs(y_layer - y_naive).max())
+    return float(max(np.abs(y_layer - y_naive).max(), backward_error))
 
 
 if __name__ == "__main__":

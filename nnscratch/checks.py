@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import numbers
 
 import numpy as np
 
@@ -98,7 +99,12 @@ def check_shape(owner, x, expected: tuple, names: str, what: str = "input"):
 def check_grad(owner, grad, out_shape: tuple, dtype):
     """The gradient handed to ``backward`` has the shape of the forward output."""
     if not _is_array(grad):
-        raise TypeError(f"{owner}.backward: expected the gradient as an array, got {type(grad).__name__}")
+        hint = ""
+        if isinstance(grad, numbers.Number):
+            # the usual slip: model.backward(loss) with the loss value a loss function returned
+            hint = ("; backward takes dL/d(output), the array that loss_fn.backward() returns, not the loss "
+                    "value: model.backward(loss_fn.backward())")
+        raise TypeError(f"{owner}.backward: expected the gradient as an array, got {type(grad).__name__}{hint}")
     if tuple(grad.shape) != tuple(out_shape):
         raise ValueError(
             f"{owner}.backward: expected a gradient of the output's shape {tuple(out_shape)}, got {tuple(grad.shape)}")

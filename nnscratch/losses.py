@@ -155,6 +155,11 @@ class MSELoss(Loss):
     def forward(self, pred, target) -> float:
         """pred, target: same shape -> mean over every element (float)."""
         check_array(self, pred, "prediction", finite=False)
+        if getattr(target, "dtype", None) is not None and target.dtype.kind in "iu" and target.ndim == 1 \
+                and pred.ndim == 2 and tuple(target.shape) != tuple(pred.shape):
+            # class labels where MSE needs one target value per output
+            raise TypeError(f"{self}: got class labels of shape {tuple(target.shape)} as the target, but MSE needs "
+                            f"one value per output, shape {tuple(pred.shape)}: pass ns.one_hot(y, {pred.shape[1]})")
         check_array(self, target, "target")
         if tuple(pred.shape) != tuple(target.shape):
             raise ValueError(f"{self}: expected a target of the prediction's shape {tuple(pred.shape)}, "

@@ -37,7 +37,7 @@ def parts_for(model, batch: int, workers: int | None) -> int:
     thread (that is, per core, or ``OPENBLAS_NUM_THREADS``), at most one per ``MIN_PART`` images, and
     only for a network with a Conv2d. Convolutions reuse each weight at every pixel, so their
     gradients are small next to the work; the MLNN's 2.8 M gradient sums would cost more than the
-    split gains (its step at batch 64: 6.8 -> 12.1 ms on two cores). Without a reachable OpenBLAS
+    split gains (measured in benches/NOTES.md, "Splitting the batch"). Without a reachable OpenBLAS
     (whose threads could not be held to one per part) nothing is split by default.
 
     A model with a layer whose ``forward`` or ``backward`` was replaced on the instance (a timing

@@ -113,6 +113,19 @@ def test_mse_shape_mismatch_suggests_one_hot():
         ns.MSELoss()(np.zeros((3, 4), f32), np.zeros(3, f32))
 
 
+def test_mse_given_integer_labels_suggests_one_hot_not_astype():
+    # converting the labels' dtype would only lead to the shape error; one-hot is the fix
+    with pytest.raises(TypeError, match=r"MSELoss.*class labels of shape \(3,\).*ns\.one_hot\(y, 4\)"):
+        ns.MSELoss()(np.zeros((3, 4), f32), np.array([0, 1, 3]))
+
+
+def test_a_loss_value_passed_to_model_backward_suggests_the_loss_gradient():
+    model, loss_fn = ns.models.mlnn(), ns.CrossEntropyLoss()
+    loss = loss_fn(model(np.zeros((2, 3, 28, 28), f32)), np.array([0, 1]))
+    with pytest.raises(TypeError, match=r"got float; .*model\.backward\(loss_fn\.backward\(\)\)"):
+        model.backward(loss)
+
+
 @pytest.mark.parametrize("make", [
     lambda: ns.Linear(0, 3), lambda: ns.Linear(3, -1), lambda: ns.Linear(2.5, 3), lambda: ns.Conv2d(3, 8, 0),
     lambda: ns.Conv2d(3, 8, 3, padding=-1), lambda: ns.MaxPool2d(0), lambda: ns.models.cnn(image_size=7),

@@ -34,11 +34,10 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 
-# Waking numba's workqueue threads costs about 0.15 ms here, more than the whole of a small kernel
-# (Adam on a 32-element bias: 0.17 ms threaded, 2 us serial), and a CNN step has a dozen small ones.
-# A pass over memory gains at most half its time from a second core, so it pays only from a few MB
-# on: the MLNN's bias on 256 x 1180 values takes 0.025 ms serial and 0.15 threaded, its ReLU 0.06
-# and 0.11 (2^17 until benches/NOTES.md row 32).
+# Waking numba's workqueue threads costs more than the whole of a small kernel (Adam on a bias),
+# and a CNN step has a dozen small ones. A pass over memory gains at most half its time from a
+# second core, so threads pay only from a few MB on; the threshold's measurements are in
+# benches/NOTES.md ("Kernel thresholds").
 SERIAL_BELOW = 1 << 20      # elements written by a call; below this the serial copy runs
 # True while several threads run kernels at once (``threads.run_parallel``): numba's workqueue layer
 # serves one caller at a time (a second one aborts the process), so every call runs its serial copy
@@ -150,8 +149,8 @@ def _im2col_cl(x, kh, kw, stride, padding, OH, OW, cols):
 def _im2col_nchw(x, kh, kw, stride, padding, OH, OW, cols):
     # Twin for a C-contiguous (B, C, H, W) input with few channels (a network's RGB input): the
     # loops above would copy runs of C = 3 values; here each (i, j, c) column of an output row's
-    # block of OW rows is filled from one contiguous image row. conv1 at batch 32, one thread:
-    # 0.85 -> 0.46 ms; for 16 channels and more the loops above win (benches/NOTES.md, row 30).
+    # block of OW rows is filled from one contiguous image row. For 16 channels and more the loops
+    # above copy long enough runs to win (benches/NOTES.md, "Kernel thresholds").
     B, C, H, W = x.shape
     K = kh * kw * C
     for b in prange(B):
@@ -357,8 +356,8 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int, out=None
 # ---- Winograd F(2x2, 3x3) transforms (see reference.py), channels-last --------------------------------
 #
 # Every loop below has one store stream and runs over C contiguous values: the 16 outputs of a tile
-# written by one loop made LLVM give up vectorising (it cannot tell the output rows from the input),
-# 2.6 ms against 0.33 for conv2's input transform at batch 32. Each tile's intermediate rows live in
+# written by one loop made LLVM give up vectorising (it cannot tell the output rows from the input,
+# so it assumes they may alias). Each tile's intermediate rows live in
 # a small per-image buffer.
 
 @_twins
@@ -714,7 +713,7 @@ def _add_bias(y, b, relu, zero, bad):
     # ``relu``: the ReLU after the layer in the same pass (NaN passes, as in _relu_forward); ``zero``
     # is 0 in y's dtype (an int literal would make numba compute in float64). bad[i] is set when row
     # i had a NaN or inf before the ReLU (v - v is NaN exactly then): an or of flags vectorises, so
-    # the check costs nothing measurable (0.028 -> 0.029 ms on 256 x 1180 values)
+    # the check adds no pass over memory
     for i in prange(y.shape[0]):
         row = y[i]
         nonfinite = False
@@ -732,7 +731,7 @@ def _add_bias(y, b, relu, zero, bad):
 
 
 # Below this many values NumPy's broadcast add runs first: a numba call with its flag array costs
-# more than the work (the MLNN's 256 x 8 logits: 47 us against 15)
+# more than the work on an array that small (an MLNN's logits; benches/NOTES.md, "Kernel thresholds")
 BIAS_NUMPY_BELOW = 1 << 14
 
 
@@ -806,7 +805,8 @@ def relu_backward(grad, y):
     yf, y_layout = _flat(y)
     if yf is not None and _flat(grad)[1] != y_layout:
         # e.g. the gradient from Flatten (NCHW) for a ReLU whose output is channels-last: a copy
-        # into y's layout, then one pass, beats NumPy's where() on mixed strides (0.3 -> 0.1 ms)
+        # into y's layout, then one contiguous pass, reads memory in order where NumPy's where() on
+        # mixed strides would jump between them
         grad = _as_channels_last(grad).transpose(0, 3, 1, 2) if y_layout == "cl" else np.ascontiguousarray(grad)
     gf, g_layout = _flat(grad)
     if gf is None or yf is None or g_layout != y_layout:
@@ -822,8 +822,8 @@ def relu_backward(grad, y):
 def _adam(p, g, m, v, step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, bias2_sqrt,
           tiny):
     # Every scalar arrives in the arrays' dtype, and the zero below is one too: numba gives a variable
-    # that holds a float32 and an int literal the type float64, and the whole update then ran in double
-    # precision at a third of the speed (CNN parameters: 0.93 -> 0.27 ms serial).
+    # that holds a float32 and an int literal the type float64, and the whole update would then run in
+    # double precision, slower and rounded differently from the float32 reference.
     zero = tiny - tiny
     for i in prange(p.size):
         gi = g[i] + weight_decay * p[i]

@@ -10,7 +10,8 @@ class ReLU(Module):
     """max(x, 0), elementwise. Any shape in, the same shape out.
 
     The gradient passes where the input was positive and is zero elsewhere
-    (at exactly 0 the derivative is taken as 0, as in PyTorch).
+    (at exactly 0 the derivative is taken as 0, as in PyTorch). The plain NumPy
+    kernels are ``relu_forward`` and ``relu_backward`` in ``kernels/reference.py``.
     """
 
     def __init__(self):
