@@ -153,16 +153,17 @@ def _sens_spec(path, runs):
     m, c = runs["mlnn-test1"][0]["metrics"], runs["cnn-test1"][0]["metrics"]
     names = [short_label(p["name"]) for p in m["per_class"]]
     x = np.arange(len(names))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    # constrained layout keeps the title, each axis's title and the legend above it apart
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
     for ax, key in zip(axes, ("sensitivity", "specificity")):
         for i, (label, met, color) in enumerate((("MLNN-Test1", m, "#8172b3"), ("CNN-Test1", c, "#55a868"))):
             bars = ax.bar(x + (i - 0.5) * 0.38, [p[key] for p in met["per_class"]], 0.38, label=label, color=color)
             ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
         ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
         ax.set_ylim(0.5 if key == "specificity" else 0, 1.06)
-        ax.set_title(f"{key} per class" + (" (recall)" if key == "sensitivity" else ""), pad=22)
-        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
+        ax.set_title(f"{key} per class" + (" (recall)" if key == "sensitivity" else ""))
         ax.grid(axis="y", alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=9, frameon=False)
     fig.suptitle("MLNN vs CNN (Adam, cross-entropy): sensitivity and specificity per class, test split")
     plots._save(fig, path)
 
@@ -295,7 +296,9 @@ def render(runs: dict, table: dict, figures: list, fig_rel: str, context: dict) 
         "(Tables 1 and 2) with nnscratch and sets the results beside the paper's.",
         "",
         f"- Command: `{context['command']}`",
-        f"- Date: {context['date']}; whole reproduction: {context['wall_minutes']:.1f} minutes",
+        f"- Date: {context['date']}; whole reproduction: {context['wall_minutes']:.1f} minutes"
+        + (f"; report and figures redrawn from the run folders on {context['redrawn']} "
+           "(`python -m nnscratch.reproduce --report-only`)" if context.get("redrawn") else ""),
         f"- Machine: {context['machine'].get('cpu')} ({context['machine'].get('cores')} cores)"
         + (f", GPU {context['machine']['gpu']}" if context["machine"].get("gpu") else ", no GPU")
         + f"; device used: {context['device']}",

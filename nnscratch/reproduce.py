@@ -1,15 +1,19 @@
 """Re-run the paper's six configurations and write the report beside the paper's.
 
     python -m nnscratch.reproduce [--epochs 15] [--seeds 0 ...] [--device auto] [--out docs/results]
+    python -m nnscratch.reproduce --report-only [--out docs/results]
 
 Trains MLNN-Test1..3 and CNN-Test1..3 exactly as Tables 1 and 2 set them, each seed
 into its own run folder under OUT/runs/, then writes OUT.md (docs/results.md by
 default) with the table, the targets, the comparison with the paper and the
-figures in OUT/.
+figures in OUT/. What the report says of the reproduction (command, date, machine)
+is kept in OUT/reproduction.json, so that --report-only can redraw the report and
+its figures from the run folders, with the current report code, without training.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +22,7 @@ from tqdm import tqdm
 
 from .cli import ArgumentParser, UsageError, run_cli
 from .data import load
+from .files import write_json
 from .report import CONFIGS, write_report
 from .training import BATCH_SIZES, PRESETS, TrainConfig, TrainingDiverged, machine, resolve_device, run, versions
 
@@ -41,9 +46,14 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="folder searched first for the dataset "
                    "(then $NNSCRATCH_DATA_DIR, ~/.medmnist)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite OUT.md and its figures from the run folders in OUT/runs/ "
+                        "(after a change to the report's code); the other flags are then ignored")
     args = p.parse_args(argv)
 
     def body():
+        if args.report_only:
+            return redraw(Path(args.out))
         if args.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
         if any(s < 0 for s in args.seeds):
@@ -72,17 +82,67 @@ def main(argv=None) -> int:
             "machine": machine(), "versions": versions(), "device": device, "seeds": args.seeds,
             "epochs": args.epochs, "dataset": dataset.name, "md5": dataset.md5,
             "num_classes": dataset.num_classes,
-            "batch_size": (f"batch {args.batch_size}" if args.batch_size else
-                           "batch " + " and ".join(f"{b} for the {a.upper()}" for a, b in BATCH_SIZES.items())
-                           + " (the paper states none; each chosen on the validation split, see BATCH_SIZES in "
-                           "nnscratch/training.py)"),
+            "batch_size": batch_text(args.batch_size),
             "sizes": f"{len(dataset.train)} train / {len(dataset.val)} validation / {len(dataset.test)} test images",
         }
         md = out.parent / f"{out.name}.md"
+        write_json(out / CONTEXT_FILE, context)
         write_report(md, out, runs_dir, context)
         print(f"wrote {md} and its figures in {out}/ ({context['wall_minutes']:.1f} minutes)")
         return 0
     return run_cli(body)
+
+
+CONTEXT_FILE = "reproduction.json"
+
+
+def batch_text(batch_size) -> str:
+    """The report's words for the batch size: one given for every run, or each architecture's default."""
+    if batch_size:
+        return f"batch {batch_size}"
+    return ("batch " + " and ".join(f"{b} for the {a.upper()}" for a, b in BATCH_SIZES.items())
+            + " (the paper states none; each chosen on the validation split, see BATCH_SIZES in "
+            "nnscratch/training.py)")
+
+
+def context_from_runs(runs_dir: Path) -> dict:
+    """What the report says of a reproduction, read back from its run folders' config.json, for one
+    made before reproduction.json existed: the command each run recorded, the span from the first
+    run's start to the last one's end (the report's writing not counted), the machine and versions."""
+    configs = [json.loads(f.read_text()) for f in sorted(runs_dir.glob("*-seed*/config.json"))]
+    configs = [c for c in configs if c.get("status") == "completed"]
+    if not configs:
+        raise UsageError(f"no completed runs in {runs_dir}: run python -m nnscratch.reproduce first")
+    first = configs[0]
+    start = min(_dt.datetime.fromisoformat(c["started"]) for c in configs)
+    end = max(_dt.datetime.fromisoformat(c["finished"]) for c in configs)
+    command = first["command"].split(" ", 1)
+    arch_batches = {c["arch"]: c["batch_size"] for c in configs}
+    return {
+        "command": " ".join(["python -m nnscratch.reproduce"] + command[1:]),
+        "date": start.date().isoformat(), "wall_minutes": (end - start).total_seconds() / 60,
+        "machine": first["machine"], "versions": first["versions"], "device": first["device_used"],
+        "seeds": sorted({c["seed"] for c in configs}), "epochs": first["epochs"],
+        "dataset": first["dataset"], "md5": first["dataset_md5"], "num_classes": first["num_classes"],
+        "batch_size": batch_text(None if arch_batches == {a: BATCH_SIZES[a] for a in arch_batches}
+                                 else first["batch_size"]),
+        "sizes": f"{first['train_size']} train / {first['val_size']} validation / {first['test_size']} test images",
+    }
+
+
+def redraw(out: Path) -> int:
+    """--report-only: OUT.md and its figures again from OUT/runs/, with the reproduction's own context."""
+    runs_dir = out / "runs"
+    if not runs_dir.is_dir():
+        raise UsageError(f"{runs_dir} does not exist: --report-only redraws a reproduction's report, "
+                         f"run python -m nnscratch.reproduce --out {out} first")
+    saved = out / CONTEXT_FILE
+    context = json.loads(saved.read_text()) if saved.is_file() else context_from_runs(runs_dir)
+    context["redrawn"] = _dt.date.today().isoformat()
+    md = out.parent / f"{out.name}.md"
+    write_report(md, out, runs_dir, context)
+    print(f"rewrote {md} and its figures in {out}/ from {runs_dir}/")
+    return 0
 
 
 if __name__ == "__main__":

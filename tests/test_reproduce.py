@@ -60,6 +60,45 @@ def test_table_numbers_equal_the_runs_metrics(reproduced):
             assert cells[2 + i] == expected, (c, key)
 
 
+def test_report_only_redraws_the_same_report_from_the_run_folders(reproduced, tmp_path):
+    _, out = reproduced
+    md = out.parent / "results.md"
+    before = md.read_text()
+    copy = tmp_path / "results"                  # redrawn in a copy, so the other tests see the original
+    import shutil
+    shutil.copytree(out, copy)
+    for png in copy.glob("*.png"):
+        png.unlink()
+    assert reproduce.main(["--report-only", "--out", str(copy)]) == 0
+    after = (tmp_path / "results.md").read_text()
+    assert sorted(p.name for p in copy.glob("*.png")) == sorted(p.name for p in out.glob("*.png"))
+    # the same report, with one note that says it was redrawn; the context came from reproduction.json
+    note = "; report and figures redrawn from the run folders on "
+    assert note in after and note not in before
+    assert after.splitlines()[5].split(note)[0] == before.splitlines()[5]
+    assert [line for i, line in enumerate(after.splitlines()) if i != 5] == \
+        [line for i, line in enumerate(before.splitlines()) if i != 5]
+
+
+def test_report_only_rebuilds_the_context_from_run_folders_without_reproduction_json(reproduced, tmp_path):
+    # reproductions made before reproduction.json existed (the committed one) read their runs' config.json
+    _, out = reproduced
+    saved = json.loads((out / reproduce.CONTEXT_FILE).read_text())
+    rebuilt = reproduce.context_from_runs(out / "runs")
+    # (the command is the process's as each run recorded it: here pytest's, from the command line reproduce's)
+    assert rebuilt["command"].startswith("python -m nnscratch.reproduce")
+    for key in ("date", "machine", "versions", "device", "seeds", "epochs", "dataset", "md5",
+                "num_classes", "batch_size", "sizes"):
+        assert rebuilt[key] == saved[key], key
+    # the runs' span, without the report's writing (their times are whole seconds, hence the second's slack)
+    assert 0 <= rebuilt["wall_minutes"] <= saved["wall_minutes"] + 1 / 60
+
+
+def test_report_only_without_runs_is_a_one_line_error(tmp_path, capsys):
+    assert reproduce.main(["--report-only", "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert reproduce.main(["--epochs", "0", "--out", str(tmp_path / "r")]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
