@@ -12,7 +12,8 @@ from .backend import get_array_module, gpu_available, to_device, to_numpy
 from .execution import get_execution, set_execution
 from .fast import plan
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
-from .layers import Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU, Sequential
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Buffer, Conv2d, Dropout, Flatten, Linear,
+                     MaxPool2d, Module, Parameter, ReLU, Residual, Sequential)
 from .losses import CrossEntropyLoss, Loss, MSELoss, SoftmaxMSELoss, one_hot
 from .optim import SGD, Adam, Optimizer
 from .random import manual_seed
@@ -21,7 +22,8 @@ from .step import NonFiniteLoss, TrainStep
 __version__ = "0.1.0"
 
 __all__ = [
-    "Module", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
+    "Module", "Parameter", "Buffer", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
+    "BatchNorm1d", "BatchNorm2d", "Dropout", "AvgPool2d", "AdaptiveAvgPool2d", "Residual",
     "Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam",
     "TrainStep", "NonFiniteLoss",
     "models", "init", "kernels", "data", "fast", "plan", "set_execution", "get_execution", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",

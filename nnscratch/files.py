@@ -65,8 +65,8 @@ META_KEY = "__meta__"
 
 
 def save_model(path, model, meta: dict):
-    """Write ``model``'s weights and ``meta`` (what rebuilds it: arch, sizes, labels) to one .npz."""
-    arrays = {name: to_numpy(p.data) for name, p in model.named_parameters()}
+    """Write ``model``'s weights and buffers and ``meta`` (what rebuilds it: arch, sizes, labels) to one .npz."""
+    arrays = {name: to_numpy(v.data) for name, v in model.named_state()}
     arrays[META_KEY] = np.array(json.dumps(meta, default=_jsonable))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -26,7 +26,7 @@ import functools
 import numpy as np
 
 from .checks import check_grad
-from .layers import Conv2d
+from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Dropout
 from .threads import blas_thread_count, run_parallel, splitting_allowed as allowed, whole_batches  # noqa: F401
 
 MIN_PART = 16          # images per part at least, when the number of parts is left to choose
@@ -42,11 +42,17 @@ def parts_for(model, batch: int, workers: int | None) -> int:
 
     A model with a layer whose ``forward`` or ``backward`` was replaced on the instance (a timing
     wrapper, a hook) runs whole: its replicas would copy the replacement, which still calls the
-    original layer."""
+    original layer. So does a model with batch norm in training or dropout, whose results depend on
+    the whole batch or on the order of random draws; ``workers`` is then ignored."""
     convolutional = False
     for m in model.modules():
         own = vars(m)
         if "forward" in own or "backward" in own:
+            return 1
+        if isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training or isinstance(m, Dropout):
+            # batch statistics over a part are not the batch's, and the parts would draw their
+            # dropout masks in another order than the whole batch: split, the model would compute
+            # something else
             return 1
         convolutional = convolutional or isinstance(m, Conv2d)
     if workers is not None:

@@ -58,8 +58,9 @@ def _assert_same(a, b, exact: bool, rtol=1e-10, atol=1e-12):
 
 @st.composite
 def cnn_case(draw):
-    """A small CNN-like model: [Conv2d (k, pad), ReLU?, MaxPool2d(k, s)?] x 1-2, Flatten, Linear, ReLU?,
-    Linear; odd sizes, overlapping windows and maps the pooling reads only in part included."""
+    """A small CNN-like model: [Conv2d (k, stride, pad, bias?), BatchNorm2d?, ReLU?, MaxPool2d(k, s)?] x 1-2,
+    Flatten, Linear, ReLU?, Linear; odd sizes, overlapping windows and maps the pooling reads only in part
+    included."""
     B, C = draw(st.integers(1, 3)), draw(st.integers(1, 4))
     H, W = draw(st.integers(4, 11)), draw(st.integers(4, 11))
     layers, shape = [], (B, C, H, W)
@@ -67,10 +68,13 @@ def cnn_case(draw):
         k, pad = draw(st.sampled_from([1, 3, 3])), draw(st.integers(0, 1))
         if min(shape[2:]) + 2 * pad < k:
             break
-        oc = draw(st.integers(1, 5))
-        conv = ns.Conv2d(shape[1], oc, k, padding=pad, bias=draw(st.booleans()), dtype=np.float64, rng=block)
+        oc, stride = draw(st.integers(1, 5)), draw(st.sampled_from([1, 1, 2]))
+        conv = ns.Conv2d(shape[1], oc, k, stride=stride, padding=pad, bias=draw(st.booleans()), dtype=np.float64,
+                         rng=block)
         shape = conv.output_shape(shape)
         layers.append(conv)
+        if draw(st.booleans()) and shape[0] * shape[2] * shape[3] > 1:
+            layers.append(ns.BatchNorm2d(oc, dtype=np.float64))       # no rule of its own: a LayerStep
         if draw(st.booleans()):
             layers.append(ns.ReLU())
         pk, ps = draw(st.sampled_from([(2, 2), (2, 2), (2, 2), (1, 1), (2, 1), (3, 2), (3, 3), (2, 3)]))

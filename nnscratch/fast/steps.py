@@ -177,7 +177,8 @@ class Im2colStep(Step):
 
     def describe(self) -> str:
         crop = f", only the {self.out_hw[0]}x{self.out_hw[1]} pixels the pooling reads" if self.out_hw else ""
-        return super().describe() + f": im2col + one product, bias folded in{crop}"
+        bias = ", bias folded in" if self.layer.bias is not None else ""
+        return super().describe() + f": im2col + one product{bias}{crop}"
 
     def _weight_matrix(self, with_bias: bool):
         """Wm (out_channels, kh*kw*C); with ``with_bias`` and a bias, the bias as one more last column,

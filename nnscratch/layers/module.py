@@ -76,6 +76,30 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
+class Buffer:
+    """A module's array that is state but not trained: batch norm's running mean, say.
+
+    data: any shape and dtype. It is saved in ``state_dict`` and moved by ``to``, as a
+    parameter is, but has no gradient and is not in ``parameters()`` (PyTorch's
+    ``register_buffer``). ``to(dtype=...)`` casts floating buffers only, so a counter
+    stays an integer.
+    """
+
+    def __init__(self, data):
+        self.data = data
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self):
+        return f"Buffer(shape={self.shape}, dtype={self.dtype})"
+
+
 class Module:
     """Base class: ``forward(x)`` computes, ``backward(grad_out)`` returns ``grad_in``.
 
@@ -115,6 +139,23 @@ class Module:
         for name, child in self.named_children():
             yield from child.named_parameters(prefix + name + ".")
 
+    def named_buffers(self, prefix: str = ""):
+        """(dotted name, Buffer) for this module's and every descendant's buffers."""
+        for name, value in vars(self).items():
+            if isinstance(value, Buffer):
+                yield prefix + name, value
+        for name, child in self.named_children():
+            yield from child.named_buffers(prefix + name + ".")
+
+    def named_state(self, prefix: str = ""):
+        """(dotted name, Parameter or Buffer) in PyTorch's ``state_dict`` order: a module's own
+        parameters, then its own buffers, then each child's state in turn."""
+        own = vars(self).items()
+        yield from ((prefix + name, v) for name, v in own if isinstance(v, Parameter))
+        yield from ((prefix + name, v) for name, v in own if isinstance(v, Buffer))
+        for name, child in self.named_children():
+            yield from child.named_state(prefix + name + ".")
+
     def parameters(self) -> list:
         """Every parameter of the model, in ``state_dict`` order."""
         return [p for _, p in self.named_parameters()]
@@ -131,8 +172,8 @@ class Module:
 
     # ---- modes ------------------------------------------------------------------
     def train(self, mode: bool = True):
-        """Training mode (the default); returns ``self``. No layer here acts differently yet,
-        but code written against the API keeps working when one (dropout, batch norm) is added."""
+        """Training mode (the default); returns ``self``. Dropout and batch norm act differently in
+        the two modes (``training``); the other layers do not."""
         for m in self.modules():
             m.training = bool(mode)
         return self
@@ -147,16 +188,17 @@ class Module:
 
     # ---- state ------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """name -> NumPy copy of each parameter (safe to keep: later steps do not change it)."""
-        return OrderedDict((name, to_numpy(p.data).copy()) for name, p in self.named_parameters())
+        """name -> NumPy copy of each parameter and buffer (safe to keep: later steps do not change it),
+        in PyTorch's order and with its names ("0.weight", "1.running_mean", ...)."""
+        return OrderedDict((name, to_numpy(v.data).copy()) for name, v in self.named_state())
 
     def load_state_dict(self, state, strict: bool = True):
-        """Copy values from ``state`` (name -> array) into the parameters, in place.
+        """Copy values from ``state`` (name -> array) into the parameters and buffers, in place.
 
         Shapes must match; values are cast to each parameter's dtype and moved to
         its device. With ``strict`` every name must appear on both sides.
         """
-        own = dict(self.named_parameters())
+        own = dict(self.named_state())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
@@ -173,7 +215,8 @@ class Module:
         return self
 
     def to(self, device: str | None = None, dtype=None):
-        """Move every parameter to ``device`` ("cpu" or "gpu") and/or cast to ``dtype``; returns ``self``.
+        """Move every parameter and buffer to ``device`` ("cpu" or "gpu") and/or cast to ``dtype`` (floating
+        buffers only); returns ``self``.
 
         The Parameter objects stay the same, so an optimizer built earlier still
         holds them (its own state moves with ``optimizer.to(device)``).
@@ -189,6 +232,13 @@ class Module:
                 data = to_device(data, device)
             if data is not p.data:
                 p._replace(data)
+        for _, b in self.named_buffers():
+            data = b.data
+            if dtype is not None and np.dtype(data.dtype).kind == "f":
+                data = data.astype(dtype, copy=False)
+            if device is not None:
+                data = to_device(data, device)
+            b.data = data
         return self
 
     # ---- printing ---------------------------------------------------------------

@@ -1,0 +1,345 @@
+"""Batch norm, dropout, average pooling and residual blocks: PyTorch's values and gradients in float64,
+gradient checks, modes, state and errors."""
+import copy
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import nnscratch as ns
+from nnscratch import parallel
+
+torch = pytest.importorskip("torch", reason="PyTorch is the oracle of these tests: pip install -e '.[test]'")
+F = torch.nn.functional
+SEEDS = st.integers(0, 2**32 - 1)
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+def t(a, grad=False):
+    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
+
+
+def torch_bn(ours, kind):
+    """PyTorch's batch norm with our layer's settings, parameters and running statistics."""
+    bn = kind(ours.num_features, eps=ours.eps, momentum=ours.momentum, affine=ours.affine,
+              track_running_stats=ours.track_running_stats, dtype=torch.float64)
+    bn.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    return bn
+
+
+# ---- batch norm ---------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["2d", "1d", "1d3"]), st.integers(1, 4), st.integers(1, 4), st.integers(1, 5),
+       st.sampled_from([0.1, 0.5, None]), st.booleans(), st.booleans(), SEEDS)
+def test_batch_norm_matches_torch_over_steps_in_both_modes(kind, B, C, side, momentum, affine, track, seed):
+    rng = np.random.default_rng(seed)
+    shape = {"2d": (B, C, side, side + 1), "1d": (B, C), "1d3": (B, C, side)}[kind]
+    if np.prod(shape) // C < 2:
+        B, shape = 2, (2,) + shape[1:]
+    ours = (ns.BatchNorm2d if kind == "2d" else ns.BatchNorm1d)(C, momentum=momentum, affine=affine,
+                                                                 track_running_stats=track, dtype=np.float64)
+    if affine:
+        ours.weight.data[...] = rng.standard_normal(C)
+        ours.bias.data[...] = rng.standard_normal(C)
+    theirs = torch_bn(ours, torch.nn.BatchNorm2d if kind == "2d" else torch.nn.BatchNorm1d)
+    for mode in ("train", "train", "train", "eval", "train", "eval"):      # running statistics move, then serve
+        ours.train(mode == "train")
+        theirs.train(mode == "train")
+        x = rng.standard_normal(shape) * 3 + 1
+        g = rng.standard_normal(shape)
+        ours.zero_grad()
+        theirs.zero_grad()
+        tx = t(x, True)
+        ty = theirs(tx)
+        ty.backward(t(g))
+        np.testing.assert_allclose(ours(x), ty.detach().numpy(), **TOL)
+        np.testing.assert_allclose(ours.backward(g), tx.grad.numpy(), **TOL)
+        if affine:
+            np.testing.assert_allclose(ours.weight.grad, theirs.weight.grad.numpy(), **TOL)
+            np.testing.assert_allclose(ours.bias.grad, theirs.bias.grad.numpy(), **TOL)
+        state = theirs.state_dict()
+        assert list(ours.state_dict()) == list(state)
+        for name, value in ours.state_dict().items():
+            np.testing.assert_allclose(value, state[name].numpy(), **TOL)
+            assert value.dtype == state[name].numpy().dtype, name
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("shape, layer", [((3, 2, 4, 5), lambda: ns.BatchNorm2d(2, dtype=np.float64)),
+                                          ((5, 3), lambda: ns.BatchNorm1d(3, dtype=np.float64)),
+                                          ((2, 3, 4), lambda: ns.BatchNorm1d(3, affine=False, dtype=np.float64))])
+def test_batch_norm_passes_gradcheck(shape, layer, train):
+    bn = layer().train(train)
+    rng = np.random.default_rng(0)
+    if bn.affine:
+        bn.weight.data[...] = rng.standard_normal(bn.num_features)
+        bn.bias.data[...] = rng.standard_normal(bn.num_features)
+    if not train:
+        bn.running_mean.data[...] = rng.standard_normal(bn.num_features)
+        bn.running_var.data[...] = rng.random(bn.num_features) + 0.5
+    assert ns.gradcheck(bn, rng.standard_normal(shape), mode="full").ok
+
+
+def test_batch_norm_keeps_running_statistics_out_of_the_parameters_and_casts_only_floats():
+    bn = ns.BatchNorm2d(4)
+    assert [p.shape for p in bn.parameters()] == [(4,), (4,)]
+    assert [name for name, _ in bn.named_buffers()] == ["running_mean", "running_var", "num_batches_tracked"]
+    bn.to(dtype=np.float64)
+    assert bn.running_mean.dtype == np.float64 and bn.num_batches_tracked.dtype == np.int64
+    bn(np.zeros((2, 4, 3, 3)))
+    assert int(bn.num_batches_tracked.data) == 1
+
+
+def test_batch_norm_errors_name_the_fix():
+    with pytest.raises(ValueError, match=r"BatchNorm2d.*\(B, C, H, W\) = \(\*, 3, \*, \*\), got \(2, 4, 5, 5\)"):
+        ns.BatchNorm2d(3)(np.zeros((2, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm1d.*2-D input \(B, C\) or \(B, C, L\)"):
+        ns.BatchNorm1d(3)(np.zeros((2, 3, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"more than 1 value per channel in training.*model\.eval\(\)"):
+        ns.BatchNorm1d(3)(np.zeros((1, 3), np.float32))
+    ns.BatchNorm1d(3).eval()(np.zeros((1, 3), np.float32))          # the running statistics serve one sample
+    with pytest.raises(ValueError, match="momentum must be in"):
+        ns.BatchNorm2d(3, momentum=2)
+
+
+# ---- dropout ------------------------------------------------------------------------------------
+
+def test_dropout_zeroes_about_p_scales_the_rest_and_is_the_identity_in_eval():
+    ns.manual_seed(0)
+    drop = ns.Dropout(0.3)
+    x = np.ones((200, 500), np.float32)
+    y = drop(x)
+    assert y.dtype == np.float32
+    assert set(np.unique(y)) == {0.0, np.float32(1 / 0.7)}
+    assert abs((y == 0).mean() - 0.3) < 0.01                        # 100,000 draws: sd 0.0015
+    g = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(drop.backward(g), g * (y / x))     # the same mask
+    drop.eval()
+    assert drop(x) is x and drop.backward(g) is g
+    assert (ns.Dropout(0.0)(x) == x).all() and (ns.Dropout(1.0)(x) == 0).all()
+
+
+def test_dropout_is_repeatable_from_the_seed_and_matches_torchs_formula():
+    x = np.random.default_rng(0).standard_normal((4, 6))
+    ns.manual_seed(5)
+    a = ns.Dropout(0.5)(x)
+    ns.manual_seed(5)
+    b = ns.Dropout(0.5)(x)
+    np.testing.assert_array_equal(a, b)
+    c, d = ns.Dropout(0.5, rng=3)(x), ns.Dropout(0.5, rng=3)(x)
+    np.testing.assert_array_equal(c, d)
+    keep = a != 0                                                   # PyTorch: x * mask / (1 - p)
+    np.testing.assert_allclose(a, (t(x) * t(keep) / 0.5).numpy(), **TOL)
+
+
+class FixedMask(ns.Module):
+    """Dropout whose every forward pass draws the same mask, so that central differences apply."""
+
+    def __init__(self, p):
+        self.p = p
+
+    def forward(self, x):
+        self.drop = ns.Dropout(self.p, rng=0)
+        return self.drop(x)
+
+    def backward(self, grad, need_input_grad=True):
+        return self.drop.backward(grad, need_input_grad)
+
+
+def test_dropout_passes_gradcheck_for_a_fixed_mask():
+    assert ns.gradcheck(FixedMask(0.4), np.random.default_rng(0).standard_normal((3, 7)), mode="full").ok
+
+
+def test_dropout_refuses_a_probability_outside_0_1():
+    for p in (-0.1, 1.5, "0.5", True):
+        with pytest.raises(ValueError, match="p must be a probability"):
+            ns.Dropout(p)
+
+
+# ---- average pooling ------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2),
+       st.integers(0, 5), st.integers(0, 5), SEEDS)
+def test_avgpool2d_matches_torch_on_odd_sizes(B, C, k, stride, pad, extra_h, extra_w, seed):
+    pad = min(pad, k // 2)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, C, k + extra_h, k + extra_w))
+    layer = ns.AvgPool2d(k, stride, padding=pad)
+    tx = t(x, True)
+    ty = F.avg_pool2d(tx, k, stride, padding=pad)
+    g = rng.standard_normal(tuple(ty.shape))
+    ty.backward(t(g))
+    np.testing.assert_allclose(layer(x), ty.detach().numpy(), **TOL)
+    np.testing.assert_allclose(layer.backward(g), tx.grad.numpy(), **TOL)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 4),
+       st.integers(1, 4), SEEDS)
+def test_adaptive_avgpool2d_matches_torch_for_any_sizes(B, C, H, W, OH, OW, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, C, H, W))
+    layer = ns.AdaptiveAvgPool2d((OH, OW))
+    tx = t(x, True)
+    ty = F.adaptive_avg_pool2d(tx, (OH, OW))
+    g = rng.standard_normal(tuple(ty.shape))
+    ty.backward(t(g))
+    np.testing.assert_allclose(layer(x), ty.detach().numpy(), **TOL)
+    np.testing.assert_allclose(layer.backward(g), tx.grad.numpy(), **TOL)
+
+
+@pytest.mark.parametrize("layer", [lambda: ns.AvgPool2d(3, 2, padding=1), lambda: ns.AdaptiveAvgPool2d(1),
+                                   lambda: ns.AdaptiveAvgPool2d((2, 3))])
+def test_average_pooling_passes_gradcheck(layer):
+    assert ns.gradcheck(layer(), np.random.default_rng(0).standard_normal((2, 2, 5, 7)), mode="full").ok
+
+
+def test_average_pooling_errors():
+    with pytest.raises(ValueError, match="padding must be an int in"):
+        ns.AvgPool2d(2, padding=2)
+    with pytest.raises(ValueError, match=r"smaller than the 3x3 window"):
+        ns.AvgPool2d(3)(np.zeros((1, 1, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"AdaptiveAvgPool2d.*4-D input \(B, C, H, W\)"):
+        ns.AdaptiveAvgPool2d(1)(np.zeros((2, 3), np.float32))
+
+
+# ---- residual blocks ------------------------------------------------------------------------------
+
+def basic_block(cin, cout, stride, rng):
+    """A ResNet basic block as data, with its PyTorch twin made from the same weights."""
+    body = ns.Sequential(ns.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, dtype=np.float64, rng=rng),
+                         ns.BatchNorm2d(cout, dtype=np.float64), ns.ReLU(),
+                         ns.Conv2d(cout, cout, 3, padding=1, bias=False, dtype=np.float64, rng=rng),
+                         ns.BatchNorm2d(cout, dtype=np.float64))
+    shortcut = None
+    if stride != 1 or cin != cout:
+        shortcut = ns.Sequential(ns.Conv2d(cin, cout, 1, stride=stride, bias=False, dtype=np.float64, rng=rng),
+                                 ns.BatchNorm2d(cout, dtype=np.float64))
+    for m in (body, shortcut):
+        for layer in (m.layers if m is not None else []):
+            if isinstance(layer, ns.BatchNorm2d):
+                layer.weight.data[...] = rng.standard_normal(cout)
+                layer.bias.data[...] = rng.standard_normal(cout)
+    return ns.Sequential(ns.Residual(body, shortcut), ns.ReLU())
+
+
+class TorchBlock(torch.nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False), torch.nn.BatchNorm2d(cout),
+                                        torch.nn.ReLU(), torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                                        torch.nn.BatchNorm2d(cout))
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + (x if self.shortcut is None else self.shortcut(x)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 3), st.integers(1, 4), st.integers(1, 4), st.sampled_from([1, 2]), st.integers(3, 8),
+       st.booleans(), SEEDS)
+def test_a_residual_block_matches_torch_in_training_and_eval(B, cin, cout, stride, side, eval_mode, seed):
+    rng = np.random.default_rng(seed)
+    ours = basic_block(cin, cout, stride, rng)
+    theirs = TorchBlock(cin, cout, stride).double()
+    # our names are "0.body.0.weight", PyTorch's block "body.0.weight": the same after the first two characters
+    theirs.load_state_dict({k[2:]: torch.tensor(v) for k, v in ours.state_dict().items()})
+    ours.train(not eval_mode)
+    theirs.train(not eval_mode)
+    x = rng.standard_normal((B, cin, side, side + 1))
+    tx = t(x, True)
+    ty = theirs(tx)
+    g = rng.standard_normal(tuple(ty.shape))
+    ty.backward(t(g))
+    np.testing.assert_allclose(ours(x), ty.detach().numpy(), **TOL)
+    np.testing.assert_allclose(ours.backward(g), tx.grad.numpy(), **TOL)
+    grads = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, grads[name[2:]].grad.numpy(), **TOL)
+    state = theirs.state_dict()
+    for name, value in ours.state_dict().items():
+        np.testing.assert_allclose(value, state[name[2:]].numpy(), **TOL)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_residual_block_passes_gradcheck(stride):
+    block = basic_block(2, 3, stride, np.random.default_rng(0))
+    assert ns.gradcheck(block, np.random.default_rng(1).standard_normal((2, 2, 5, 5))).ok
+
+
+def test_an_identity_shortcut_sends_the_gradient_through_unchanged():
+    block = ns.Residual(ns.Sequential(ns.Linear(3, 3, dtype=np.float64, rng=0)))
+    x, g = np.ones((2, 3)), np.arange(6.0).reshape(2, 3)
+    y = block(x)
+    np.testing.assert_allclose(y, block.body(x) + x)
+    dx = block.backward(g)
+    np.testing.assert_allclose(dx, g @ block.body.layers[0].weight.data + g)
+
+
+def test_residual_errors_name_the_fix():
+    with pytest.raises(ValueError, match=r"body's output has shape \(1, 4\) but the shortcut's \(1, 3\).*shortcut"):
+        ns.Residual(ns.Linear(3, 4))(np.zeros((1, 3), np.float32))
+    with pytest.raises(TypeError, match="body must be a Module"):
+        ns.Residual(lambda x: x)
+
+
+# ---- in a model --------------------------------------------------------------------------------
+
+def small_resnet(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    stem = [ns.Conv2d(3, 4, 3, padding=1, bias=False, dtype=dtype, rng=rng), ns.BatchNorm2d(4, dtype=dtype), ns.ReLU()]
+    model = ns.Sequential(*stem, basic_block(4, 4, 1, rng), basic_block(4, 8, 2, rng), ns.AdaptiveAvgPool2d(1),
+                          ns.Flatten(), ns.Dropout(0.2), ns.Linear(8, 5, dtype=dtype, rng=rng))
+    return model.to(dtype=dtype)
+
+
+def test_a_model_with_batch_norm_or_dropout_is_never_split():
+    model = small_resnet()
+    assert parallel.parts_for(model, 64, None) == 1 and parallel.parts_for(model, 64, 2) == 1
+    model.eval()
+    assert parallel.parts_for(model, 64, 2) == 1                 # dropout still there (a no-op in eval)
+    no_dropout = ns.Sequential(*[m for m in small_resnet().layers if not isinstance(m, ns.Dropout)]).eval()
+    assert parallel.parts_for(no_dropout, 64, 2) == 2            # batch norm in eval treats each image alone
+
+
+def test_a_small_resnet_trains_with_trainstep_and_the_plain_loop_alike():
+    x = np.random.default_rng(0).standard_normal((16, 3, 12, 12)).astype(np.float32)
+    y = np.arange(16) % 5
+    losses = []
+    for how in ("step", "loop"):
+        ns.manual_seed(3)                                       # the same dropout masks in both
+        model, loss_fn = small_resnet(), ns.CrossEntropyLoss()
+        opt = ns.AdamW(model.parameters(), lr=1e-2) if hasattr(ns, "AdamW") else ns.Adam(model.parameters(), lr=1e-2)
+        step = ns.TrainStep(model, loss_fn, opt)
+        run = []
+        for _ in range(5):
+            if how == "step":
+                run.append(step(x, y)[0])
+            else:
+                run.append(loss_fn(model(x), y))
+                model.backward(loss_fn.backward())
+                opt.step()
+                opt.zero_grad()
+        losses.append(run)
+        state = model.state_dict()
+        assert int(state["1.num_batches_tracked"]) == 5
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert losses[0][-1] < losses[0][0]
+
+
+def test_a_checkpoint_keeps_the_running_statistics(tmp_path):
+    from nnscratch import files
+    model = small_resnet()
+    model(np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    files.save_model(tmp_path / "m.npz", model, {"arch": "test"})
+    state, _ = files.load_checkpoint(tmp_path / "m.npz")
+    fresh = small_resnet().load_state_dict(state)
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    x = np.ones((2, 3, 8, 8), np.float32)
+    np.testing.assert_array_equal(copy.deepcopy(model).eval()(x), fresh.eval()(x))
