@@ -80,9 +80,19 @@ class CrossEntropyLoss(Loss):
     The log-sum-exp subtracts each row's maximum first, so logits of any size
     (1e3, -1e3) neither overflow nor underflow.
     Gradient: (softmax(z_i) - onehot(y_i)) * w[y_i] / sum_i w[y_i].
+
+    ``label_smoothing`` = e in [0, 1] trains towards (1 - e) onehot(y) + e / K instead of
+    onehot(y), as PyTorch defines it: each sample's loss is (1 - e) w[y_i] (-log p_i[y_i]) +
+    (e / K) sum_k w[k] (-log p_i[k]), over the same sum_i w[y_i]. Its gradient adds
+    (e / K) (sum_k w[k] p_i - w) / sum_i w[y_i] to the first term scaled by 1 - e; unweighted,
+    the whole gradient is (p_i - (1 - e) onehot(y_i) - e / K) / B.
     """
 
-    def __init__(self, weight=None):
+    def __init__(self, weight=None, label_smoothing: float = 0.0):
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0 <= label_smoothing <= 1:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must lie in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
         if weight is not None:
             check_array(self, weight, "class weight")
             if weight.ndim != 1 or bool((weight < 0).any()):
@@ -92,7 +102,9 @@ class CrossEntropyLoss(Loss):
         self._cache = None
 
     def __repr__(self):
-        return "CrossEntropyLoss()" if self.weight is None else f"CrossEntropyLoss(weight={self.weight.tolist()})"
+        args = [] if self.weight is None else [f"weight={self.weight.tolist()}"]
+        args += [f"label_smoothing={self.label_smoothing}"] if self.label_smoothing else []
+        return f"CrossEntropyLoss({', '.join(args)})"
 
     def forward(self, logits, target) -> float:
         """logits: (B, K), target: (B,) -> mean loss (float)."""
@@ -113,10 +125,17 @@ class CrossEntropyLoss(Loss):
         log_p = shifted - xp.log(sumexp)                                  # log-softmax
         rows = xp.arange(B)
         nll = -log_p[rows, target]                                         # (B,)
-        w = xp.ones(B, dtype=logits.dtype) if self.weight is None else self._class_weight(xp, logits)[target]
+        class_w = None if self.weight is None else self._class_weight(xp, logits)     # (K,)
+        w = xp.ones(B, dtype=logits.dtype) if class_w is None else class_w[target]
         total = self._total = w.sum()
-        self._cache = (exp / sumexp, target, w / total)
-        return (w * nll).sum() / total
+        self._cache = (exp / sumexp, target, w / total, class_w, total)
+        e = self.label_smoothing
+        if not e:
+            return (w * nll).sum() / total
+        K = logits.shape[1]
+        # -sum_k w[k] log p_i[k] / K, for every row
+        smooth = -(log_p.sum(axis=1) if class_w is None else (log_p * class_w).sum(axis=1)) / K
+        return ((1 - e) * (w * nll).sum() + e * smooth.sum()) / total
 
     def _splittable(self) -> bool:
         # with a zero class weight, a part holding only that class would have no mean
@@ -135,10 +154,18 @@ class CrossEntropyLoss(Loss):
         """-> dloss/dlogits: (B, K)."""
         if self._cache is None:
             raise no_forward(self)
-        prob, target, scale = self._cache
+        prob, target, scale, class_w, total = self._cache
         grad = prob.copy()
         grad[get_array_module(grad).arange(grad.shape[0]), target] -= 1
         grad *= scale[:, None]
+        e = self.label_smoothing
+        if e:
+            K = prob.shape[1]
+            if class_w is None:                          # sum_k w[k] = K and w = 1
+                smooth = prob * K - 1
+            else:
+                smooth = prob * class_w.sum() - class_w
+            grad = (1 - e) * grad + (e / K) * smooth / total
         return grad
 
 

@@ -206,10 +206,52 @@ class Adam(Optimizer):
             kept = self._coef_kept = get_array_module(self.params[0].data).empty(2, dtype="float64")
         return kept
 
+    def _l2(self) -> float:
+        """The weight decay added to the gradient (Adam's L2 term; AdamW decays apart from it)."""
+        return self.weight_decay
+
     def _update(self, p, state):
         if self._coef is not None:
             kernels.adam_update_coef(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self._coef,
-                                 self.betas[0], self.betas[1], self.eps, self.weight_decay)
+                                     self.betas[0], self.betas[1], self.eps, self._l2())
             return
         kernels.adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], self.lr, self.betas[0],
-                            self.betas[1], self.eps, self.weight_decay, state["step"])
+                            self.betas[1], self.eps, self._l2(), state["step"])
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``.
+
+        p = p * (1 - lr * weight_decay)                      (the decay, apart from the gradient)
+        then Adam's step on p with the gradient alone (no L2 term in g)
+
+    Adam's L2 term is divided by sqrt(v) like the gradient, so parameters with large gradients
+    are barely decayed; here every parameter shrinks by the same factor each step.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+    def _prepare(self):
+        super()._prepare()
+        if self._coef is not None:
+            # the decay factor goes through device memory too, so a recorded graph reads each step's lr
+            self._decay = self._decay_buffer()
+            self._decay.fill(1 - self.lr * self.weight_decay)
+        else:
+            self._decay = 1 - self.lr * self.weight_decay
+
+    def _decay_buffer(self):
+        kept = getattr(self, "_decay_kept", None)
+        if kept is None:
+            kept = self._decay_kept = get_array_module(self.params[0].data).empty(1, dtype=self.params[0].dtype)
+        return kept
+
+    def _l2(self) -> float:
+        return 0.0
+
+    def _update(self, p, state):
+        if self.weight_decay:
+            p.data *= self._decay
+        super()._update(p, state)
