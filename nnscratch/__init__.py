@@ -8,6 +8,7 @@
     model.backward(loss_fn.backward()); opt.step(); opt.zero_grad()
 """
 from . import data, fast, init, kernels, lr_scheduler, models
+from .augment import Augment
 from .backend import get_array_module, gpu_available, to_device, to_numpy
 from .clip import clip_grad_norm_
 from .execution import get_execution, set_execution
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Module", "Parameter", "Buffer", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
     "BatchNorm1d", "BatchNorm2d", "Dropout", "AvgPool2d", "AdaptiveAvgPool2d", "Residual",
-    "Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler", "clip_grad_norm_",
+    "Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler", "clip_grad_norm_", "Augment",
     "TrainStep", "NonFiniteLoss",
     "models", "init", "kernels", "data", "fast", "plan", "set_execution", "get_execution", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
     "get_array_module", "gpu_available", "to_device", "to_numpy",

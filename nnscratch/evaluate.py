@@ -1,9 +1,10 @@
 """Evaluate a run's saved model on a split of its dataset; print the metrics and redraw the figures.
 
-    python -m nnscratch.evaluate RUN_DIR [--split test|val]
+    python -m nnscratch.evaluate RUN_DIR [--split test|val] [--tta]
 
 Writes metrics_<split>.json, per_class_precision_recall_<split>.png and
-confusion_matrix_<split>.png into RUN_DIR (training's own metrics.json is left as it was).
+confusion_matrix_<split>.png into RUN_DIR (training's own metrics.json is left as it was);
+with --tta the names end in _<split>_tta.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def load_model(run_dir: Path):
         raise UsageError(str(e)) from None
     try:
         model = models.build(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"],
-                             meta.get("hidden_size"), meta.get("hidden_layers", 1))
+                             meta.get("hidden_size"), meta.get("hidden_layers", 1), widths=meta.get("widths"),
+                             blocks=meta.get("blocks"), dropout=meta.get("dropout", 0.0))
         model.load_state_dict(state)
     except (KeyError, ValueError) as e:
         raise UsageError(f"{run_dir / 'model.npz'} does not rebuild a model: {e}") from None
@@ -37,8 +39,9 @@ def load_model(run_dir: Path):
 
 
 def evaluate(run_dir, split: str = "test", data_dir=None, dataset_name=None, device: str = "auto",
-             progress: bool = True) -> dict:
-    """Metrics of the saved model on ``split``; writes the split's metrics and figures."""
+             progress: bool = True, tta: bool = False) -> dict:
+    """Metrics of the saved model on ``split``; writes the split's metrics and figures. With ``tta`` the
+    probabilities are averaged over each image's 8 flips and quarter turns."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"no run folder at {run_dir}")
@@ -58,15 +61,16 @@ def evaluate(run_dir, split: str = "test", data_dir=None, dataset_name=None, dev
     part = dataset.split(split)
     x = to_device(part.images, device)
     t0 = time.perf_counter()
-    probs = predict(model, x)
+    probs = predict(model, x, tta=tta)
     seconds = time.perf_counter() - t0
     report = classification_report(part.labels, probs, dataset.label_names)
-    report.update(split=split, dataset=dataset.name, best_epoch=meta.get("best_epoch"),
+    report.update(split=split, dataset=dataset.name, best_epoch=meta.get("best_epoch"), tta=tta,
                   timing={"inference_seconds": seconds, "inference_images_per_second": len(part) / seconds,
                           "inference_batch_size": EVAL_BATCH, "device": device})
-    write_json(run_dir / f"metrics_{split}.json", report)
-    title = config.get("preset") or meta["arch"]
-    write_figures(run_dir, [], report, title, suffix=f"_{split}")
+    suffix = f"_{split}" + ("_tta" if tta else "")
+    write_json(run_dir / f"metrics{suffix}.json", report)
+    title = (config.get("preset") or meta["arch"]) + (", test-time augmentation" if tta else "")
+    write_figures(run_dir, [], report, title, suffix=suffix)
     return report
 
 
@@ -78,14 +82,17 @@ def main(argv=None) -> int:
                    "(default: the run's, then $NNSCRATCH_DATA_DIR, then ~/.medmnist)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the one the model was trained on)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where to compute")
+    p.add_argument("--tta", action="store_true", help="average the probabilities over each image's 8 flips and "
+                   "quarter turns (test-time augmentation); writes metrics_<split>_tta.json")
     args = p.parse_args(argv)
 
     def body():
-        report = evaluate(args.run_dir, args.split, args.data_dir, args.dataset, args.device)
+        report = evaluate(args.run_dir, args.split, args.data_dir, args.dataset, args.device, tta=args.tta)
         print(format_report(report, f"{args.run_dir}: {report['dataset']} {args.split} split, "
                                     f"{report['num_samples']} images"))
         print(f"inference: {report['timing']['inference_images_per_second']:.0f} images/s on "
-              f"{report['timing']['device']}; wrote metrics_{args.split}.json and figures to {args.run_dir}")
+              f"{report['timing']['device']}; wrote metrics_{args.split}{'_tta' if args.tta else ''}.json and "
+              f"figures to {args.run_dir}")
         return 0
     return run_cli(body)
 

@@ -100,7 +100,7 @@ def batch_text(batch_size) -> str:
     """The report's words for the batch size: one given for every run, or each architecture's default."""
     if batch_size:
         return f"batch {batch_size}"
-    return ("batch " + " and ".join(f"{b} for the {a.upper()}" for a, b in BATCH_SIZES.items())
+    return ("batch " + " and ".join(f"{BATCH_SIZES[a]} for the {a.upper()}" for a in ("mlnn", "cnn"))
             + " (the paper states none; each chosen on the validation split, see BATCH_SIZES in "
             "nnscratch/training.py)")
 

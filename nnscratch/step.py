@@ -26,6 +26,7 @@ import numpy as np
 
 from . import parallel
 from .backend import is_gpu_array
+from .clip import clip_grad_norm_
 from .cuda_graphs import GraphedSteps, RecordingFailed
 
 
@@ -49,15 +50,21 @@ class TrainStep:
     workers: on the CPU, the parts a batch is split into, one thread each (see the module notes);
     default: one per core OpenBLAS uses (``OPENBLAS_NUM_THREADS`` or all), at most one per
     ``MIN_PART`` images; 1 runs the batch whole. Ignored on a GPU.
+    max_grad_norm: when given, the gradients are clipped to this global norm before the optimizer
+    steps (``ns.clip_grad_norm_``); on a GPU the steps then run op by op (the norm is read on the host).
     """
 
     WARMUP = 1            # ordinary steps per input shape before recording: kernels compiled, state made
     MIN_PART = parallel.MIN_PART     # images per part at least when ``workers`` is left to choose
 
-    def __init__(self, model, loss_fn, optimizer, target=None, graph: bool = True, workers: int | None = None):
+    def __init__(self, model, loss_fn, optimizer, target=None, graph: bool = True, workers: int | None = None,
+                 max_grad_norm: float | None = None):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.target = target if target is not None else (lambda y: y)
-        self.graph = bool(graph)
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"TrainStep: max_grad_norm must be positive or None, got {max_grad_norm!r}")
+        self.max_grad_norm = max_grad_norm
+        self.graph = bool(graph) and max_grad_norm is None
         parallel.check_workers("TrainStep", workers)
         self.workers = workers
         self._losses, self._losses_of = [], None   # copies of loss_fn for parts 1, 2, ... of a split batch
@@ -105,9 +112,15 @@ class TrainStep:
         if not np.isfinite(loss):
             raise NonFiniteLoss(loss, applied=False)
         self.model.backward(self.loss_fn.backward(), need_input_grad=False)
+        self._update()
+        return loss, _hits(logits, labels)
+
+    def _update(self):
+        """The optimizer's step on the gradients (clipped first, with ``max_grad_norm``), then zero_grad."""
+        if self.max_grad_norm is not None:
+            clip_grad_norm_(self.optimizer.params, self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad()
-        return loss, _hits(logits, labels)
 
     # ---- a batch split across cores (CPU) ---------------------------------------------------
 
@@ -151,8 +164,7 @@ class TrainStep:
             dp.clear_grads()                              # what the finite parts' backward passes added
             raise NonFiniteLoss(loss, applied=False)
         dp.gather_grads()
-        self.optimizer.step()
-        self.optimizer.zero_grad()
+        self._update()
         return loss, sum(_hits(logits, labels[cut]) for (logits, _), cut in zip(outs, cuts))
 
     def __repr__(self):

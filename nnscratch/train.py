@@ -1,7 +1,9 @@
-"""Train the paper's MLNN or CNN on a MedMNIST dataset (BloodMNIST by default).
+"""Train the paper's MLNN or CNN, or a small ResNet, on a MedMNIST dataset (BloodMNIST by default).
 
     python -m nnscratch.train --arch mlnn
     python -m nnscratch.train --preset cnn-test1 --device gpu
+    python -m nnscratch.train --arch resnet --optimizer adamw --weight-decay 0.05 --scheduler onecycle \
+        --lr 3e-3 --label-smoothing 0.1 --augment dihedral --tta
 
 A preset sets the paper's values (Tables 1 and 2); flags given explicitly override it.
 """
@@ -11,7 +13,7 @@ import argparse
 import sys
 
 from .cli import ArgumentParser, UsageError, run_cli
-from .training import LOSSES, PRESETS, TrainConfig, TrainingDiverged, run
+from .training import AUGMENTS, LOSSES, OPTIMIZERS, PRESETS, SCHEDULERS, TrainConfig, TrainingDiverged, run
 
 D = TrainConfig()   # the defaults, shown in --help
 
@@ -20,11 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m nnscratch.train", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     presets = ", ".join(f"{k} ({v['optimizer']}, lr {v['lr']:g}, {v['loss']})" for k, v in PRESETS.items())
-    p.add_argument("--arch", choices=["mlnn", "cnn"], help=f"network: the multi-layer network or the CNN "
+    p.add_argument("--arch", choices=["mlnn", "cnn", "resnet"], help=f"network: the paper's multi-layer network "
+                   f"or CNN, or a small ResNet (ns.models.resnet: batch norm, residual blocks) "
                    f"(default: {D.arch}, or the preset's)")
     p.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
                    help=f"one of the paper's six configurations: {presets} (default: none)")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], help=f"adam, or sgd with momentum (default: {D.optimizer})")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help=f"adam, sgd with momentum, or adamw (Adam with decoupled weight decay) (default: {D.optimizer})")
     p.add_argument("--lr", type=float, help=f"learning rate (default: {D.lr:g}; the SGD presets use 0.01)")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {D.momentum:g}; ignored by adam)")
     p.add_argument("--loss", choices=list(LOSSES),
@@ -33,10 +37,39 @@ def build_parser() -> argparse.ArgumentParser:
                         f"network is confidently wrong, the paper's explanation of its weaker MSE runs); "
                         f"mse-logits = mean squared error between the raw logits and one-hot targets "
                         f"(default: {D.loss})")
+    p.add_argument("--weight-decay", type=float,
+                   help=f"weight decay: adam and sgd add weight_decay * w to the gradient (L2), adamw shrinks the "
+                        f"weights by lr * weight_decay each step (default: {D.weight_decay:g})")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS),
+                   help=f"learning-rate schedule: step = x0.1 after 1/3 and 2/3 of the epochs; cosine = half a "
+                        f"cosine from --lr to 0 over the run, per batch; onecycle = up from lr/25 to --lr in the "
+                        f"first 30%% of the batches, then down to lr/25e4 (default: {D.scheduler})")
+    p.add_argument("--warmup-epochs", type=int,
+                   help=f"raise the rate linearly from lr/10 over this many epochs first (with --scheduler none "
+                        f"or cosine) (default: {D.warmup_epochs})")
+    p.add_argument("--label-smoothing", type=float,
+                   help=f"cross-entropy against (1 - e) onehot + e / classes (default: {D.label_smoothing:g})")
+    p.add_argument("--grad-clip", type=float,
+                   help="clip the gradients' global norm to this before each step (default: no clipping)")
+    p.add_argument("--augment", choices=list(AUGMENTS),
+                   help=f"training images, each batch anew: flips = random left-right and up-down flips; "
+                        f"dihedral = flips and quarter turns (default: {D.augment})")
+    p.add_argument("--translate", type=int,
+                   help=f"also shift each training image by up to this many pixels (default: {D.translate})")
+    p.add_argument("--tta", action="store_true", default=None,
+                   help="also report test metrics averaged over each image's 8 flips and quarter turns "
+                        "(metrics.json keeps the figures without it) (default: off)")
+    p.add_argument("--widths", type=int, nargs="+",
+                   help="ResNet channels per stage (default: 32 64 128)")
+    p.add_argument("--blocks", type=int, nargs="+",
+                   help="ResNet basic blocks per stage, one number per width (default: 1 1 1)")
+    p.add_argument("--dropout", type=float,
+                   help=f"ResNet dropout before the last layer (default: {D.dropout:g})")
     p.add_argument("--epochs", type=int, help=f"passes over the training set (default: {D.epochs}, the paper's)")
     p.add_argument("--batch-size", type=int,
-                   help="images per step (default: 128 for the MLNN, 64 for the CNN; the paper states none, so "
-                        "each was chosen on the validation split, see BATCH_SIZES in nnscratch/training.py)")
+                   help="images per step (default: 128 for the MLNN, 64 for the CNN, 128 for the ResNet; the paper "
+                        "states none, so the first two were chosen on the validation split, see BATCH_SIZES in "
+                        "nnscratch/training.py)")
     p.add_argument("--hidden-size", type=int, help="MLNN hidden units (default: (n_input + n_classes) / 2 = 1180 "
                    "for BloodMNIST, the paper's rule)")
     p.add_argument("--hidden-layers", type=int, help=f"MLNN hidden layers (default: {D.hidden_layers})")
@@ -73,6 +106,9 @@ def config_from_args(args) -> TrainConfig:
     if args.preset and "arch" in explicit and explicit["arch"] != PRESETS[args.preset]["arch"]:
         raise UsageError(f"--arch {explicit['arch']} contradicts --preset {args.preset}")
     values.update(explicit)
+    for name in ("widths", "blocks"):
+        if name in values:
+            values[name] = tuple(values[name])
     return TrainConfig(**values).validate()
 
 

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, losses, models, optim, plots
+from . import __version__, losses, lr_scheduler, models, optim, plots
+from .augment import SYMMETRIES, Augment, dihedral
+from .clip import clip_grad_norm_
 from .backend import gpu_available, to_device, to_numpy
 from .errors import UsageError
 from .data import Dataset, batches, load, num_batches
@@ -44,13 +46,16 @@ LOSSES = ("ce", "mse", "mse-logits")
 #     MLNN: 32 -> 0.8709, 64 -> 0.8713, 128 -> 0.8738, 256 -> 0.8651
 #   python benches/select_batch_size.py --sizes 64 128 --configs cnn-test1 --seeds 0 1 2
 #     CNN: 64 -> 0.9398, 128 -> 0.9393
-BATCH_SIZES = {"mlnn": 128, "cnn": 64}
+BATCH_SIZES = {"mlnn": 128, "cnn": 64, "resnet": 128}
+OPTIMIZERS = ("adam", "sgd", "adamw")
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
+AUGMENTS = ("none", "flips", "dihedral")
 
 # The paper's Tables 1 and 2. Every preset: 15 epochs, He initialisation, ReLU, one hidden
 # layer of (n_input + n_classes) / 2 = 1180 units for the MLNN.
 PRESETS = {
     f"{arch}-test{i}": dict(arch=arch, **setting)
-    for arch in models.ARCHS
+    for arch in ("mlnn", "cnn")
     for i, setting in enumerate([dict(optimizer="adam", lr=1e-3, loss="ce"),
                                  dict(optimizer="sgd", lr=1e-2, momentum=0.9, loss="ce"),
                                  dict(optimizer="adam", lr=1e-3, loss="mse")], start=1)
@@ -78,6 +83,17 @@ class TrainConfig:
     limit_train: int | None = None      # first N training images only (tests, quick looks)
     cuda_graphs: bool = True            # on a GPU, replay each step as a recorded CUDA graph (step.py)
     workers: int | None = None          # CPU: parts each batch is split into, one core each (step.py); None: auto
+    weight_decay: float = 0.0           # adam, sgd: L2 added to the gradient; adamw: decoupled decay
+    scheduler: str = "none"             # none, step (x0.1 at 1/3 and 2/3 of the epochs), cosine, onecycle
+    warmup_epochs: int = 0              # linear warmup from lr / 10 before the schedule (cosine, none)
+    label_smoothing: float = 0.0        # --loss ce only
+    grad_clip: float | None = None      # clip the gradients' global norm to this
+    augment: str = "none"               # none, flips, dihedral (flips and quarter turns)
+    translate: int = 0                  # random shifts by up to this many pixels
+    tta: bool = False                   # test metrics also averaged over the 8 flips and turns
+    widths: tuple | None = None         # resnet: channels per stage (default models.RESNET_WIDTHS)
+    blocks: tuple | None = None         # resnet: basic blocks per stage (default models.RESNET_BLOCKS)
+    dropout: float = 0.0                # resnet: dropout before the last layer
 
     def validate(self):
         """Raise UsageError for any setting out of range; fill in the architecture's batch size if none is set."""
@@ -87,7 +103,27 @@ class TrainConfig:
             (self.arch in models.ARCHS, f"unknown --arch {self.arch!r}: expected one of {', '.join(models.ARCHS)}"),
             (self.preset is None or self.preset in PRESETS,
              f"unknown --preset {self.preset!r}: expected one of {', '.join(PRESETS)}"),
-            (self.optimizer in ("adam", "sgd"), f"unknown --optimizer {self.optimizer!r}: expected adam or sgd"),
+            (self.optimizer in OPTIMIZERS, f"unknown --optimizer {self.optimizer!r}: expected one of "
+                                           f"{', '.join(OPTIMIZERS)}"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (self.scheduler in SCHEDULERS, f"unknown --scheduler {self.scheduler!r}: expected one of "
+                                           f"{', '.join(SCHEDULERS)}"),
+            (self.warmup_epochs == 0 or 0 < self.warmup_epochs < self.epochs,
+             f"--warmup-epochs must lie in [0, --epochs), got {self.warmup_epochs}"),
+            (self.warmup_epochs == 0 or self.scheduler in ("none", "cosine"),
+             "--warmup-epochs goes with --scheduler none or cosine (onecycle warms up by itself)"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}"),
+            (self.label_smoothing == 0 or self.loss == "ce", "--label-smoothing needs --loss ce"),
+            (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}"),
+            (self.augment in AUGMENTS, f"unknown --augment {self.augment!r}: expected one of {', '.join(AUGMENTS)}"),
+            (self.translate >= 0, f"--translate must be >= 0 pixels, got {self.translate}"),
+            (self.arch == "resnet" or (self.widths is None and self.blocks is None and self.dropout == 0),
+             "--widths, --blocks and --dropout apply to --arch resnet only"),
+            (0 <= self.dropout < 1, f"--dropout must lie in [0, 1), got {self.dropout}"),
+            (self.widths is None or self.blocks is None or len(self.widths) == len(self.blocks),
+             "--widths and --blocks need one number per stage each"),
+            (all(v >= 1 for v in (self.widths or ()) + (self.blocks or ())), "--widths and --blocks must be >= 1"),
             (self.loss in LOSSES, f"unknown --loss {self.loss!r}: expected one of {', '.join(LOSSES)}"),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}"),
             (math.isfinite(self.momentum) and self.momentum >= 0, f"--momentum must be >= 0, got {self.momentum}"),
@@ -138,19 +174,52 @@ def make_loss(config: TrainConfig, train_labels: np.ndarray, num_classes: int, d
         counts = np.bincount(train_labels, minlength=num_classes).astype(np.float64)
         weight = np.divide(len(train_labels), num_classes * counts, out=np.zeros(num_classes), where=counts > 0)
         weight = to_device(weight.astype(np.float32), device)
-    return losses.CrossEntropyLoss(weight=weight), lambda y: y
+    return losses.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing), lambda y: y
 
 
 def make_optimizer(config: TrainConfig, model):
     if config.optimizer == "sgd":
-        return optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    return optim.Adam(model.parameters(), lr=config.lr)
+        return optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def predict(model, images, batch_size: int = EVAL_BATCH):
-    """Class probabilities (N, K) as a NumPy float32 array, in evaluation mode."""
+def make_scheduler(config: TrainConfig, opt, steps_per_epoch: int):
+    """(scheduler or None, whether it steps after every batch rather than every epoch)."""
+    total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
+    if config.scheduler == "step":
+        return lr_scheduler.StepLR(opt, step_size=max(1, config.epochs // 3), gamma=0.1), False
+    if config.scheduler == "onecycle":
+        return lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total), True
+    main = lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup) if config.scheduler == "cosine" else None
+    if not warmup:
+        return main, main is not None
+    ramp = lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warmup)
+    if main is None:
+        return ramp, True
+    return lr_scheduler.SequentialLR(opt, [ramp, main], milestones=[warmup]), True
+
+
+def make_augment(config: TrainConfig):
+    """The training batches' augmentation, or None."""
+    augment = Augment(flips=config.augment != "none", rotations=config.augment == "dihedral",
+                      translate=config.translate)
+    return augment if augment.active else None
+
+
+def predict(model, images, batch_size: int = EVAL_BATCH, tta: bool = False):
+    """Class probabilities (N, K) as a NumPy float32 array, in evaluation mode. With ``tta`` each
+    image's probabilities are the mean over its 8 flips and quarter turns (``augment.dihedral``)."""
     model.eval()
-    out = [to_numpy(losses.softmax(model(images[s:s + batch_size]))) for s in range(0, len(images), batch_size)]
+    out = []
+    for s in range(0, len(images), batch_size):
+        xb = images[s:s + batch_size]
+        if tta:
+            probs = sum(losses.softmax(model(dihedral(xb, k))) for k in range(SYMMETRIES)) / SYMMETRIES
+        else:
+            probs = losses.softmax(model(xb))
+        out.append(to_numpy(probs))
     model.train()
     return np.concatenate(out)
 
@@ -231,14 +300,22 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     K = dataset.num_classes
     manual_seed(config.seed)
     model = models.build(config.arch, dataset.channels, dataset.image_size, K, config.hidden_size,
-                         config.hidden_layers, rng=np.random.default_rng(config.seed))
+                         config.hidden_layers, rng=np.random.default_rng(config.seed), widths=config.widths,
+                         blocks=config.blocks, dropout=config.dropout)
     shuffle_rng = np.random.default_rng([config.seed, 1])
+    augment, augment_rng = make_augment(config), np.random.default_rng([config.seed, 2])
     model.to(device)
     xs = {"train": (x_train, y_train), "val": (val.images, val.labels), "test": (test.images, test.labels)}
     xs = {k: (to_device(x, device), to_device(y, device)) for k, (x, y) in xs.items()}
     loss_fn, target = make_loss(config, y_train, K, device)
     opt = make_optimizer(config, model)
-    step = TrainStep(model, loss_fn, opt, target=target, graph=config.cuda_graphs, workers=config.workers)
+    n_batches = num_batches(len(y_train), config.batch_size)
+    scheduler, per_batch = make_scheduler(config, opt, n_batches)
+    # a recorded CUDA graph holds the step's hyperparameters: a rate that changes every batch would
+    # record a graph per batch, so such runs step op by op on a GPU
+    graph = config.cuda_graphs and not per_batch
+    step = TrainStep(model, loss_fn, opt, target=target, graph=graph, workers=config.workers,
+                     max_grad_norm=config.grad_clip)
 
     parts = step.parts_for(config.batch_size) if device == "cpu" else 1
     settings = {**asdict(config), "device_used": device, "parts_per_batch": parts,
@@ -250,8 +327,15 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
                 "versions": versions(), "machine": machine(), "started": _dt.datetime.now().isoformat(timespec="seconds"),
                 "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "status": "running"}
     write_json(run_dir / "config.json", settings)
+    extras = [f"weight decay {config.weight_decay:g}" if config.weight_decay else "",
+              f"{config.scheduler} schedule" if config.scheduler != "none" else "",
+              f"{config.warmup_epochs} warmup epoch(s)" if config.warmup_epochs else "",
+              f"label smoothing {config.label_smoothing:g}" if config.label_smoothing else "",
+              f"gradients clipped to norm {config.grad_clip:g}" if config.grad_clip else "",
+              f"augmented by {augment}" if augment else ""]
+    extras = "".join(f", {e}" for e in extras if e)
     log(f"{config.preset or config.arch}: {config.arch.upper()} ({model.num_parameters():,} parameters), "
-        f"{config.optimizer} lr={config.lr:g}, loss {config.loss}, {config.epochs} epochs of batch "
+        f"{config.optimizer} lr={config.lr:g}{extras}, loss {config.loss}, {config.epochs} epochs of batch "
         f"{config.batch_size} on {device}{f' (split in {parts} parts, one thread each)' if parts > 1 else ''}; "
         f"{dataset.name}: {len(y_train)} train / {len(val)} val / {len(test)} test")
     log(f"run folder: {run_dir}")
@@ -259,7 +343,6 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     result = RunResult(run_dir)
     history, best = result.history, {"val_acc": -1.0, "epoch": 0, "state": None}
     train_seconds = []
-    n_batches = num_batches(len(y_train), config.batch_size)
     try:
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
@@ -267,6 +350,8 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
             bar = tqdm(batches(*xs["train"], config.batch_size, shuffle=True, rng=shuffle_rng), total=n_batches,
                        desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress, unit="batch")
             for b, (xb, yb) in enumerate(bar, start=1):
+                if augment is not None:
+                    xb = augment(xb, augment_rng)
                 try:
                     loss, hits = step(xb, yb)
                 except NonFiniteLoss as e:
@@ -276,7 +361,11 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
                 correct += hits
                 seen += len(yb)
                 bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
+                if per_batch:
+                    scheduler.step()
             bar.close()
+            if scheduler is not None and not per_batch:
+                scheduler.step()
             train_seconds.append(time.perf_counter() - t0)
             val_loss, val_acc = evaluate_split(model, *xs["val"], loss_fn, target)
             row = {"epoch": epoch, "train_loss": total / seen, "train_acc": correct / seen,
@@ -309,6 +398,7 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     model.load_state_dict(best["state"])
     meta = {"arch": config.arch, "in_channels": dataset.channels, "image_size": dataset.image_size,
             "num_classes": K, "hidden_size": config.hidden_size, "hidden_layers": config.hidden_layers,
+            "widths": config.widths, "blocks": config.blocks, "dropout": config.dropout,
             "label_names": dataset.label_names, "dataset": dataset.name, "best_epoch": best["epoch"],
             "normalization": settings["normalization"], "nnscratch": __version__}
     save_model(run_dir / "model.npz", model, meta)
@@ -317,6 +407,10 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     probs = predict(model, xs["test"][0])
     infer_s = time.perf_counter() - t0
     report = classification_report(test.labels, probs, dataset.label_names)
+    if config.tta:
+        # the figures above are without test-time augmentation; with it, the same metrics again
+        tta_report = classification_report(test.labels, predict(model, xs["test"][0], tta=True), dataset.label_names)
+        report["tta"] = {k: tta_report[k] for k in ("accuracy", "balanced_accuracy", "auc", "macro")}
     report.update(
         split="test", dataset=dataset.name, best_epoch=best["epoch"], best_val_acc=best["val_acc"],
         last_epoch=len(history), last_epoch_test_accuracy=last_test_acc,
@@ -331,6 +425,10 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     auc = "undefined" if report["auc"] is None else f"{report['auc']:.4f}"
     log(f"test accuracy {report['accuracy']:.4f} with the best-validation weights (epoch {best['epoch']}), "
         f"{last_test_acc:.4f} with the last epoch's; macro F1 {report['macro']['f1']:.4f}, AUC {auc}")
+    if config.tta:
+        tta_auc = "undefined" if report["tta"]["auc"] is None else f"{report['tta']['auc']:.4f}"
+        log(f"with test-time augmentation (the mean over 8 flips and turns): accuracy "
+            f"{report['tta']['accuracy']:.4f}, AUC {tta_auc}")
     log(f"wrote {run_dir}/: config.json history.json history.csv model.npz metrics.json"
         + (" and 4 figures" if figures else ""))
     return result

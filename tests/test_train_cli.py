@@ -120,7 +120,16 @@ def test_each_loss_choice_builds_its_loss(name, cls, one_hot):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--arch", "resnet"], "invalid choice: 'resnet'"),
+    (["--arch", "vgg"], "invalid choice: 'vgg'"),
+    (["--loss", "mse", "--label-smoothing", "0.1"], "--label-smoothing needs --loss ce"),
+    (["--label-smoothing", "1"], "--label-smoothing must lie in [0, 1)"),
+    (["--arch", "cnn", "--widths", "8"], "apply to --arch resnet only"),
+    (["--arch", "resnet", "--widths", "8", "16", "--blocks", "1"], "one number per stage"),
+    (["--scheduler", "onecycle", "--warmup-epochs", "1", "--epochs", "3"], "onecycle warms up by itself"),
+    (["--warmup-epochs", "3", "--epochs", "3"], "--warmup-epochs must lie in [0, --epochs)"),
+    (["--grad-clip", "0"], "--grad-clip must be positive"),
+    (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    (["--translate", "-2"], "--translate must be >= 0"),
     (["--preset", "cnn-test9"], "invalid choice: 'cnn-test9'"),
     (["--lr", "0"], "--lr must be a positive number"),
     (["--lr", "-0.1"], "--lr must be a positive number"),
@@ -139,6 +148,47 @@ def test_bad_input_is_one_clear_line_and_exit_status_2(flags, message, data_dir,
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_resnet_with_every_new_piece_trains_evaluates_and_repeats(data_dir, tmp_path, capsys):
+    flags = ["--arch", "resnet", "--widths", "4", "8", "--blocks", "1", "1", "--dropout", "0.1", "--epochs", "2",
+             "--batch-size", "16", "--optimizer", "adamw", "--weight-decay", "0.05", "--scheduler", "onecycle",
+             "--lr", "0.01", "--label-smoothing", "0.1", "--grad-clip", "5", "--augment", "dihedral",
+             "--translate", "1", "--tta"]
+    for name in ("a", "b"):
+        assert run_cli(data_dir, tmp_path / name, *flags) == 0
+    ha, hb = (json.loads((tmp_path / n / "history.json").read_text()) for n in ("a", "b"))
+    assert [(h["train_loss"], h["val_acc"]) for h in ha] == [(h["train_loss"], h["val_acc"]) for h in hb]
+    out = tmp_path / "a"
+    printed = capsys.readouterr().out
+    assert "onecycle schedule" in printed and "with test-time augmentation" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tta"]) == {"accuracy", "balanced_accuracy", "auc", "macro"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["widths"] == [4, 8] and config["augment"] == "dihedral"
+    # the saved model (with its running statistics) rebuilds, and evaluate --tta gives training's TTA figures
+    model, meta = evaluate.load_model(out)
+    assert meta["widths"] == [4, 8] and "1.running_mean" in model.state_dict()
+    assert evaluate.main([str(out), "--data-dir", str(data_dir), "--tta"]) == 0
+    again = json.loads((out / "metrics_test_tta.json").read_text())
+    assert again["accuracy"] == pytest.approx(metrics["tta"]["accuracy"])
+    assert (out / "confusion_matrix_test_tta.png").is_file()
+
+
+@pytest.mark.parametrize("scheduler, per_batch", [("none", False), ("step", False), ("cosine", True),
+                                                  ("onecycle", True)])
+def test_each_schedule_choice_builds_its_schedule(scheduler, per_batch):
+    config = training.TrainConfig(scheduler=scheduler, epochs=6, lr=0.1)
+    opt = training.make_optimizer(config, ns.models.mlnn(hidden_size=4))
+    made, batchwise = training.make_scheduler(config, opt, steps_per_epoch=10)
+    assert (made is None) == (scheduler == "none") and batchwise == per_batch
+    warm = training.TrainConfig(scheduler="cosine", warmup_epochs=2, epochs=6, lr=0.1)
+    opt = training.make_optimizer(warm, ns.models.mlnn(hidden_size=4))
+    made, _ = training.make_scheduler(warm, opt, steps_per_epoch=10)
+    assert opt.lr == pytest.approx(0.01)                  # the warmup starts at lr / 10
+    for _ in range(20):
+        made.step()
+    assert opt.lr == pytest.approx(0.1)                   # and the cosine starts at lr
 
 
 def test_workers_splits_the_batches_and_is_recorded(data_dir, tmp_path, capsys):
@@ -219,9 +269,10 @@ def test_help_explains_every_flag_with_its_default(capsys):
     text = capsys.readouterr().out
     for flag in ("--arch", "--preset", "--optimizer", "--lr", "--momentum", "--loss", "--epochs", "--batch-size",
                  "--hidden-size", "--hidden-layers", "--class-weights", "--device", "--seed", "--dataset",
-                 "--data-dir", "--out"):
+                 "--data-dir", "--out", "--weight-decay", "--scheduler", "--warmup-epochs", "--label-smoothing",
+                 "--grad-clip", "--augment", "--translate", "--tta", "--widths", "--blocks", "--dropout"):
         assert flag in text
-    assert text.count("default") >= 15
+    assert text.count("default") >= 26
 
 
 def test_the_mlnn_learns_bloodmnist_in_one_epoch_on_a_subset(tmp_path, monkeypatch):
