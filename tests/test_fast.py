@@ -22,7 +22,7 @@ from nnscratch.kernels import cpu_kernels
 from conftest import requires_gpu
 
 SAME_BITS = ["relu_into_pool", "relu_into_linear", "pool_into_winograd", "relu_in_place", "kept_buffers",
-             "input_check_in_bias"]
+             "input_check_in_bias", "relu_into_batchnorm"]
 
 
 @pytest.fixture

@@ -343,3 +343,45 @@ def test_a_checkpoint_keeps_the_running_statistics(tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=name)
     x = np.ones((2, 3, 8, 8), np.float32)
     np.testing.assert_array_equal(copy.deepcopy(model).eval()(x), fresh.eval()(x))
+
+
+# ---- the planner's batch-norm step --------------------------------------------------------------
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 6), st.integers(1, 6), st.booleans(), st.booleans(),
+       SEEDS)
+def test_batchnorm_kernels_equal_the_reference_in_both_layouts(B, C, H, W, relu, last, seed):
+    from nnscratch.kernels import cpu, reference
+    rng = np.random.default_rng(seed)
+    if B * H * W < 2:
+        B = 2
+    x = rng.standard_normal((B, H, W, C) if last else (B, C, H, W)) * 2 + 1
+    x = x.transpose(0, 3, 1, 2) if last else x
+    w, b, g = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(x.shape)
+    ours, ref = cpu.batchnorm_forward(x, w, b, 1e-5, relu), reference.batchnorm_forward(x, w, b, 1e-5, relu)
+    for u, v in zip(ours, ref):
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
+    inv_std = 1 / np.sqrt(ours[3] + 1e-5)
+    back = cpu.batchnorm_backward(g, ours[1], w, inv_std, ours[0] if relu else None)
+    for u, v in zip(back, reference.batchnorm_backward(g, ref[1], w, inv_std, ref[0] if relu else None)):
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
+
+
+def test_the_batchnorm_step_moves_the_running_statistics_as_the_layer_does():
+    from nnscratch.fast.norm import BatchNormStep
+    x = np.random.default_rng(0).standard_normal((4, 3, 6, 6))
+    states = []
+    for mode in ("plan", "reference"):
+        model = small_resnet(np.float64)
+        ns.set_execution(mode)
+        try:
+            for _ in range(3):
+                model(x)
+                model.backward(np.ones((4, 5)))
+        finally:
+            ns.set_execution("plan")
+        states.append(model.state_dict())
+    for name in states[0]:
+        np.testing.assert_allclose(states[0][name], states[1][name], rtol=1e-10, atol=1e-12, err_msg=name)
+    steps = [type(s) for s in ns.plan(small_resnet(np.float64), x).plan.steps]
+    assert BatchNormStep in steps

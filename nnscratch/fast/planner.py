@@ -13,9 +13,11 @@ import numpy as np
 
 from .. import kernels, parallel
 from ..backend import is_gpu_array
-from ..layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from ..layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear,
+                      MaxPool2d, ReLU, Sequential)
 from . import rules
 from .buffers import Buffers
+from .norm import BatchNormStep
 from .plan import Plan
 from .steps import Im2colStep, LayerStep, LinearStep, PoolStep, ReluStep
 from .winograd import WinogradStep
@@ -83,7 +85,7 @@ def _switch(record, plan):
 def _lookup(record, model, x, ways: int):
     """The model's plan for x in ``ways`` parts, built on first use. The key is all a plan depends on:
     the input's type, shape and dtype, the mode, the split, the CPU kernels, the rules, the layers."""
-    layers = tuple((id(layer), "forward" in layer.__dict__ or "backward" in layer.__dict__)
+    layers = tuple((id(layer), "forward" in layer.__dict__ or "backward" in layer.__dict__, layer.training)
                    for layer in model.layers)
     key = (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), model.training, ways,
            kernels.cpu_kernels(), rules.version(), layers)
@@ -174,6 +176,10 @@ def build(model, x, buffers) -> Plan:
             step, used = ReluStep([(i, layer)], in_place=rules.on("relu_in_place")), 1
         elif exact(i, Conv2d):
             step, used = _conv_step(layers, i, shape, device, buffers, exact)
+        elif (exact(i, BatchNorm2d) and layer.training and device == "cpu" and kernels.cpu_kernels() == "numba"
+              and rules.on("batchnorm_kernels")):
+            relu = exact(i + 1, ReLU) and rules.on("relu_into_batchnorm")
+            step, used = BatchNormStep([(i, layer)] + ([(i + 1, layers[i + 1])] if relu else []), relu), 1 + relu
         else:
             step, used = LayerStep([(i, layer)]), 1
         seen_params = seen_params or step.has_parameters()
@@ -225,8 +231,13 @@ def propagate(layer, shape):
     if shape is None:
         return None
     kind = type(layer)
-    if kind is ReLU:
+    if kind in (ReLU, Dropout):
         return shape
+    if kind in (BatchNorm1d, BatchNorm2d):
+        return shape if len(shape) >= 2 and shape[1] == layer.num_features else None
+    if kind in (AvgPool2d, AdaptiveAvgPool2d) and len(shape) == 4:
+        out = layer.output_shape(shape)
+        return out if min(out[2:]) >= 1 else None
     if kind is Flatten:
         return (shape[0], int(np.prod(shape[1:]))) if len(shape) >= 2 else None
     if kind is Linear:

@@ -5,7 +5,8 @@
     ns.fast.set_rules(relu_into_pool=False)    # from now on
 
 Every rule computes what the textbook layers compute: the same bits, or (where the sums run in
-another order: ``crop_before_pool``, ``winograd``, ``split_batch``) the same values up to rounding.
+another order: ``crop_before_pool``, ``winograd``, ``split_batch``, ``batchnorm_kernels``) the same
+values up to rounding.
 Each is tested equal to the layers it replaces (``tests/test_fast.py``).
 """
 from __future__ import annotations
@@ -36,6 +37,13 @@ RULES = {
     # Large work arrays (im2col's columns, Winograd's transforms) are kept from one step to the next
     # instead of being allocated anew. Same bits.
     "kept_buffers": True,
+    # BatchNorm2d in training on the CPU (numba kernels) through batch-norm kernels that read a
+    # channels-last map row by row (the statistics in float64, summed in fixed blocks), three passes
+    # forward and two backward where NumPy's reductions over the (B, H, W) axes make many.
+    "batchnorm_kernels": True,
+    # ... and the ReLU after such a BatchNorm2d in its last forward pass (and its mask in the backward
+    # pass's). Same bits as the kernels then ReLU.
+    "relu_into_batchnorm": True,
     # In training, a CPU batch of a convolutional network is split into one part per core, each run by
     # its own replica of the model on one thread (see nnscratch/parallel.py).
     "split_batch": True,

@@ -159,6 +159,17 @@ def add_bias_checked(y, b, relu=False) -> bool:
     return for_array(y).add_bias_checked(y, b, relu)
 
 
+def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
+    """x: (B, C, H, W) -> (y, xhat, mean, var): batch norm with the batch's statistics (mean and var
+    (C,) float64, var biased), y rectified with ``relu``; y and xhat in x's memory layout."""
+    return for_array(x).batchnorm_forward(x, weight, bias, eps, relu)
+
+
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None):
+    """-> (dx, dweight, dbias) of batchnorm_forward, the gradient masked by y > 0 when y is given."""
+    return for_array(grad).batchnorm_backward(grad, xhat, weight, inv_std, y)
+
+
 def relu_forward(x, inplace: bool = False):
     """x: any shape -> max(x, 0), in x's memory layout; ``inplace`` overwrites and returns x."""
     return for_array(x).relu_forward(x, inplace)

@@ -260,6 +260,41 @@ def relu_backward(grad, y):
     return grad * (y > 0)
 
 
+# ---- batch normalization in training, per channel of a (B, C, H, W) array ---------------------
+
+def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
+    """x: (B, C, H, W) -> (y, xhat, mean, var), with the batch's statistics per channel (over B, H, W):
+    mean, var (biased), xhat = (x - mean) / sqrt(var + eps), y = weight * xhat + bias, rectified with
+    ``relu`` (a ReLU after the layer, fused in). mean and var: (C,) float64."""
+    axes, shape = (0, 2, 3), (1, -1, 1, 1)
+    mean = x.mean(axis=axes, dtype=np.float64)
+    xc = x - mean.reshape(shape).astype(x.dtype)
+    var = (xc.astype(np.float64) ** 2).mean(axis=axes)
+    inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype)
+    xhat = xc * inv_std.reshape(shape)
+    y = xhat * weight.reshape(shape) + bias.reshape(shape)
+    if relu:
+        relu_forward(y, inplace=True)
+    return y, xhat, mean, var
+
+
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None):
+    """The backward pass of batchnorm_forward: grad, xhat, y: (B, C, H, W); weight, inv_std: (C,) ->
+    (dx, dweight, dbias). Given the rectified ``y``, the gradient passes only where y > 0 (the fused ReLU).
+
+        g = grad (masked),  dbias = sum(g),  dweight = sum(g * xhat),  n = B * H * W,
+        dx = weight * inv_std / n * (n * g - dbias - xhat * dweight)    (sums per channel)
+    """
+    axes, shape = (0, 2, 3), (1, -1, 1, 1)
+    g = grad if y is None else grad * (y > 0)
+    dbias = g.sum(axis=axes)
+    dweight = (g * xhat).sum(axis=axes)
+    n = g.size // g.shape[1]
+    scale = (weight * inv_std / n).reshape(shape)
+    dx = scale * (n * g - dbias.reshape(shape) - xhat * dweight.reshape(shape))
+    return dx, dweight, dbias
+
+
 # ---- optimizer updates, in place (PyTorch's rules; see optim.py) -------------------------------
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):

@@ -89,7 +89,7 @@ class _BatchNorm(Module):
             xc = x - self._per_channel(mean, x.ndim)
             var = (xc * xc).mean(axis=axes)                                   # biased: divides by n
             if self.training and self.track_running_stats:
-                self._update_running(mean, var, n)
+                self.update_running_stats(mean, var, n)
         else:
             mean, var = self.running_mean.data, self.running_var.data
             xc = x - self._per_channel(mean, x.ndim)
@@ -100,8 +100,9 @@ class _BatchNorm(Module):
             return xhat
         return xhat * self._per_channel(self.weight.data, x.ndim) + self._per_channel(self.bias.data, x.ndim)
 
-    def _update_running(self, mean, var, n: int):
-        """running <- (1 - f) running + f batch, f = momentum (or 1 / batches seen), var unbiased."""
+    def update_running_stats(self, mean, var, n: int):
+        """running <- (1 - f) running + f batch, f = momentum (or 1 / batches seen), var unbiased;
+        mean and var: the batch's (C,), var biased, over n values per channel."""
         self.num_batches_tracked.data += 1
         f = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.data
         self.running_mean.data[...] = (1 - f) * self.running_mean.data + f * mean
