@@ -362,7 +362,7 @@ def test_batchnorm_kernels_equal_the_reference_in_both_layouts(B, C, H, W, relu,
     for u, v in zip(ours, ref):
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
     inv_std = 1 / np.sqrt(ours[3] + 1e-5)
-    back = cpu.batchnorm_backward(g, ours[1], w, inv_std, ours[0] if relu else None)
+    back = cpu.batchnorm_backward(g, ours[1], w, inv_std, ours[0] if relu else None, b)    # mask from xhat
     for u, v in zip(back, reference.batchnorm_backward(g, ref[1], w, inv_std, ref[0] if relu else None)):
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
 

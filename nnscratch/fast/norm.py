@@ -33,7 +33,7 @@ class BatchNormStep(Step):
         if bn.track_running_stats:
             bn.update_running_stats(mean.astype(dt), var.astype(dt), n)
         inv_std = (1 / np.sqrt(var + bn.eps)).astype(dt)
-        self._cache = (xhat, weight, inv_std, y if self.relu else None)
+        self._cache = (xhat, weight, bias, inv_std, y if self.relu else None)
         return y
 
     def _as_layers(self, x):
@@ -48,9 +48,9 @@ class BatchNormStep(Step):
     def backward(self, grad, need_input_grad: bool):
         if self._cache is None:
             raise no_forward(self.layer)
-        xhat, weight, inv_std, y = self._cache
+        xhat, weight, bias, inv_std, y = self._cache
         check_grad(self.layers[-1][1], grad, xhat.shape, xhat.dtype)
-        dx, dweight, dbias = kernels.batchnorm_backward(grad, xhat, weight, inv_std, y)
+        dx, dweight, dbias = kernels.batchnorm_backward(grad, xhat, weight, inv_std, y, bias)
         bn = self.layer
         if bn.affine:
             bn.weight.grad += dweight

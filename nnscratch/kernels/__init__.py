@@ -165,9 +165,10 @@ def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
     return for_array(x).batchnorm_forward(x, weight, bias, eps, relu)
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None):
-    """-> (dx, dweight, dbias) of batchnorm_forward, the gradient masked by y > 0 when y is given."""
-    return for_array(grad).batchnorm_backward(grad, xhat, weight, inv_std, y)
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None):
+    """-> (dx, dweight, dbias) of batchnorm_forward, the gradient masked by y > 0 when y (the rectified
+    output) is given; with ``bias`` too, the mask may be recomputed from xhat (the same bits)."""
+    return for_array(grad).batchnorm_backward(grad, xhat, weight, inv_std, y, bias)
 
 
 def relu_forward(x, inplace: bool = False):

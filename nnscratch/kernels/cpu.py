@@ -826,15 +826,18 @@ BN_CHUNKS = 16
 
 
 @_twins
-def _bn_sums(a, center, squares, chunks, out):
-    # out[k, c] = sum over the rows of chunk k of (a - center[c]), or of its square with ``squares``
+def _bn_sums(a, shift, chunks, out):
+    # out[k, 0, c], out[k, 1, c] = the sums of (a - shift[c]) and of its square over the rows of
+    # chunk k: one pass for mean and variance, shifted by a sample so that the square's sum does not
+    # cancel against the mean's
     N, C = a.shape
     for k in prange(chunks):
-        acc = np.zeros(C, dtype=np.float64)
+        acc = np.zeros((2, C), dtype=np.float64)
         for i in range(k * N // chunks, (k + 1) * N // chunks):
             for c in range(C):
-                u = a[i, c] - center[c]
-                acc[c] += u * u if squares else u
+                u = np.float64(a[i, c] - shift[c])
+                acc[0, c] += u
+                acc[1, c] += u * u
         out[k] = acc
 
 
@@ -851,27 +854,30 @@ def _bn_apply(x, mean, inv_std, w, b, relu, zero, xhat, y):
 
 
 @_twins
-def _bn_grad_sums(g, xhat, y, masked, chunks, zero, out):
-    # out[k, 0, c] = sum of g', out[k, 1, c] = sum of g' * xhat over chunk k; g' = g where y > 0 if masked
+def _bn_grad_sums(g, xhat, w, b, masked, chunks, zero, out):
+    # out[k, 0, c] = sum of g', out[k, 1, c] = sum of g' * xhat over chunk k, where g' = g, or with
+    # ``masked`` g where the forward pass's y = w * xhat + b was > 0 (recomputed: the same bits as y)
     N, C = g.shape
     for k in prange(chunks):
         acc = np.zeros((2, C), dtype=np.float64)
         for i in range(k * N // chunks, (k + 1) * N // chunks):
             for c in range(C):
-                v = g[i, c] if (not masked or y[i, c] > zero) else zero
+                h = xhat[i, c]
+                v = g[i, c] if (not masked or w[c] * h + b[c] > zero) else zero
                 acc[0, c] += v
-                acc[1, c] += v * xhat[i, c]
+                acc[1, c] += v * h
         out[k] = acc
 
 
 @_twins
-def _bn_grad_input(g, xhat, y, masked, scale, n, dbias, dweight, zero, dx):
+def _bn_grad_input(g, xhat, w, b, masked, scale, n, dbias, dweight, zero, dx):
     # dx = scale * (n * g' - dbias - xhat * dweight), row by row
     N, C = g.shape
     for i in prange(N):
         for c in range(C):
-            v = g[i, c] if (not masked or y[i, c] > zero) else zero
-            dx[i, c] = scale[c] * (n * v - dbias[c] - xhat[i, c] * dweight[c])
+            h = xhat[i, c]
+            v = g[i, c] if (not masked or w[c] * h + b[c] > zero) else zero
+            dx[i, c] = scale[c] * (n * v - dbias[c] - h * dweight[c])
 
 
 def _rows(a):
@@ -880,48 +886,44 @@ def _rows(a):
     return flat.reshape(-1, a.shape[1]) if layout == "cl" else None
 
 
-def _channel_sums(a, center=None):
-    """Per-channel sums over an (N, C) matrix: of a, or, given ``center``, of (a - center)^2."""
-    C = a.shape[1]
-    parts = np.empty((BN_CHUNKS, C), dtype=np.float64)
-    _bn_sums(a.size, a, np.zeros(C, a.dtype) if center is None else center, center is not None, BN_CHUNKS, parts)
-    return parts.sum(axis=0)
-
-
 def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
-    """Twin of reference.batchnorm_forward for a channels-last (B, C, H, W) x: three passes (the mean,
-    the variance around it, then xhat and y in one), every row of C values contiguous."""
+    """Twin of reference.batchnorm_forward for a channels-last (B, C, H, W) x: two passes (the sums for
+    mean and variance, then xhat and y in one), every row of C values contiguous."""
     rows = _rows(x) if x.ndim == 4 else None
     if rows is None:
         return reference.batchnorm_forward(x, weight, bias, eps, relu)
-    n, dt = rows.shape[0], x.dtype
-    mean = _channel_sums(rows) / n
-    var = _channel_sums(rows, center=mean.astype(dt)) / n
+    n, C, dt = rows.shape[0], rows.shape[1], x.dtype
+    parts = np.empty((BN_CHUNKS, 2, C), dtype=np.float64)
+    shift = rows[0].copy()
+    _bn_sums(rows.size, rows, shift, BN_CHUNKS, parts)
+    s1, s2 = parts.sum(axis=0) / n
+    mean = shift + s1
+    var = np.maximum(s2 - s1 * s1, 0.0)
     inv_std = (1 / np.sqrt(var + eps)).astype(dt)
     xhat, y = np.empty_like(rows), np.empty_like(rows)
     _bn_apply(rows.size, rows, mean.astype(dt), inv_std, weight, bias, relu, dt.type(0), xhat, y)
     return _shaped(y.reshape(-1), x.shape, "cl"), _shaped(xhat.reshape(-1), x.shape, "cl"), mean, var
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None):
-    """Twin of reference.batchnorm_backward for channels-last xhat (and y): two passes, the sums, then
-    dx; a gradient in another layout is copied into xhat's first."""
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None):
+    """Twin of reference.batchnorm_backward for channels-last xhat: two passes, the sums, then dx; a
+    gradient in another layout is copied into xhat's first. Given ``bias`` as well as y, the ReLU's
+    mask is recomputed from xhat (y = weight * xhat + bias, the same bits) instead of read from y."""
     xrows = _rows(xhat)
-    if xrows is None:
+    if xrows is None or (y is not None and bias is None):
         return reference.batchnorm_backward(grad, xhat, weight, inv_std, y)
     grows = _rows(grad)
     if grows is None:
         grows = _as_channels_last(grad).reshape(-1, grad.shape[1])
-    yrows = _rows(y) if y is not None else xrows
-    if yrows is None:
-        return reference.batchnorm_backward(grad, xhat, weight, inv_std, y)
     n, C, dt = xrows.shape[0], xrows.shape[1], xhat.dtype
+    masked = y is not None
+    b = bias if masked else weight
     parts = np.empty((BN_CHUNKS, 2, C), dtype=np.float64)
-    _bn_grad_sums(grows.size, grows, xrows, yrows, y is not None, BN_CHUNKS, dt.type(0), parts)
+    _bn_grad_sums(grows.size, grows, xrows, weight, b, masked, BN_CHUNKS, dt.type(0), parts)
     dbias, dweight = parts.sum(axis=0).astype(dt)
     scale = (weight * inv_std / dt.type(n)).astype(dt)
     dx = np.empty_like(xrows)
-    _bn_grad_input(grows.size, grows, xrows, yrows, y is not None, scale, dt.type(n), dbias, dweight, dt.type(0), dx)
+    _bn_grad_input(grows.size, grows, xrows, weight, b, masked, scale, dt.type(n), dbias, dweight, dt.type(0), dx)
     return _shaped(dx.reshape(-1), xhat.shape, "cl"), dweight, dbias
 
 

@@ -278,9 +278,10 @@ def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
     return y, xhat, mean, var
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None):
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None):
     """The backward pass of batchnorm_forward: grad, xhat, y: (B, C, H, W); weight, inv_std: (C,) ->
-    (dx, dweight, dbias). Given the rectified ``y``, the gradient passes only where y > 0 (the fused ReLU).
+    (dx, dweight, dbias). Given the rectified ``y``, the gradient passes only where y > 0 (the fused ReLU);
+    ``bias`` (the layer's) lets a kernel recompute that mask from xhat instead of reading y.
 
         g = grad (masked),  dbias = sum(g),  dweight = sum(g * xhat),  n = B * H * W,
         dx = weight * inv_std / n * (n * g - dbias - xhat * dweight)    (sums per channel)
