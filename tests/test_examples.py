@@ -22,7 +22,7 @@ def example(name):
 
 def test_every_numbered_example_has_a_test():
     numbers = sorted(p.name[:2] for p in EXAMPLES.glob("[0-9][0-9]_*.py"))
-    assert numbers == [f"{i:02d}" for i in range(1, 11)]
+    assert numbers == [f"{i:02d}" for i in range(1, 12)]
 
 
 def test_01_linear_by_hand_agrees_with_gradcheck():
@@ -79,3 +79,7 @@ def test_10_plans_print_the_plan_and_every_stage_agrees_with_the_textbook(capsys
     assert example("10").main(["--quick"]) is True
     out = capsys.readouterr().out
     assert "Plan for" in out and "textbook layers" in out and "(split_batch)" in out
+
+
+def test_11_batch_norm_backward_by_the_graph_equals_the_layer_and_the_one_line_form():
+    assert example("11").main(["--quick"]) < 1e-10
