@@ -38,8 +38,8 @@ RULES = {
     # instead of being allocated anew. Same bits.
     "kept_buffers": True,
     # BatchNorm2d in training on the CPU (numba kernels) through batch-norm kernels that read a
-    # channels-last map row by row (the statistics in float64, summed in fixed blocks), three passes
-    # forward and two backward where NumPy's reductions over the (B, H, W) axes make many.
+    # channels-last map row by row (the statistics in float64, summed in fixed blocks), two passes
+    # each way where NumPy's reductions over the (B, H, W) axes make many.
     "batchnorm_kernels": True,
     # ... and the ReLU after such a BatchNorm2d in its last forward pass (and its mask in the backward
     # pass's). Same bits as the kernels then ReLU.
