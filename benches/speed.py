@@ -1,6 +1,6 @@
 """Speed of nnscratch against PyTorch, per network and per layer, printed as tables.
 
-    python benches/speed.py [--batch 64] [--repeats 15] [--arch cnn mlnn] [--no-layers]
+    python benches/speed.py [--batch 64] [--repeats 15] [--arch cnn mlnn resnet] [--no-layers]
 
 Per architecture: median time of one training step (forward, backward, Adam) and the epoch it
 implies (11,959 BloodMNIST images), inference images per second at batch 256, the ratios of both
@@ -36,18 +36,27 @@ TRAIN_IMAGES = 11959
 # ---- arithmetic ------------------------------------------------------------------------------
 
 def step_flops(model, batch: int) -> float:
-    """FLOPs of one training step: forward, weight gradients, and input gradients but the first layer's."""
-    x = np.zeros((1, 3, 28, 28), np.float32)
-    total, first = 0.0, True
-    for layer in model:
-        y = layer(x)
-        if isinstance(layer, (Conv2d, Linear)):
-            w = layer.weight.size
-            pixels = y.shape[2] * y.shape[3] if y.ndim == 4 else 1
-            f = 2.0 * w * pixels * batch                      # one multiply-add per weight per output pixel
-            total += f * (2 if first else 3)                   # forward + dW (+ dX)
-            first = False
-        x = y
+    """FLOPs of one training step: forward, weight gradients, and input gradients but the first layer's;
+    every Conv2d and Linear, nested ones (a ResNet's blocks) included; batch norm and the rest not counted."""
+    shapes = {}
+    layers = [m for m in model.modules() if isinstance(m, (Conv2d, Linear))]
+    for m in layers:                              # record each layer's output shape on one image
+        def recording(x, m=m, forward=type(m).forward):
+            y = forward(m, x)
+            shapes[id(m)] = y.shape
+            return y
+        m.forward = recording
+    try:
+        model(np.zeros((1, 3, 28, 28), np.float32))
+    finally:
+        for m in layers:
+            del m.forward
+    total = 0.0
+    for k, m in enumerate(layers):
+        y = shapes[id(m)]
+        pixels = y[2] * y[3] if len(y) == 4 else 1
+        f = 2.0 * m.weight.size * pixels * batch          # one multiply-add per weight per output pixel
+        total += f * (2 if k == 0 else 3)                 # forward + dW (+ dX)
     return total
 
 
@@ -80,7 +89,10 @@ def ours(arch, device, batch, graphs=True, loop=False):
         model.to("gpu")
         x, xi, y = cp.asarray(x), cp.asarray(xi), cp.asarray(y)
         sync = cp.cuda.Device().synchronize  # noqa: E731
-    loss_fn, opt = ns.CrossEntropyLoss(), ns.Adam(model.parameters())
+    if arch == "resnet":            # the recipe's pieces that cost time: AdamW, label smoothing
+        loss_fn, opt = ns.CrossEntropyLoss(label_smoothing=0.1), ns.AdamW(model.parameters(), weight_decay=0.05)
+    else:
+        loss_fn, opt = ns.CrossEntropyLoss(), ns.Adam(model.parameters())
     train_step = ns.TrainStep(model, loss_fn, opt, graph=graphs)
 
     def step():
@@ -109,6 +121,8 @@ def theirs(arch, device, batch):
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
             nn.Linear(1152, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 8))
+    elif arch == "resnet":
+        model = torch_resnet()
     else:
         model = nn.Sequential(nn.Flatten(), nn.Linear(2352, 1180), nn.ReLU(), nn.Linear(1180, 8))
     dev = "cuda" if device == "gpu" else "cpu"
@@ -116,7 +130,11 @@ def theirs(arch, device, batch):
     x = torch.randn(batch, 3, 28, 28, device=dev)
     xi = torch.randn(256, 3, 28, 28, device=dev)
     y = torch.randint(0, 8, (batch,), device=dev)
-    opt, loss_fn = torch.optim.Adam(model.parameters()), nn.CrossEntropyLoss()
+    if arch == "resnet":
+        opt = torch.optim.AdamW(model.parameters(), weight_decay=0.05)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    else:
+        opt, loss_fn = torch.optim.Adam(model.parameters()), nn.CrossEntropyLoss()
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def step():
@@ -130,6 +148,31 @@ def theirs(arch, device, batch):
             model(xi)
             model.train()
     return step, infer, sync
+
+
+def torch_resnet(widths=(32, 64, 128), blocks=(1, 1, 1), classes=8):
+    """ns.models.resnet() in PyTorch, layer for layer."""
+    import torch
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                      nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = None
+            if stride != 1 or cin != cout:
+                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + (x if self.shortcut is None else self.shortcut(x)))
+
+    layers, ch = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()], widths[0]
+    for stage, (w, n) in enumerate(zip(widths, blocks)):
+        for b in range(n):
+            layers.append(Block(ch, w, 2 if stage > 0 and b == 0 else 1))
+            ch = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, classes))
 
 
 def worker(engine, arch, device, batch, warmup, repeats) -> dict:
@@ -202,7 +245,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64, help="images per training step")
     p.add_argument("--repeats", type=int, default=15, help="timed rounds (medians are shown)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (compilation, caches)")
-    p.add_argument("--arch", nargs="+", default=["cnn", "mlnn"], choices=["cnn", "mlnn"])
+    p.add_argument("--arch", nargs="+", default=["cnn", "mlnn"], choices=["cnn", "mlnn", "resnet"],
+                   help="networks to time; resnet is ns.models.resnet() with AdamW and label smoothing, "
+                        "beside the same network and recipe in PyTorch")
     p.add_argument("--rounds", type=int, default=3, help="alternating fresh processes per engine")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     p.add_argument("--devices", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"],
