@@ -385,3 +385,39 @@ def test_the_batchnorm_step_moves_the_running_statistics_as_the_layer_does():
         np.testing.assert_allclose(states[0][name], states[1][name], rtol=1e-10, atol=1e-12, err_msg=name)
     steps = [type(s) for s in ns.plan(small_resnet(np.float64), x).plan.steps]
     assert BatchNormStep in steps
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_planned_resnet_equals_its_textbook_layers_in_both_modes(train):
+    model = small_resnet(np.float64)
+    rng = np.random.default_rng(1)
+    for m in model.modules():                      # running statistics away from their start
+        if isinstance(m, ns.BatchNorm2d):
+            m.running_mean.data[...] = rng.standard_normal(m.num_features)
+            m.running_var.data[...] = rng.random(m.num_features) + 0.5
+    model.train(train)
+    model.layers = [m for m in model.layers if not isinstance(m, ns.Dropout)]   # no random draws to match
+    x, g = rng.standard_normal((5, 3, 9, 9)), rng.standard_normal((5, 5))
+    results = []
+    for mode in ("plan", "reference"):
+        ns.set_execution(mode)
+        try:
+            model.zero_grad()
+            y = model(x)
+            dx = model.backward(g)
+            results.append([y, dx] + [p.grad.copy() for p in model.parameters()])
+        finally:
+            ns.set_execution("plan")
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 5), st.booleans(), st.booleans(), SEEDS)
+def test_scale_shift_equals_the_reference_in_both_layouts(B, C, side, relu, last, seed):
+    from nnscratch.kernels import cpu, reference
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, side, side, C) if last else (B, C, side, side))
+    x = x.transpose(0, 3, 1, 2) if last else x
+    scale, shift = rng.standard_normal(C), rng.standard_normal(C)
+    np.testing.assert_array_equal(cpu.scale_shift(x, scale, shift, relu), reference.scale_shift(x, scale, shift, relu))

@@ -1,4 +1,4 @@
-"""BatchNorm2d in training as a plan step: the batch-norm kernels, with the ReLU after it fused in."""
+"""BatchNorm2d as a plan step: the batch-norm kernels, with the ReLU after it fused in."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,10 +9,12 @@ from .steps import Step
 
 
 class BatchNormStep(Step):
-    """A BatchNorm2d in training mode (batch statistics), and with ``relu`` the ReLU after it, through
-    ``kernels.batchnorm_forward``/``batchnorm_backward``: what the layer computes (the layer's
-    docstring has the formulas), with the statistics summed in float64. It moves the layer's running
-    statistics as the layer does."""
+    """A BatchNorm2d, and with ``relu`` the ReLU after it: what the layer computes (the layer's
+    docstring has the formulas). With batch statistics (training) through
+    ``kernels.batchnorm_forward``/``batchnorm_backward``, the statistics summed in float64, moving the
+    layer's running statistics as the layer does; with the running statistics (eval mode) one pass of
+    ``kernels.scale_shift``, y = x * scale + shift with scale = weight / sqrt(running_var + eps) and
+    shift = bias - running_mean * scale."""
 
     def __init__(self, layers, relu: bool):
         super().__init__(layers)
@@ -29,12 +31,37 @@ class BatchNormStep(Step):
         dt = x.dtype
         weight = bn.weight.data if bn.affine else np.ones(C, dt)
         bias = bn.bias.data if bn.affine else np.zeros(C, dt)
+        if not bn.training and bn.track_running_stats:
+            return self._fixed_statistics(x, weight, bias)
         y, xhat, mean, var = kernels.batchnorm_forward(x, weight, bias, bn.eps, self.relu)
         if bn.track_running_stats:
             bn.update_running_stats(mean.astype(dt), var.astype(dt), n)
         inv_std = (1 / np.sqrt(var + bn.eps)).astype(dt)
         self._cache = (xhat, weight, bias, inv_std, y if self.relu else None)
         return y
+
+    def _fixed_statistics(self, x, weight, bias):
+        bn, dt = self.layer, x.dtype
+        inv_std = (1 / np.sqrt(bn.running_var.data.astype(np.float64) + bn.eps)).astype(dt)
+        scale = weight * inv_std
+        shift = bias - bn.running_mean.data * scale
+        y = kernels.scale_shift(x, scale, shift, self.relu)
+        self._cache = ("fixed", x, inv_std, scale, y if self.relu else None)
+        return y
+
+    def _fixed_backward(self, grad, need_input_grad):
+        """dL/dx = g' * scale, g' the gradient masked by the fused ReLU; the parameters' gradients
+        from xhat = (x - running_mean) * inv_std."""
+        _, x, inv_std, scale, y = self._cache
+        bn = self.layer
+        check_grad(self.layers[-1][1], grad, x.shape, x.dtype)
+        shape = (1, -1, 1, 1)
+        g = grad if y is None else grad * (y > 0)
+        if bn.affine:
+            xhat = (x - bn.running_mean.data.reshape(shape)) * inv_std.reshape(shape)
+            bn.weight.grad += (g * xhat).sum(axis=(0, 2, 3))
+            bn.bias.grad += g.sum(axis=(0, 2, 3))
+        return g * scale.reshape(shape) if need_input_grad else None
 
     def _as_layers(self, x):
         self._cache = None
@@ -48,6 +75,8 @@ class BatchNormStep(Step):
     def backward(self, grad, need_input_grad: bool):
         if self._cache is None:
             raise no_forward(self.layer)
+        if isinstance(self._cache[0], str):                     # "fixed": eval mode
+            return self._fixed_backward(grad, need_input_grad)
         xhat, weight, bias, inv_std, y = self._cache
         check_grad(self.layers[-1][1], grad, xhat.shape, xhat.dtype)
         dx, dweight, dbias = kernels.batchnorm_backward(grad, xhat, weight, inv_std, y, bias)
@@ -59,4 +88,6 @@ class BatchNormStep(Step):
 
     def describe(self) -> str:
         relu = ", the ReLU in its last pass" if self.relu else ""
-        return super().describe() + f": batch-norm kernels, batch statistics{relu}"
+        stats = "batch statistics" if self.layer.training or not self.layer.track_running_stats else \
+            "running statistics, one scale-and-shift pass"
+        return super().describe() + f": batch-norm kernels, {stats}{relu}"

@@ -176,7 +176,7 @@ def build(model, x, buffers) -> Plan:
             step, used = ReluStep([(i, layer)], in_place=rules.on("relu_in_place")), 1
         elif exact(i, Conv2d):
             step, used = _conv_step(layers, i, shape, device, buffers, exact)
-        elif (exact(i, BatchNorm2d) and layer.training and device == "cpu" and kernels.cpu_kernels() == "numba"
+        elif (exact(i, BatchNorm2d) and device == "cpu" and kernels.cpu_kernels() == "numba"
               and rules.on("batchnorm_kernels")):
             relu = exact(i + 1, ReLU) and rules.on("relu_into_batchnorm")
             step, used = BatchNormStep([(i, layer)] + ([(i + 1, layers[i + 1])] if relu else []), relu), 1 + relu

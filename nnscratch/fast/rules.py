@@ -37,9 +37,9 @@ RULES = {
     # Large work arrays (im2col's columns, Winograd's transforms) are kept from one step to the next
     # instead of being allocated anew. Same bits.
     "kept_buffers": True,
-    # BatchNorm2d in training on the CPU (numba kernels) through batch-norm kernels that read a
-    # channels-last map row by row (the statistics in float64, summed in fixed blocks), two passes
-    # each way where NumPy's reductions over the (B, H, W) axes make many.
+    # BatchNorm2d on the CPU (numba kernels) through batch-norm kernels that read a channels-last map
+    # row by row: in training the statistics in float64, summed in fixed blocks, two passes each way
+    # where NumPy's reductions over the (B, H, W) axes make many; in eval mode one scale-and-shift pass.
     "batchnorm_kernels": True,
     # ... and the ReLU after such a BatchNorm2d in its last forward pass (and its mask in the backward
     # pass's). Same bits as the kernels then ReLU.

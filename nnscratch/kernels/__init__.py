@@ -165,6 +165,11 @@ def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
     return for_array(x).batchnorm_forward(x, weight, bias, eps, relu)
 
 
+def scale_shift(x, scale, shift, relu: bool = False):
+    """x: (B, C, H, W) -> x * scale + shift per channel, rectified with ``relu`` (batch norm in eval mode)."""
+    return for_array(x).scale_shift(x, scale, shift, relu)
+
+
 def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None):
     """-> (dx, dweight, dbias) of batchnorm_forward, the gradient masked by y > 0 when y (the rectified
     output) is given; with ``bias`` too, the mask may be recomputed from xhat (the same bits)."""

@@ -854,6 +854,16 @@ def _bn_apply(x, mean, inv_std, w, b, relu, zero, xhat, y):
 
 
 @_twins
+def _bn_scale_shift(x, scale, shift, relu, zero, y):
+    # y = x * scale + shift per channel (rectified with relu), row by row: batch norm with fixed statistics
+    N, C = x.shape
+    for i in prange(N):
+        for c in range(C):
+            v = x[i, c] * scale[c] + shift[c]
+            y[i, c] = (zero if v < zero else v) if relu else v
+
+
+@_twins
 def _bn_grad_sums(g, xhat, w, b, masked, chunks, zero, out):
     # out[k, 0, c] = sum of g', out[k, 1, c] = sum of g' * xhat over chunk k, where g' = g, or with
     # ``masked`` g where the forward pass's y = w * xhat + b was > 0 (recomputed: the same bits as y)
@@ -903,6 +913,16 @@ def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
     xhat, y = np.empty_like(rows), np.empty_like(rows)
     _bn_apply(rows.size, rows, mean.astype(dt), inv_std, weight, bias, relu, dt.type(0), xhat, y)
     return _shaped(y.reshape(-1), x.shape, "cl"), _shaped(xhat.reshape(-1), x.shape, "cl"), mean, var
+
+
+def scale_shift(x, scale, shift, relu: bool = False):
+    """Twin of reference.scale_shift: one pass over a channels-last map's rows."""
+    rows = _rows(x) if x.ndim == 4 else None
+    if rows is None:
+        return reference.scale_shift(x, scale, shift, relu)
+    y = np.empty_like(rows)
+    _bn_scale_shift(rows.size, rows, scale, shift, relu, x.dtype.type(0), y)
+    return _shaped(y.reshape(-1), x.shape, "cl")
 
 
 def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None):

@@ -278,6 +278,14 @@ def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
     return y, xhat, mean, var
 
 
+def scale_shift(x, scale, shift, relu: bool = False):
+    """x: (B, C, H, W) -> x * scale + shift per channel (scale, shift: (C,)), rectified with ``relu``:
+    batch norm with fixed statistics (evaluation mode), scale = weight / sqrt(var + eps) and
+    shift = bias - mean * scale."""
+    y = x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+    return relu_forward(y, inplace=True) if relu else y
+
+
 def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None):
     """The backward pass of batchnorm_forward: grad, xhat, y: (B, C, H, W); weight, inv_std: (C,) ->
     (dx, dweight, dbias). Given the rectified ``y``, the gradient passes only where y > 0 (the fused ReLU);
