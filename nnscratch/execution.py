@@ -32,7 +32,8 @@ def get_execution() -> str:
 
 
 def register(planner):
-    """Install the planner: an object with ``plan_for(model, x, enabled)`` and ``last_plan(model)``."""
+    """Install the planner: an object with ``plan_for(model, x, enabled)``, ``last_plan(model)`` and
+    ``batch_norm_synced(model)``."""
     _state["planner"] = planner
 
 
@@ -45,6 +46,13 @@ def plan_for(model, x):
     if planner is None:
         return None
     return planner.plan_for(model, x, enabled=_state["execution"] == "plan")
+
+
+def batch_norm_synced(model) -> bool:
+    """Whether the parts of a split batch would pool every batch norm's statistics (the planner's
+    batch-norm steps do, the textbook layers do not): False without a planner or in "reference"."""
+    planner = _state["planner"]
+    return get_execution() == "plan" and planner.batch_norm_synced(model)
 
 
 def last_plan(model):

@@ -20,14 +20,18 @@ whole batch's.
 """
 from __future__ import annotations
 
+import contextvars
 import copy
 import functools
+import threading
 
 import numpy as np
 
+from . import execution
 from .checks import check_grad
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Dropout
-from .threads import blas_thread_count, run_parallel, splitting_allowed as allowed, whole_batches  # noqa: F401
+from .threads import (Secondary, blas_thread_count, run_parallel, splitting_allowed as allowed,  # noqa: F401
+                      whole_batches)
 
 MIN_PART = 16          # images per part at least, when the number of parts is left to choose
 
@@ -42,17 +46,19 @@ def parts_for(model, batch: int, workers: int | None) -> int:
 
     A model with a layer whose ``forward`` or ``backward`` was replaced on the instance (a timing
     wrapper, a hook) runs whole: its replicas would copy the replacement, which still calls the
-    original layer. So does a model with batch norm in training or dropout, whose results depend on
-    the whole batch or on the order of random draws; ``workers`` is then ignored."""
+    original layer. So does a model with dropout, or with batch norm in training whose parts could not
+    pool their statistics (``BatchGroup``, where the planner runs every batch norm), whose results
+    would depend on the split; ``workers`` is then ignored."""
     convolutional = False
+    synced = execution.batch_norm_synced(model)
     for m in model.modules():
         own = vars(m)
         if "forward" in own or "backward" in own:
             return 1
-        if isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training or isinstance(m, Dropout):
-            # batch statistics over a part are not the batch's, and the parts would draw their
-            # dropout masks in another order than the whole batch: split, the model would compute
-            # something else
+        if isinstance(m, Dropout) or isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training and not synced:
+            # the parts would draw their dropout masks in another order than the whole batch, and
+            # batch statistics over a part are not the batch's unless the parts pool them
+            # (``BatchGroup``): split, the model would compute something else
             return 1
         convolutional = convolutional or isinstance(m, Conv2d)
     if workers is not None:
@@ -73,6 +79,58 @@ def check_workers(owner, workers):
 def cuts(batch: int, ways: int) -> list:
     """``ways`` slices of ``range(batch)`` whose sizes differ by at most one, in order."""
     return [slice(batch * k // ways, batch * (k + 1) // ways) for k in range(ways)]
+
+
+class BatchGroup:
+    """The parts of one split batch, meeting wherever a layer needs the whole batch (batch norm's
+    statistics): each part hands in what it computed over its rows and gets every part's back, in
+    part order, so that all compute the same whole-batch value from them. The parts run the same
+    layers in the same order, so their n-th meetings match. A part that fails breaks the meeting:
+    the others then raise ``Secondary`` instead of waiting for ever."""
+
+    def __init__(self, ways: int):
+        self.ways = ways
+        self._barrier = threading.Barrier(ways)
+        self._slots = [None] * ways
+
+    def exchange(self, k: int, value) -> list:
+        """Part k's ``value`` in; every part's value out, once all have handed theirs in."""
+        self._slots[k] = value
+        self._wait()
+        values = list(self._slots)
+        self._wait()                 # nobody hands in the next value before all have read this one
+        return values
+
+    def _wait(self):
+        try:
+            self._barrier.wait()
+        except threading.BrokenBarrierError:
+            raise Secondary("another part of the split batch failed") from None
+
+    def abort(self):
+        self._barrier.abort()
+
+
+_GROUP = contextvars.ContextVar("nnscratch_batch_group", default=None)
+
+
+def batch_group():
+    """(BatchGroup, part index) while a part of a split batch runs in this thread, else None."""
+    return _GROUP.get()
+
+
+def _in_group(group: BatchGroup, k: int, task):
+    """``task`` run as part k of ``group``; if it fails, the group's meetings are broken for the others."""
+    def run():
+        token = _GROUP.set((group, k))
+        try:
+            return task()
+        except BaseException:
+            group.abort()
+            raise
+        finally:
+            _GROUP.reset(token)
+    return run
 
 
 class Replicas:
@@ -130,6 +188,12 @@ class DataParallel:
     def __init__(self, model, ways: int):
         self.model, self.ways = model, ways
         self.parts = replicas_of(model).parts(model, ways)
+        self._group = BatchGroup(ways)
+
+    def _run(self, tasks: list) -> list:
+        """The parts' tasks at once, each as its part of the batch group (``batch_group``)."""
+        self._group = BatchGroup(self.ways)
+        return run_parallel([_in_group(self._group, k, task) for k, task in enumerate(tasks)])
 
     # ---- the plain loop: the parts meet after forward and after backward ------------------------
 
@@ -139,8 +203,8 @@ class DataParallel:
         whole batch to raise its error (a part's shape would mislead), or the part's error is raised."""
         self._cuts = cuts(x.shape[0], self.ways)
         try:
-            outs = run_parallel([functools.partial(part_forward, model, x[cut])
-                                 for (model, _), cut in zip(self.parts, self._cuts)])
+            outs = self._run([functools.partial(part_forward, model, x[cut])
+                              for (model, _), cut in zip(self.parts, self._cuts)])
         except (ValueError, TypeError) as e:
             failed = e
         else:
@@ -159,8 +223,8 @@ class DataParallel:
         ``need_input_grad``)."""
         check_grad(last_layer, grad, *self._out)
         try:
-            outs = run_parallel([functools.partial(part_backward, model, grad[cut], need_input_grad)
-                                 for (model, _), cut in zip(self.parts, self._cuts)])
+            outs = self._run([functools.partial(part_backward, model, grad[cut], need_input_grad)
+                              for (model, _), cut in zip(self.parts, self._cuts)])
         except BaseException:
             self._clear(self.parts[1:])                   # the replicas' gradients from the failed pass
             raise
@@ -190,7 +254,7 @@ class DataParallel:
                 return logits, loss
             return task
 
-        return run_parallel([part(k) for k in range(self.ways)])
+        return self._run([part(k) for k in range(self.ways)])
 
     def clear_grads(self):
         """Clear every part's gradients, the model's too (after a step whose loss was not finite)."""

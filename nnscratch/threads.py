@@ -111,6 +111,11 @@ def _whole(task):
     return run
 
 
+class Secondary(RuntimeError):
+    """Raised in a task of ``run_parallel`` because another task failed (``run_parallel`` then raises
+    the other task's error)."""
+
+
 _pool = {"executor": None, "size": 0}
 # One split step at a time: the BLAS setting and the kernels' serial switch are process-wide
 _lock = threading.Lock()
@@ -140,7 +145,8 @@ def run_parallel(tasks: list) -> list:
                 results[i] = future.result()
             except BaseException as e:    # noqa: BLE001
                 errors[i] = e
-    for e in errors:
-        if e is not None:
-            raise e
+    raised = [e for e in errors if e is not None]
+    if raised:
+        # an error a task raised only because another failed (``Secondary``) gives way to that one
+        raise next((e for e in raised if not isinstance(e, Secondary)), raised[0])
     return results

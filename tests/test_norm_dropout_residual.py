@@ -298,13 +298,69 @@ def small_resnet(dtype=np.float32):
     return model.to(dtype=dtype)
 
 
-def test_a_model_with_batch_norm_or_dropout_is_never_split():
-    model = small_resnet()
-    assert parallel.parts_for(model, 64, None) == 1 and parallel.parts_for(model, 64, 2) == 1
-    model.eval()
-    assert parallel.parts_for(model, 64, 2) == 1                 # dropout still there (a no-op in eval)
-    no_dropout = ns.Sequential(*[m for m in small_resnet().layers if not isinstance(m, ns.Dropout)]).eval()
-    assert parallel.parts_for(no_dropout, 64, 2) == 2            # batch norm in eval treats each image alone
+def test_batch_norm_splits_only_where_the_parts_pool_their_statistics():
+    with_dropout = small_resnet()
+    assert parallel.parts_for(with_dropout, 64, None) == 1 and parallel.parts_for(with_dropout, 64, 2) == 1
+    model = ns.Sequential(*[m for m in small_resnet().layers if not isinstance(m, ns.Dropout)])
+    assert parallel.parts_for(model, 64, 2) == 2                 # every batch norm is a planned BatchNorm2d
+    with ns.fast.switched(batchnorm_kernels=False):
+        assert parallel.parts_for(model, 64, 2) == 1             # the textbook layer cannot pool
+    ns.set_execution("reference")
+    try:
+        assert parallel.parts_for(model, 64, 2) == 1
+    finally:
+        ns.set_execution("plan")
+    one_d = ns.Sequential(ns.Conv2d(3, 4, 3), ns.Flatten(), ns.BatchNorm1d(4 * 6 * 6), ns.Linear(144, 2))
+    assert parallel.parts_for(one_d, 64, 2) == 1
+    assert parallel.parts_for(one_d.eval(), 64, 2) == 2          # running statistics: each image alone
+
+
+def tiny_resnet():
+    ns.manual_seed(0)
+    return ns.models.resnet(image_size=12, widths=(8, 16), blocks=(1, 1)).to(dtype=np.float64)
+
+
+def test_a_split_batch_computes_what_the_whole_batch_does_in_float64():
+    """TrainStep and the plain loop in 1, 2 and 3 parts: batch norm's statistics and gradient sums
+    pooled across the parts, so the losses, weights and running statistics agree to rounding."""
+    x = np.random.default_rng(0).standard_normal((64, 3, 12, 12))
+    y = np.arange(64) % 8
+    results = {}
+    for workers in (1, 2, 3):
+        model = tiny_resnet()
+        step = ns.TrainStep(model, ns.CrossEntropyLoss(label_smoothing=0.1), ns.SGD(model.parameters(), lr=0.1),
+                            workers=workers)
+        assert step.parts_for(64) == workers
+        losses = [step(x, y)[0] for _ in range(3)]
+        loop = tiny_resnet()
+        loop.workers = workers
+        assert ("split in" in str(ns.plan(loop, x))) == (workers > 1)
+        loss_fn, opt = ns.CrossEntropyLoss(), ns.SGD(loop.parameters(), lr=0.1)
+        for _ in range(3):
+            losses.append(loss_fn(loop(x), y))
+            dx = loop.backward(loss_fn.backward())
+            opt.step()
+            opt.zero_grad()
+        results[workers] = (losses, model.state_dict(), loop.state_dict(), dx)
+    for workers in (2, 3):
+        np.testing.assert_allclose(results[workers][0], results[1][0], rtol=1e-12)
+        for k in (1, 2):
+            for name, value in results[1][k].items():
+                np.testing.assert_allclose(results[workers][k][name], value, rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(results[workers][3], results[1][3], rtol=1e-10, atol=1e-14)
+
+
+def test_a_part_that_fails_does_not_leave_the_others_waiting():
+    group = parallel.BatchGroup(2)
+
+    def failing():
+        raise ValueError("the real error")
+
+    def waiting():
+        return group.exchange(1, "value")
+
+    with pytest.raises(ValueError, match="the real error"):
+        parallel.run_parallel([parallel._in_group(group, 0, failing), parallel._in_group(group, 1, waiting)])
 
 
 def test_a_small_resnet_trains_with_trainstep_and_the_plain_loop_alike():

@@ -3,9 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import kernels, parallel
 from ..checks import check_grad, no_forward
 from .steps import Step
+
+
+def pool_statistics(parts: list) -> tuple:
+    """[(n_k, mean_k, var_k)] of the parts of a batch -> (n, mean, var) of the whole (Chan et al.):
+    mean = sum n_k mean_k / n, var = sum n_k (var_k + (mean_k - mean)^2) / n, in the parts' order, so
+    that every part computes the same numbers."""
+    n = sum(p[0] for p in parts)
+    mean = sum(p[0] * p[1] for p in parts) / n
+    var = sum(p[0] * (p[2] + (p[1] - mean) ** 2) for p in parts) / n
+    return n, mean, var
 
 
 class BatchNormStep(Step):
@@ -14,7 +24,11 @@ class BatchNormStep(Step):
     ``kernels.batchnorm_forward``/``batchnorm_backward``, the statistics summed in float64, moving the
     layer's running statistics as the layer does; with the running statistics (eval mode) one pass of
     ``kernels.scale_shift``, y = x * scale + shift with scale = weight / sqrt(running_var + eps) and
-    shift = bias - running_mean * scale."""
+    shift = bias - running_mean * scale.
+
+    In a part of a split batch (``parallel.batch_group``) the parts pool their statistics, and in the
+    backward pass their gradient sums, so that each computes what the whole batch would: the sums
+    meet once per layer each way (``parallel.BatchGroup``)."""
 
     def __init__(self, layers, relu: bool):
         super().__init__(layers)
@@ -26,14 +40,22 @@ class BatchNormStep(Step):
         bn.check_input(x)
         C = bn.num_features
         n = x.size // C
-        if n < 2:
+        group = parallel.batch_group()
+        if n < 2 and group is None:
             return self._as_layers(x)           # the layer's own error (one value per channel)
         dt = x.dtype
         weight = bn.weight.data if bn.affine else np.ones(C, dt)
         bias = bn.bias.data if bn.affine else np.zeros(C, dt)
         if not bn.training and bn.track_running_stats:
             return self._fixed_statistics(x, weight, bias)
-        y, xhat, mean, var = kernels.batchnorm_forward(x, weight, bias, bn.eps, self.relu)
+        pooled = [n]
+        pool = None
+        if group is not None:
+            def pool(n_part, mean, var):
+                pooled[0], mean, var = pool_statistics(group[0].exchange(group[1], (n_part, mean, var)))
+                return mean, var
+        y, xhat, mean, var = kernels.batchnorm_forward(x, weight, bias, bn.eps, self.relu, pool)
+        n = pooled[0]
         if bn.track_running_stats:
             bn.update_running_stats(mean.astype(dt), var.astype(dt), n)
         inv_std = (1 / np.sqrt(var + bn.eps)).astype(dt)
@@ -79,7 +101,12 @@ class BatchNormStep(Step):
             return self._fixed_backward(grad, need_input_grad)
         xhat, weight, bias, inv_std, y = self._cache
         check_grad(self.layers[-1][1], grad, xhat.shape, xhat.dtype)
-        dx, dweight, dbias = kernels.batchnorm_backward(grad, xhat, weight, inv_std, y, bias)
+        group, pool = parallel.batch_group(), None
+        if group is not None:
+            def pool(n_part, sums):
+                parts = group[0].exchange(group[1], (n_part, sums))
+                return sum(p[0] for p in parts), sum(p[1] for p in parts)
+        dx, dweight, dbias = kernels.batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool)
         bn = self.layer
         if bn.affine:
             bn.weight.grad += dweight

@@ -75,6 +75,18 @@ def kept_arrays(model) -> list:
     return [] if record is None else record.buffers.arrays()
 
 
+def batch_norm_synced(model) -> bool:
+    """Whether every batch norm of ``model`` that uses batch statistics runs as a BatchNormStep, which
+    pools the statistics of a split batch's parts (a BatchNorm2d placed directly in a Sequential, with
+    the rule and the numba kernels on)."""
+    if not rules.on("batchnorm_kernels") or kernels.cpu_kernels() != "numba":
+        return False
+    planned = {id(layer) for m in model.modules() if isinstance(m, Sequential) for layer in m.layers
+               if type(layer) is BatchNorm2d}
+    return all(id(m) in planned for m in model.modules()
+               if isinstance(m, (BatchNorm1d, BatchNorm2d)) and (m.training or not m.track_running_stats))
+
+
 def _switch(record, plan):
     """Make ``plan`` the last one run; the one before lets go of its activations (one set per model)."""
     if record.last is not None and record.last is not plan:

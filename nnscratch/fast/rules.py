@@ -45,7 +45,8 @@ RULES = {
     # pass's). Same bits as the kernels then ReLU.
     "relu_into_batchnorm": True,
     # In training, a CPU batch of a convolutional network is split into one part per core, each run by
-    # its own replica of the model on one thread (see nnscratch/parallel.py).
+    # its own replica of the model on one thread (see nnscratch/parallel.py); batch-norm steps pool their
+    # statistics across the parts.
     "split_batch": True,
 }
 WINOGRAD_MIN_CHANNELS = 16    # fewer input channels (an RGB image): the transforms cost more than they save

@@ -159,10 +159,11 @@ def add_bias_checked(y, b, relu=False) -> bool:
     return for_array(y).add_bias_checked(y, b, relu)
 
 
-def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
+def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None):
     """x: (B, C, H, W) -> (y, xhat, mean, var): batch norm with the batch's statistics (mean and var
-    (C,) float64, var biased), y rectified with ``relu``; y and xhat in x's memory layout."""
-    return for_array(x).batchnorm_forward(x, weight, bias, eps, relu)
+    (C,) float64, var biased), y rectified with ``relu``; y and xhat in x's memory layout. ``pool``:
+    for a part of a split batch, (n, mean, var) of the part -> (mean, var) of the whole batch."""
+    return for_array(x).batchnorm_forward(x, weight, bias, eps, relu, pool)
 
 
 def scale_shift(x, scale, shift, relu: bool = False):
@@ -170,10 +171,11 @@ def scale_shift(x, scale, shift, relu: bool = False):
     return for_array(x).scale_shift(x, scale, shift, relu)
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None):
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None):
     """-> (dx, dweight, dbias) of batchnorm_forward, the gradient masked by y > 0 when y (the rectified
-    output) is given; with ``bias`` too, the mask may be recomputed from xhat (the same bits)."""
-    return for_array(grad).batchnorm_backward(grad, xhat, weight, inv_std, y, bias)
+    output) is given; with ``bias`` too, the mask may be recomputed from xhat (the same bits). ``pool``:
+    for a part of a split batch, (n, this part's [dbias, dweight]) -> the whole batch's (n, sums)."""
+    return for_array(grad).batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool)
 
 
 def relu_forward(x, inplace: bool = False):

@@ -896,12 +896,12 @@ def _rows(a):
     return flat.reshape(-1, a.shape[1]) if layout == "cl" else None
 
 
-def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
+def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None):
     """Twin of reference.batchnorm_forward for a channels-last (B, C, H, W) x: two passes (the sums for
     mean and variance, then xhat and y in one), every row of C values contiguous."""
     rows = _rows(x) if x.ndim == 4 else None
     if rows is None:
-        return reference.batchnorm_forward(x, weight, bias, eps, relu)
+        return reference.batchnorm_forward(x, weight, bias, eps, relu, pool)
     n, C, dt = rows.shape[0], rows.shape[1], x.dtype
     parts = np.empty((BN_CHUNKS, 2, C), dtype=np.float64)
     shift = rows[0].copy()
@@ -909,6 +909,8 @@ def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
     s1, s2 = parts.sum(axis=0) / n
     mean = shift + s1
     var = np.maximum(s2 - s1 * s1, 0.0)
+    if pool is not None:
+        mean, var = pool(n, mean, var)
     inv_std = (1 / np.sqrt(var + eps)).astype(dt)
     xhat, y = np.empty_like(rows), np.empty_like(rows)
     _bn_apply(rows.size, rows, mean.astype(dt), inv_std, weight, bias, relu, dt.type(0), xhat, y)
@@ -925,13 +927,13 @@ def scale_shift(x, scale, shift, relu: bool = False):
     return _shaped(y.reshape(-1), x.shape, "cl")
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None):
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None):
     """Twin of reference.batchnorm_backward for channels-last xhat: two passes, the sums, then dx; a
     gradient in another layout is copied into xhat's first. Given ``bias`` as well as y, the ReLU's
     mask is recomputed from xhat (y = weight * xhat + bias, the same bits) instead of read from y."""
     xrows = _rows(xhat)
     if xrows is None or (y is not None and bias is None):
-        return reference.batchnorm_backward(grad, xhat, weight, inv_std, y)
+        return reference.batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool)
     grows = _rows(grad)
     if grows is None:
         grows = _as_channels_last(grad).reshape(-1, grad.shape[1])
@@ -940,10 +942,16 @@ def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None):
     b = bias if masked else weight
     parts = np.empty((BN_CHUNKS, 2, C), dtype=np.float64)
     _bn_grad_sums(grows.size, grows, xrows, weight, b, masked, BN_CHUNKS, dt.type(0), parts)
-    dbias, dweight = parts.sum(axis=0).astype(dt)
+    sums = parts.sum(axis=0)
+    dbias, dweight = sums.astype(dt)
+    total_bias, total_weight = dbias, dweight
+    if pool is not None:
+        n, sums = pool(n, sums)
+        total_bias, total_weight = sums.astype(dt)
     scale = (weight * inv_std / dt.type(n)).astype(dt)
     dx = np.empty_like(xrows)
-    _bn_grad_input(grows.size, grows, xrows, weight, b, masked, scale, dt.type(n), dbias, dweight, dt.type(0), dx)
+    _bn_grad_input(grows.size, grows, xrows, weight, b, masked, scale, dt.type(n), total_bias, total_weight,
+                   dt.type(0), dx)
     return _shaped(dx.reshape(-1), xhat.shape, "cl"), dweight, dbias
 
 

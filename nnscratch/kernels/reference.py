@@ -262,14 +262,17 @@ def relu_backward(grad, y):
 
 # ---- batch normalization in training, per channel of a (B, C, H, W) array ---------------------
 
-def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False):
+def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None):
     """x: (B, C, H, W) -> (y, xhat, mean, var), with the batch's statistics per channel (over B, H, W):
     mean, var (biased), xhat = (x - mean) / sqrt(var + eps), y = weight * xhat + bias, rectified with
-    ``relu`` (a ReLU after the layer, fused in). mean and var: (C,) float64."""
+    ``relu`` (a ReLU after the layer, fused in). mean and var: (C,) float64. ``pool``, for a part of a
+    split batch: (n, mean, var) of this part -> (mean, var) of the whole batch."""
     axes, shape = (0, 2, 3), (1, -1, 1, 1)
     mean = x.mean(axis=axes, dtype=np.float64)
+    var = ((x.astype(np.float64) - mean.reshape(shape)) ** 2).mean(axis=axes)
+    if pool is not None:
+        mean, var = pool(x.size // x.shape[1], mean, var)
     xc = x - mean.reshape(shape).astype(x.dtype)
-    var = (xc.astype(np.float64) ** 2).mean(axis=axes)
     inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype)
     xhat = xc * inv_std.reshape(shape)
     y = xhat * weight.reshape(shape) + bias.reshape(shape)
@@ -286,21 +289,29 @@ def scale_shift(x, scale, shift, relu: bool = False):
     return relu_forward(y, inplace=True) if relu else y
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None):
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None):
     """The backward pass of batchnorm_forward: grad, xhat, y: (B, C, H, W); weight, inv_std: (C,) ->
     (dx, dweight, dbias). Given the rectified ``y``, the gradient passes only where y > 0 (the fused ReLU);
     ``bias`` (the layer's) lets a kernel recompute that mask from xhat instead of reading y.
 
         g = grad (masked),  dbias = sum(g),  dweight = sum(g * xhat),  n = B * H * W,
         dx = weight * inv_std / n * (n * g - dbias - xhat * dweight)    (sums per channel)
+
+    ``pool``, for a part of a split batch: (n, (2, C) float64 [dbias, dweight] of this part) -> (n, sums)
+    of the whole batch; dx then uses the whole batch's, and dweight and dbias stay this part's (the
+    parts' gradients are added up afterwards).
     """
     axes, shape = (0, 2, 3), (1, -1, 1, 1)
     g = grad if y is None else grad * (y > 0)
     dbias = g.sum(axis=axes)
     dweight = (g * xhat).sum(axis=axes)
     n = g.size // g.shape[1]
+    total_bias, total_weight = dbias, dweight
+    if pool is not None:
+        n, (total_bias, total_weight) = pool(n, np.stack([dbias, dweight]).astype(np.float64))
+        total_bias, total_weight = total_bias.astype(g.dtype), total_weight.astype(g.dtype)
     scale = (weight * inv_std / n).reshape(shape)
-    dx = scale * (n * g - dbias.reshape(shape) - xhat * dweight.reshape(shape))
+    dx = scale * (n * g - total_bias.reshape(shape) - xhat * total_weight.reshape(shape))
     return dx, dweight, dbias
 
 
