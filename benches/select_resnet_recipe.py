@@ -43,7 +43,9 @@ def main(argv=None):
         for seed in args.seeds:
             folder = Path(args.out) / f"{name}-seed{seed}"
             history_file = folder / "history.json"
-            if not history_file.is_file() or json.loads((folder / "config.json").read_text()).get("status") != "completed":
+            done = (history_file.is_file()
+                    and json.loads((folder / "config.json").read_text()).get("status") == "completed")
+            if not done:
                 run(TrainConfig(**COMMON, **RECIPES[name], epochs=args.epochs, seed=seed, data_dir=args.data_dir,
                                 out=str(folder)), progress=False, log=lambda *a: None)
             history = json.loads(history_file.read_text())
@@ -52,7 +54,7 @@ def main(argv=None):
             rows.append((name, seed, best["val_acc"], best["epoch"], best["val_loss"], seconds))
             print(f"{name} seed {seed}: best validation accuracy {best['val_acc']:.4f} at epoch {best['epoch']}",
                   file=sys.stderr)
-    print(f"| recipe | flags | seed | best val acc | at epoch | val loss there | s / epoch |")
+    print("| recipe | flags | seed | best val acc | at epoch | val loss there | s / epoch |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for name, seed, acc, epoch, loss, seconds in rows:
         flags = ", ".join(f"{k}={v}" for k, v in RECIPES[name].items())

@@ -77,7 +77,7 @@ class Augment:
 
     def _shift(self, images, rng, xp):
         """Each image moved by its own (dy, dx), zeros shifted in: a crop of the zero-padded image."""
-        t, (B, C, H, W) = self.translate, images.shape
+        t, (B, _, H, W) = self.translate, images.shape
         padded = xp.pad(images, ((0, 0), (0, 0), (t, t), (t, t)))
         offsets = rng.integers(0, 2 * t + 1, (B, 2))            # the crop's corner in the padded image
         out = xp.empty_like(images)

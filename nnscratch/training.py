@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from . import __version__, losses, lr_scheduler, models, optim, plots
 from .augment import SYMMETRIES, Augment, dihedral
-from .clip import clip_grad_norm_
 from .backend import gpu_available, to_device, to_numpy
 from .errors import UsageError
 from .data import Dataset, batches, load, num_batches

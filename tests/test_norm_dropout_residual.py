@@ -228,8 +228,9 @@ def basic_block(cin, cout, stride, rng):
 class TorchBlock(torch.nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False), torch.nn.BatchNorm2d(cout),
-                                        torch.nn.ReLU(), torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                                        torch.nn.BatchNorm2d(cout), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
                                         torch.nn.BatchNorm2d(cout))
         self.shortcut = None
         if stride != 1 or cin != cout:

@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 import nnscratch as ns
 
@@ -59,8 +59,8 @@ SCHEDULES = {
     "warmup+cosine": (
         lambda o: sched.SequentialLR(o, [sched.LinearLR(o, 0.2, total_iters=3), sched.CosineAnnealingLR(o, T_max=12)],
                                      milestones=[3]),
-        lambda o: tsched.SequentialLR(o, [tsched.LinearLR(o, 0.2, total_iters=3), tsched.CosineAnnealingLR(o, T_max=12)],
-                                      milestones=[3])),
+        lambda o: tsched.SequentialLR(o, [tsched.LinearLR(o, 0.2, total_iters=3),
+                                          tsched.CosineAnnealingLR(o, T_max=12)], milestones=[3])),
     "onecycle": (lambda o: sched.OneCycleLR(o, max_lr=0.01, total_steps=15),
                  lambda o: tsched.OneCycleLR(o, max_lr=0.01, total_steps=15)),
     "onecycle-linear-3phase": (

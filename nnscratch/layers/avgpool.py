@@ -40,8 +40,9 @@ class AvgPool2d(Module):
         check_array(self, x)
         check_shape(self, x, (None, None, None, None), "(B, C, H, W)")
         if min(x.shape[2], x.shape[3]) + 2 * self.padding < self.kernel_size:
+            k = self.kernel_size
             raise ValueError(f"{self}: input of {x.shape[2]}x{x.shape[3]} pixels (padding {self.padding}) is "
-                             f"smaller than the {self.kernel_size}x{self.kernel_size} window; got shape {tuple(x.shape)}")
+                             f"smaller than the {k}x{k} window; got shape {tuple(x.shape)}")
 
     def _windows(self, OH, OW):
         """(i, j, rows, cols): for each offset in the window, the padded input's slices it reads."""
