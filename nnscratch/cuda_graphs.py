@@ -23,6 +23,7 @@ from __future__ import annotations
 from .backend import get_array_module
 from .checks import check_array, trusted_inputs
 from .fast import kept_arrays
+from .layers import Dropout
 from .losses import _check_labels
 
 
@@ -85,6 +86,9 @@ class GraphedSteps:
                 self.optimizer._prepare()
                 if not self.optimizer._graph_ready():
                     raise RuntimeError(f"{self.optimizer!r} passes step-dependent numbers as kernel arguments")
+                if any(isinstance(m, Dropout) and m.training and m.p > 0 for m in self.model.modules()):
+                    raise RuntimeError("Dropout draws a new mask on the host every step, which a recorded "
+                                       "graph would replay unchanged")
                 # compile the kernels of the output below now: CuPy compiles on first use
                 cp.stack([cp.zeros((), x.dtype).astype(cp.float64), cp.zeros((), cp.int64).astype(cp.float64)])
                 stream.begin_capture()
