@@ -120,3 +120,44 @@ def test_cublas_matmul_equals_numpy_for_every_layout(m, k, n, layout_a, layout_b
         assert got is out
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(cp.asnumpy(got), expected, rtol=tol, atol=tol * np.sqrt(k))
+
+
+@requires_gpu
+@pytest.mark.parametrize("train", [True, False])
+def test_a_resnet_with_dropout_trains_on_gpu_as_on_cpu(train):
+    """Batch norm (its running statistics too), residual blocks, average pooling and dropout on CuPy
+    arrays: the same numbers as on the CPU (dropout's masks are drawn on the host from the seed)."""
+    import cupy as cp
+    ns.manual_seed(0)
+    cpu_model = ns.models.resnet(image_size=12, widths=(4, 8), blocks=(1, 1), dropout=0.3).to(dtype=np.float64)
+    gpu_model = ns.models.resnet(image_size=12, widths=(4, 8), blocks=(1, 1), dropout=0.3).to(dtype=np.float64)
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    gpu_model.to("gpu")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 3, 12, 12)), rng.integers(0, 8, 6)
+    for model, xx, yy in ((cpu_model, x, y), (gpu_model, cp.asarray(x), cp.asarray(y))):
+        model.train(train)
+        ns.manual_seed(5)                                  # the same dropout masks on both devices
+        opt, loss_fn = ns.AdamW(model.parameters()), ns.CrossEntropyLoss(label_smoothing=0.1)
+        opt.to("gpu" if model is gpu_model else "cpu")
+        for _ in range(2):
+            loss_fn(model(xx), yy)
+            model.backward(loss_fn.backward())
+            opt.step()
+            opt.zero_grad()
+    for k, v in cpu_model.state_dict().items():
+        np.testing.assert_allclose(gpu_model.state_dict()[k], v, rtol=1e-9, atol=1e-10, err_msg=k)
+
+
+@requires_gpu
+def test_augmentation_and_tta_run_on_gpu_as_on_cpu():
+    import cupy as cp
+    from nnscratch import training
+    x = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    a = ns.Augment(translate=2)(x, np.random.default_rng(1))
+    b = ns.Augment(translate=2)(cp.asarray(x), np.random.default_rng(1))
+    np.testing.assert_array_equal(cp.asnumpy(b), a)
+    ns.manual_seed(0)
+    model = ns.models.resnet(image_size=8, widths=(4, 8), blocks=(1, 1))
+    probs = training.predict(model, x, tta=True)
+    np.testing.assert_allclose(training.predict(model.to("gpu"), cp.asarray(x), tta=True), probs, rtol=1e-4, atol=1e-6)
