@@ -11,7 +11,7 @@ from __future__ import annotations
 from .. import kernels
 from ..backend import get_array_module
 from ..checks import check_grad, no_forward
-from ..layers import Flatten
+from ..layers import Flatten, Residual
 from .buffers import accumulate_product
 
 
@@ -48,6 +48,8 @@ class LayerStep(Step):
         return self.layer.forward(x)
 
     def owns_output(self, owned: bool) -> bool:
+        if type(self.layer) is Residual:
+            return True                     # body(x) + shortcut(x): a fresh sum that nobody else holds
         return owned and type(self.layer) is Flatten        # a view of the input: owned as it was
 
     def backward(self, grad, need_input_grad: bool):
