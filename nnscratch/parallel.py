@@ -8,8 +8,8 @@ part, start to end (``threads.run_parallel``), and the cores meet once per pass.
 ``DataParallel`` is the one implementation, with two schedules:
 
 - ``forward`` / ``backward``: the plain loop of the API contract (``loss_fn(model(x), y)``,
-  ``model.backward(loss_fn.backward())``), which the planner runs split in training mode
-  (``fast.SplitPlan``): the parts meet after the forward pass (the loss sees the whole batch's
+  ``model.backward(loss_fn.backward())``), which the planner runs split in training and in eval
+  mode (``fast.SplitPlan``): the parts meet after the forward pass (the loss sees the whole batch's
   output) and after the backward pass (the parameters' gradients are summed);
 - ``step``: ``TrainStep``'s, which meets once a step: each part also computes its own loss.
 
@@ -55,7 +55,8 @@ def parts_for(model, batch: int, workers: int | None) -> int:
         own = vars(m)
         if "forward" in own or "backward" in own:
             return 1
-        if isinstance(m, Dropout) or isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training and not synced:
+        if (isinstance(m, Dropout) and m.training and m.p > 0
+                or isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training and not synced):
             # the parts would draw their dropout masks in another order than the whole batch, and
             # batch statistics over a part are not the batch's unless the parts pool them
             # (``BatchGroup``): split, the model would compute something else

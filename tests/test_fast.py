@@ -184,6 +184,8 @@ def test_the_plan_prints_what_runs():
     text = str(ns.plan(cnn, x))
     assert "split in 2 parts" in text and "(32, 3, 28, 28)" in text and "Linear [10] + ReLU [11]" in text
     cnn.eval()
+    assert "split in 2 parts" in str(ns.plan(cnn, x)) and "eval mode" in str(ns.plan(cnn, x))
+    cnn.workers = 1
     cnn(x)
     text = str(ns.plan(cnn, x))
     assert "eval mode" in text and "kept buffers: cols (50176, 28)" in text

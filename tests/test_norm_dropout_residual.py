@@ -478,3 +478,15 @@ def test_scale_shift_equals_the_reference_in_both_layouts(B, C, side, relu, last
     x = x.transpose(0, 3, 1, 2) if last else x
     scale, shift = rng.standard_normal(C), rng.standard_normal(C)
     np.testing.assert_array_equal(cpu.scale_shift(x, scale, shift, relu), reference.scale_shift(x, scale, shift, relu))
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet"])
+def test_inference_splits_over_the_cores_with_the_same_bits(arch):
+    ns.manual_seed(0)
+    model = getattr(ns.models, arch)(image_size=12 if arch == "resnet" else 28).eval()
+    x = np.random.default_rng(0).standard_normal((37, 3, *(2 * (12 if arch == "resnet" else 28,)))).astype(np.float32)
+    whole = ns.Sequential(*model.layers).eval()          # the same layers, never split
+    whole.workers = 1
+    model.workers = 2
+    assert "split in 2 parts" in str(ns.plan(model, x))
+    np.testing.assert_array_equal(model(x), whole(x))

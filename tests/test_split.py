@@ -255,7 +255,7 @@ def test_plain_loop_split_equals_the_whole_batch(arch, workers, B):
     assert _plain_pass(b, x, y, need_input_grad=False)[1] is None
 
 
-def test_plain_loop_default_split_is_for_convolutional_networks_in_training():
+def test_plain_loop_default_split_is_for_convolutional_networks():
     cores = threads.blas_thread_count()
     x = np.zeros((64, 3, 28, 28), np.float32)
     cnn, mlnn = ns.models.cnn(), ns.models.mlnn()
@@ -263,7 +263,7 @@ def test_plain_loop_default_split_is_for_convolutional_networks_in_training():
     assert _ways(cnn, x) == expected and _ways(mlnn, x) == 1
     assert _ways(cnn, x[:16]) == 1                     # too few images for two parts of MIN_PART
     cnn.eval()
-    assert _ways(cnn, x) == 1                          # inference runs whole
+    assert _ways(cnn, x) == expected                   # inference too (each image alone: the same bits)
     cnn.train()
     cnn.workers = 1
     assert _ways(cnn, x) == 1

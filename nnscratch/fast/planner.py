@@ -108,14 +108,19 @@ def _lookup(record, model, x, ways: int):
 
 
 def _ways(model, x) -> int:
-    """How many parts a batch is split into (1: none): only a CPU batch in training mode, outside
-    another split, with the ``split_batch`` rule on."""
-    if (not model.training or not model.layers or not rules.on("split_batch") or not parallel.allowed()
+    """How many parts a batch is split into (1: none): only a CPU batch, outside another split, with
+    the ``split_batch`` rule on; in training, or in eval mode for a convolutional network (inference:
+    each image is computed alone, and the convolutions' products gave the same bits whole or split)."""
+    if (not model.layers or not rules.on("split_batch") or not parallel.allowed()
             or not isinstance(x, np.ndarray) or x.ndim < 1 or x.shape[0] < 2
             or type(model).forward is not Sequential.forward or type(model).backward is not Sequential.backward):
         return 1
     workers = getattr(model, "workers", None)
     parallel.check_workers(model, workers)
+    if not model.training and not any(type(m) is Conv2d for m in model.modules()):
+        # inference of a fully connected network is a few large products that BLAS already spreads
+        # over the cores, and a product's rounding may depend on how many rows it has: run whole
+        return 1
     return parallel.parts_for(model, x.shape[0], workers)
 
 

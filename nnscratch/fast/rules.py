@@ -44,9 +44,10 @@ RULES = {
     # ... and the ReLU after such a BatchNorm2d in its last forward pass (and its mask in the backward
     # pass's). Same bits as the kernels then ReLU.
     "relu_into_batchnorm": True,
-    # In training, a CPU batch of a convolutional network is split into one part per core, each run by
-    # its own replica of the model on one thread (see nnscratch/parallel.py); batch-norm steps pool their
-    # statistics across the parts.
+    # A CPU batch of a convolutional network is split into one part per core, each run by its own replica
+    # of the model on one thread (see nnscratch/parallel.py): in training (batch-norm steps pool their
+    # statistics across the parts; the gradients are summed) and in inference (each image is computed
+    # alone: the CNN's and the ResNet's outputs have the same bits whole and split in the tests).
     "split_batch": True,
 }
 WINOGRAD_MIN_CHANNELS = 16    # fewer input channels (an RGB image): the transforms cost more than they save
