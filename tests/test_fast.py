@@ -106,6 +106,24 @@ def test_the_plan_equals_the_textbook_layers_on_random_models(small_winograd, ca
                  exact=False)
 
 
+@settings(max_examples=30, deadline=None)
+@given(cnn_case())
+def test_the_plan_equals_the_textbook_layers_in_eval_mode(small_winograd, case):
+    """Batch norm with running statistics: folded into the convolution before it, or one scale-and-shift
+    pass; and inference split over the cores."""
+    model, shape, seed = case
+    rng = np.random.default_rng(seed)
+    for m in model.modules():
+        if isinstance(m, ns.BatchNorm2d):
+            m.running_mean.data[...] = rng.standard_normal(m.num_features)
+            m.running_var.data[...] = rng.random(m.num_features) + 0.5
+            m.weight.data[...] = rng.standard_normal(m.num_features)
+    model.eval()
+    x = rng.standard_normal(shape)
+    g = rng.standard_normal((shape[0], 3))
+    _assert_same(_pass(model, x, g), _pass(model, x, g, reference=True), exact=False)
+
+
 @settings(max_examples=25, deadline=None)
 @given(cnn_case(), st.sampled_from(SAME_BITS))
 def test_rules_that_keep_the_bits_keep_them(small_winograd, case, rule):

@@ -467,6 +467,8 @@ def test_a_planned_resnet_equals_its_textbook_layers_in_both_modes(train):
             ns.set_execution("plan")
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+    text = str(ns.plan(model, x))
+    assert ("batch norm folded into the convolution" in text) == (not train)   # the stem's conv and BN
 
 
 @settings(max_examples=20, deadline=None)

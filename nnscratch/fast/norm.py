@@ -118,3 +118,61 @@ class BatchNormStep(Step):
         stats = "batch statistics" if self.layer.training or not self.layer.track_running_stats else \
             "running statistics, one scale-and-shift pass"
         return super().describe() + f": batch-norm kernels, {stats}{relu}"
+
+
+class FoldedConvStep(Step):
+    """In eval mode, a Conv2d and the BatchNorm2d after it as one convolution (``batchnorm_into_conv``):
+    with the running statistics fixed, batch norm is y = s * conv(x) + t per output channel, s =
+    gamma / sqrt(running_var + eps), t = beta - running_mean * s, which is the convolution with the
+    weight W' = s W and the bias b' = s b + t (b = 0 for a conv without bias). The folded weights go
+    into a twin Conv2d, refreshed from the layers at every pass, which ``inner`` (the conv step the
+    planner chose for the twin: im2col or Winograd) runs. No pass of its own for batch norm.
+
+    Backward maps the twin's gradients back by the chain rule: dW = s dW', db = s db',
+    ds = sum(dW' * W) + db' * (b - running_mean), dgamma = ds / sqrt(running_var + eps), dbeta = db'."""
+
+    def __init__(self, layers, twin, make_inner):
+        super().__init__(layers)
+        self.twin = twin
+        self.inner = make_inner(twin)
+
+    def _folded(self):
+        """(s, inv_std) after writing W' and b' into the twin."""
+        conv, bn = self.layers[0][1], self.layers[1][1]
+        dt = conv.weight.dtype
+        inv_std = (1 / np.sqrt(bn.running_var.data.astype(np.float64) + bn.eps)).astype(dt)
+        gamma = bn.weight.data if bn.affine else np.ones_like(inv_std)
+        beta = bn.bias.data if bn.affine else np.zeros_like(inv_std)
+        s = gamma * inv_std
+        b = conv.bias.data if conv.bias is not None else np.zeros_like(s)
+        self.twin.weight.data[...] = conv.weight.data * s[:, None, None, None]
+        self.twin.bias.data[...] = s * (b - bn.running_mean.data) + beta
+        return s, inv_std
+
+    def forward(self, x, owned: bool):
+        self._scales = self._folded()
+        self.twin.zero_grad()
+        return self.inner.forward(x, owned)
+
+    def backward(self, grad, need_input_grad: bool):
+        dx = self.inner.backward(grad, need_input_grad)
+        conv, bn = self.layers[0][1], self.layers[1][1]
+        s, inv_std = self._scales
+        dw, db = self.twin.weight.grad, self.twin.bias.grad
+        conv.weight.grad += dw * s[:, None, None, None]
+        b = conv.bias.data if conv.bias is not None else np.zeros_like(s)
+        if conv.bias is not None:
+            conv.bias.grad += db * s
+        if bn.affine:
+            ds = (dw * conv.weight.data).sum(axis=(1, 2, 3)) + db * (b - bn.running_mean.data)
+            bn.weight.grad += ds * inv_std
+            bn.bias.grad += db
+        self.twin.zero_grad()
+        return dx
+
+    def drop(self):
+        self.inner.drop()
+
+    def describe(self) -> str:
+        inner = self.inner.describe().split(": ", 2)[-1]         # what the twin's step does
+        return super().describe() + f": batch norm folded into the convolution's weights; {inner}"

@@ -17,7 +17,7 @@ from ..layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Co
                       MaxPool2d, ReLU, Sequential)
 from . import rules
 from .buffers import Buffers
-from .norm import BatchNormStep
+from .norm import BatchNormStep, FoldedConvStep
 from .plan import Plan
 from .steps import Im2colStep, LayerStep, LinearStep, PoolStep, ReluStep
 from .winograd import WinogradStep
@@ -191,6 +191,10 @@ def build(model, x, buffers) -> Plan:
                     stand_in = len(steps)
         elif exact(i, ReLU):
             step, used = ReluStep([(i, layer)], in_place=rules.on("relu_in_place")), 1
+        elif (exact(i, Conv2d) and exact(i + 1, BatchNorm2d) and not layers[i + 1].training
+              and layers[i + 1].track_running_stats and layers[i + 1].num_features == layer.out_channels
+              and device == "cpu" and kernels.cpu_kernels() == "numba" and rules.on("batchnorm_into_conv")):
+            step, used = _folded_step(layers, i, shape, device, buffers), 2
         elif exact(i, Conv2d):
             step, used = _conv_step(layers, i, shape, device, buffers, exact)
         elif (exact(i, BatchNorm2d) and device == "cpu" and kernels.cpu_kernels() == "numba"
@@ -240,6 +244,18 @@ def _conv_step(layers, i, shape, device, buffers, exact):
         covered = [(k, layers[k]) for k in range(i, pool_at + 1)]
         return WinogradStep(covered, hw, buffers, pool=True, relu=pool_at == i + 2), pool_at + 1 - i
     return WinogradStep([(i, conv)], hw, buffers), 1
+
+
+def _folded_step(layers, i, shape, device, buffers):
+    """A Conv2d and the eval-mode BatchNorm2d after it, as one convolution with folded weights run by a
+    twin Conv2d (the conv step for the twin chosen as for any convolution, with nothing after it)."""
+    conv = layers[i]
+    twin = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True,
+                  dtype=conv.weight.dtype, rng=0)
+
+    def make_inner(twin):
+        return _conv_step([twin], 0, shape, device, buffers, lambda k, kind: False)[0]
+    return FoldedConvStep([(i, conv), (i + 1, layers[i + 1])], twin, make_inner)
 
 
 def propagate(layer, shape):

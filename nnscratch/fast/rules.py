@@ -41,6 +41,9 @@ RULES = {
     # row by row: in training the statistics in float64, summed in fixed blocks, two passes each way
     # where NumPy's reductions over the (B, H, W) axes make many; in eval mode one scale-and-shift pass.
     "batchnorm_kernels": True,
+    # In eval mode, a Conv2d and the BatchNorm2d after it as one convolution whose weights and bias
+    # have the batch norm folded in (its statistics are fixed then): no batch-norm pass.
+    "batchnorm_into_conv": True,
     # ... and the ReLU after such a BatchNorm2d in its last forward pass (and its mask in the backward
     # pass's). Same bits as the kernels then ReLU.
     "relu_into_batchnorm": True,
