@@ -50,13 +50,15 @@ def parts_for(model, batch: int, workers: int | None) -> int:
     pool their statistics (``BatchGroup``, where the planner runs every batch norm), whose results
     would depend on the split; ``workers`` is then ignored."""
     convolutional = False
-    synced = execution.batch_norm_synced(model)
     for m in model.modules():
         own = vars(m)
         if "forward" in own or "backward" in own:
             return 1
+        # (whether the planner pools batch norm's statistics is asked only of a model that has one in
+        # training: this runs on every plan lookup)
         if (isinstance(m, Dropout) and m.training and m.p > 0
-                or isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training and not synced):
+                or isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training
+                and not execution.batch_norm_synced(model)):
             # the parts would draw their dropout masks in another order than the whole batch, and
             # batch statistics over a part are not the batch's unless the parts pool them
             # (``BatchGroup``): split, the model would compute something else
@@ -189,12 +191,11 @@ class DataParallel:
     def __init__(self, model, ways: int):
         self.model, self.ways = model, ways
         self.parts = replicas_of(model).parts(model, ways)
-        self._group = BatchGroup(ways)
 
     def _run(self, tasks: list) -> list:
-        """The parts' tasks at once, each as its part of the batch group (``batch_group``)."""
-        self._group = BatchGroup(self.ways)
-        return run_parallel([_in_group(self._group, k, task) for k, task in enumerate(tasks)])
+        """The parts' tasks at once, each as its part of a new batch group (``batch_group``)."""
+        group = BatchGroup(self.ways)
+        return run_parallel([_in_group(group, k, task) for k, task in enumerate(tasks)])
 
     # ---- the plain loop: the parts meet after forward and after backward ------------------------
 
