@@ -22,10 +22,14 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> floa
     p_norm = float(norm_type)
     norms = []
     for p in params:
-        xp = get_array_module(p.grad)
-        g = abs(p.grad)
-        norms.append(float(g.max()) if p_norm == math.inf else float((g ** p_norm).sum()) if p_norm != 2
-                     else float(xp.vdot(p.grad.ravel(), p.grad.ravel()).real))
+        g = p.grad
+        if p_norm == 2:
+            flat = g.ravel()
+            norms.append(float(get_array_module(g).vdot(flat, flat).real))     # sum of squares, one pass
+        elif p_norm == math.inf:
+            norms.append(float(abs(g).max()))
+        else:
+            norms.append(float((abs(g) ** p_norm).sum()))
     total = max(norms) if p_norm == math.inf else sum(norms) ** (1 / p_norm)
     coef = min(1.0, max_norm / (total + 1e-6))
     if coef < 1.0:

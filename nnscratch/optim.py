@@ -192,18 +192,20 @@ class Adam(Optimizer):
             # On a GPU the two step-dependent factors go to the kernels through device memory, written
             # here, so that a recorded CUDA graph of _apply reads each step's own values
             t = steps.pop()
-            self._coef = self._coef_buffer()
+            # (2,) float64: the step size lr / (1 - beta1^t) and sqrt(1 - beta2^t)
+            self._coef = self._kept("_coef_kept", 2, "float64")
             self._coef[0:1].fill(self.lr / (1 - self.betas[0] ** t))
             self._coef[1:2].fill((1 - self.betas[1] ** t) ** 0.5)
 
     def _graph_ready(self) -> bool:
         return self._coef is not None
 
-    def _coef_buffer(self):
-        """(2,) float64 on the GPU: the step size lr / (1 - beta1^t) and sqrt(1 - beta2^t), kept across steps."""
-        kept = getattr(self, "_coef_kept", None)
+    def _kept(self, name: str, size: int, dtype):
+        """A (size,) array on the parameters' device, made once and kept across steps (a recorded CUDA
+        graph reads the step's numbers from it)."""
+        kept = self.__dict__.get(name)
         if kept is None:
-            kept = self._coef_kept = get_array_module(self.params[0].data).empty(2, dtype="float64")
+            kept = self.__dict__[name] = get_array_module(self.params[0].data).empty(size, dtype=dtype)
         return kept
 
     def _l2(self) -> float:
@@ -237,16 +239,10 @@ class AdamW(Adam):
         super()._prepare()
         if self._coef is not None:
             # the decay factor goes through device memory too, so a recorded graph reads each step's lr
-            self._decay = self._decay_buffer()
+            self._decay = self._kept("_decay_kept", 1, self.params[0].dtype)
             self._decay.fill(1 - self.lr * self.weight_decay)
         else:
             self._decay = 1 - self.lr * self.weight_decay
-
-    def _decay_buffer(self):
-        kept = getattr(self, "_decay_kept", None)
-        if kept is None:
-            kept = self._decay_kept = get_array_module(self.params[0].data).empty(1, dtype=self.params[0].dtype)
-        return kept
 
     def _l2(self) -> float:
         return 0.0

@@ -34,6 +34,7 @@ class BatchNormStep(Step):
         super().__init__(layers)
         self.relu = relu
         self._cache = None
+        self._fixed = False             # whether the last forward used the running statistics
 
     def forward(self, x, owned: bool):
         bn = self.layer
@@ -59,7 +60,7 @@ class BatchNormStep(Step):
         if bn.track_running_stats:
             bn.update_running_stats(mean.astype(dt), var.astype(dt), n)
         inv_std = (1 / np.sqrt(var + bn.eps)).astype(dt)
-        self._cache = (xhat, weight, bias, inv_std, y if self.relu else None)
+        self._cache, self._fixed = (xhat, weight, bias, inv_std, y if self.relu else None), False
         return y
 
     def _fixed_statistics(self, x, weight, bias):
@@ -68,13 +69,13 @@ class BatchNormStep(Step):
         scale = weight * inv_std
         shift = bias - bn.running_mean.data * scale
         y = kernels.scale_shift(x, scale, shift, self.relu)
-        self._cache = ("fixed", x, inv_std, scale, y if self.relu else None)
+        self._cache, self._fixed = (x, inv_std, scale, y if self.relu else None), True
         return y
 
     def _fixed_backward(self, grad, need_input_grad):
         """dL/dx = g' * scale, g' the gradient masked by the fused ReLU; the parameters' gradients
         from xhat = (x - running_mean) * inv_std."""
-        _, x, inv_std, scale, y = self._cache
+        x, inv_std, scale, y = self._cache
         bn = self.layer
         check_grad(self.layers[-1][1], grad, x.shape, x.dtype)
         shape = (1, -1, 1, 1)
@@ -97,7 +98,7 @@ class BatchNormStep(Step):
     def backward(self, grad, need_input_grad: bool):
         if self._cache is None:
             raise no_forward(self.layer)
-        if isinstance(self._cache[0], str):                     # "fixed": eval mode
+        if self._fixed:
             return self._fixed_backward(grad, need_input_grad)
         xhat, weight, bias, inv_std, y = self._cache
         check_grad(self.layers[-1][1], grad, xhat.shape, xhat.dtype)

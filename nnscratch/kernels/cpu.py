@@ -939,7 +939,7 @@ def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None
         grows = _as_channels_last(grad).reshape(-1, grad.shape[1])
     n, C, dt = xrows.shape[0], xrows.shape[1], xhat.dtype
     masked = y is not None
-    b = bias if masked else weight
+    b = bias if masked else weight          # unread without the mask; any (C,) array of the dtype will do
     parts = np.empty((BN_CHUNKS, 2, C), dtype=np.float64)
     _bn_grad_sums(grows.size, grows, xrows, weight, b, masked, BN_CHUNKS, dt.type(0), parts)
     sums = parts.sum(axis=0)

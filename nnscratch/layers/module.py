@@ -16,7 +16,25 @@ import numpy as np
 from ..backend import check_device, get_array_module, to_device, to_numpy
 
 
-class Parameter:
+class _Held:
+    """An array a module holds (``data``), with its shape and dtype; ``Parameter`` and ``Buffer``."""
+
+    def __init__(self, data):
+        self.data = data
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self):
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype})"
+
+
+class Parameter(_Held):
     """A trainable array and its gradient.
 
     data: the values, any shape; grad: same shape and dtype, accumulated by
@@ -28,7 +46,7 @@ class Parameter:
     """
 
     def __init__(self, data):
-        self.data = data
+        super().__init__(data)
         self.grad = get_array_module(data).zeros_like(data)
 
     @property
@@ -52,14 +70,6 @@ class Parameter:
         self._zero_pending = False
 
     @property
-    def shape(self) -> tuple:
-        return tuple(self.data.shape)
-
-    @property
-    def dtype(self):
-        return self.data.dtype
-
-    @property
     def size(self) -> int:
         return int(self.data.size)
 
@@ -72,11 +82,8 @@ class Parameter:
         self.data = data
         self.grad = get_array_module(data).zeros_like(data)
 
-    def __repr__(self):
-        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
-
-class Buffer:
+class Buffer(_Held):
     """A module's array that is state but not trained: batch norm's running mean, say.
 
     data: any shape and dtype. It is saved in ``state_dict`` and moved by ``to``, as a
@@ -84,20 +91,6 @@ class Buffer:
     ``register_buffer``). ``to(dtype=...)`` casts floating buffers only, so a counter
     stays an integer.
     """
-
-    def __init__(self, data):
-        self.data = data
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.data.shape)
-
-    @property
-    def dtype(self):
-        return self.data.dtype
-
-    def __repr__(self):
-        return f"Buffer(shape={self.shape}, dtype={self.dtype})"
 
 
 class Module:
@@ -131,21 +124,21 @@ class Module:
             if isinstance(value, Module):
                 yield name, value
 
-    def named_parameters(self, prefix: str = ""):
-        """(dotted name, Parameter) for this module's and every descendant's parameters."""
+    def _named(self, kind, prefix: str = ""):
+        """(dotted name, value) for this module's and every descendant's attributes of class ``kind``."""
         for name, value in vars(self).items():
-            if isinstance(value, Parameter):
+            if isinstance(value, kind):
                 yield prefix + name, value
         for name, child in self.named_children():
-            yield from child.named_parameters(prefix + name + ".")
+            yield from child._named(kind, prefix + name + ".")
+
+    def named_parameters(self, prefix: str = ""):
+        """(dotted name, Parameter) for this module's and every descendant's parameters."""
+        return self._named(Parameter, prefix)
 
     def named_buffers(self, prefix: str = ""):
         """(dotted name, Buffer) for this module's and every descendant's buffers."""
-        for name, value in vars(self).items():
-            if isinstance(value, Buffer):
-                yield prefix + name, value
-        for name, child in self.named_children():
-            yield from child.named_buffers(prefix + name + ".")
+        return self._named(Buffer, prefix)
 
     def named_state(self, prefix: str = ""):
         """(dotted name, Parameter or Buffer) in PyTorch's ``state_dict`` order: a module's own
