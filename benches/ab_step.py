@@ -54,7 +54,7 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("a", help="source tree of version A (holds nnscratch/)")
     p.add_argument("b", help="source tree of version B")
-    p.add_argument("--arch", choices=["cnn", "mlnn"], default="cnn")
+    p.add_argument("--arch", choices=["cnn", "mlnn", "resnet"], default="cnn")
     p.add_argument("--batch", type=int, default=64, help="images per training step")
     p.add_argument("--rounds", type=int, default=20, help="turns of each version")
     p.add_argument("--per", type=int, default=5, help="timed steps per turn")

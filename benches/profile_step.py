@@ -46,7 +46,8 @@ def timed(times, key, fn):
 KERNELS = ("matmul", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "add_bias", "add_bias_checked",
            "relu_forward", "relu_backward", "adam_update", "winograd_input", "winograd_output",
            "winograd_grad_output", "winograd_grad_input", "winograd_weight", "winograd_weight_grad",
-           "winograd_output_pool", "winograd_grad_output_pool")
+           "winograd_output_pool", "winograd_grad_output_pool", "batchnorm_forward", "batchnorm_backward",
+           "scale_shift")
 
 
 def timed_sum(totals, key, fn):
@@ -131,7 +132,8 @@ def inference(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arch", choices=["cnn", "mlnn"], default="cnn")
+    p.add_argument("--arch", choices=["cnn", "mlnn", "resnet"], default="cnn",
+                   help="network (ns.models.<arch>(); a residual block is one row, its layers inside it)")
     p.add_argument("--batch", type=int, default=64, help="images per step")
     p.add_argument("--steps", type=int, default=40, help="timed steps (medians are shown)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, caches)")

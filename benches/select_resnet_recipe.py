@@ -3,7 +3,8 @@
     python benches/select_resnet_recipe.py --recipes base shift [--seeds 0] [--epochs 20] [--out runs/recipes]
 
 Each recipe is a set of training flags on top of the common ones (ns.models.resnet, AdamW, the
-one-cycle schedule, label smoothing 0.1, batch 128). Every (recipe, seed) trains into its own run
+one-cycle schedule, label smoothing 0.1, batch 128); a recipe that names its own `epochs` overrides
+`--epochs`. Every (recipe, seed) trains into its own run
 folder; the table printed compares the best validation accuracy (and the epoch it came at) and the
 validation loss there. The test split's figures that each run folder also holds are not read here:
 the recipe is picked on validation alone, then evaluated once on test.
@@ -26,6 +27,9 @@ RECIPES = {
     "lr1e-2": dict(lr=1e-2, weight_decay=0.05, augment="dihedral"),
     "wide": dict(lr=3e-3, weight_decay=0.05, augment="dihedral", widths=(48, 96, 192)),
     "deep": dict(lr=3e-3, weight_decay=0.05, augment="dihedral", blocks=(2, 2, 2)),
+    # lr1e-2 trained longer (the one-cycle schedule stretched over 30 epochs) and with two blocks a stage
+    "long": dict(lr=1e-2, weight_decay=0.05, augment="dihedral", epochs=30),
+    "deep-lr1e-2": dict(lr=1e-2, weight_decay=0.05, augment="dihedral", blocks=(2, 2, 2)),
 }
 
 
@@ -46,8 +50,9 @@ def main(argv=None):
             done = (history_file.is_file()
                     and json.loads((folder / "config.json").read_text()).get("status") == "completed")
             if not done:
-                run(TrainConfig(**COMMON, **RECIPES[name], epochs=args.epochs, seed=seed, data_dir=args.data_dir,
-                                out=str(folder)), progress=False, log=lambda *a: None)
+                flags = {"epochs": args.epochs, **RECIPES[name]}
+                run(TrainConfig(**COMMON, **flags, seed=seed, data_dir=args.data_dir, out=str(folder)),
+                    progress=False, log=lambda *a: None)
             history = json.loads(history_file.read_text())
             best = max(history, key=lambda h: h["val_acc"])
             seconds = statistics.median(h["seconds"] for h in history)

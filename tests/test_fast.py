@@ -22,7 +22,7 @@ from nnscratch.kernels import cpu_kernels
 from conftest import requires_gpu
 
 SAME_BITS = ["relu_into_pool", "relu_into_linear", "pool_into_winograd", "relu_in_place", "kept_buffers",
-             "input_check_in_bias", "relu_into_batchnorm"]
+             "input_check_in_bias", "relu_into_batchnorm", "winograd_in_blocks"]
 
 
 @pytest.fixture
@@ -332,3 +332,67 @@ def test_the_plan_equals_the_textbook_layers_on_the_gpu():
     b = [ns.to_numpy(v) if v is not None else None for v in _pass(model, x, g, reference=True)[:2]]
     for u, v in zip(a, b):
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
+
+
+@st.composite
+def blocks_case(draw):
+    """A Winograd convolution (then nothing, a max-pooling, or a ReLU and a max-pooling) on a batch."""
+    pad = draw(st.integers(0, 1))
+    H, W = draw(st.integers(3, 10)), draw(st.integers(3, 10))
+    after = draw(st.sampled_from(["none", "pool", "relu-pool"]))
+    return (dict(B=draw(st.integers(1, 9)), C=draw(st.integers(1, 6)), OC=draw(st.integers(1, 6)), H=H, W=W,
+                 pad=pad, bias=draw(st.booleans()), after=after, dtype=draw(st.sampled_from([np.float32, np.float64])),
+                 block=draw(st.integers(1, 20000)), need=draw(st.booleans())))
+
+
+@given(blocks_case(), st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None)
+def test_winograd_in_blocks_gives_the_same_bits_as_the_whole_batch(small_winograd, monkeypatch, case, seed):
+    """On one core (a part of a split batch: serial kernels) a large batch runs Winograd a block of
+    images at a time; outputs and gradients keep their bits, a second backward included."""
+    from nnscratch.kernels import serial_kernels
+    if cpu_kernels() != "numba":
+        pytest.skip("Winograd runs with the numba kernels only")
+    monkeypatch.setattr(fast_rules, "WINOGRAD_BLOCK_BYTES", case["block"])
+    monkeypatch.setattr(fast_rules, "WINOGRAD_BLOCKS_ABOVE", 0)
+    rng = np.random.default_rng(seed)
+    dt = case["dtype"]
+    layers = [ns.Conv2d(case["C"], case["OC"], 3, padding=case["pad"], bias=case["bias"], rng=rng)]
+    layers += {"none": [], "pool": [ns.MaxPool2d(2)], "relu-pool": [ns.ReLU(), ns.MaxPool2d(2)]}[case["after"]]
+    model = ns.Sequential(*layers).to(dtype=dt)
+    model.workers = 1
+    x = rng.standard_normal((case["B"], case["C"], case["H"], case["W"])).astype(dt)
+    assume(min(model[0].output_shape(x.shape)[2:]) >= (2 if case["after"] != "none" else 1))
+    y = model(x)
+    g = rng.standard_normal(y.shape).astype(dt)
+    with serial_kernels():
+        step = ns.plan(model, x).plan.steps[0]
+        assert isinstance(step, WinogradStep)
+        blocks = step._blocks(x)
+        assert blocks[0][0] == 0 and blocks[-1][1] == case["B"]
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+        runs = [_pass(model, x, g, need_input_grad=case["need"], winograd_in_blocks=on) for on in (True, False)]
+        _assert_same(*runs, exact=True)
+        model.zero_grad()
+        model(x)
+        first = model.backward(g, need_input_grad=True)
+        again = model.backward(g, need_input_grad=True)         # backward again after one forward
+        np.testing.assert_array_equal(first, again)
+
+
+def test_winograd_blocks_are_cache_sized_and_only_on_one_core_for_large_batches(small_winograd, monkeypatch):
+    from nnscratch.kernels import serial_kernels
+    if cpu_kernels() != "numba":
+        pytest.skip("Winograd runs with the numba kernels only")
+    model = ns.Sequential(ns.Conv2d(3, 5, 3, padding=1))
+    x = np.zeros((9, 3, 6, 6), np.float32)                   # 9 tiles an image: 16 * 9 * 8 * 4 = 4,608 bytes
+    step = ns.plan(model, x).plan.steps[0]
+    monkeypatch.setattr(fast_rules, "WINOGRAD_BLOCK_BYTES", 2 * 4608)
+    monkeypatch.setattr(fast_rules, "WINOGRAD_BLOCKS_ABOVE", 0)
+    assert step._blocks(x) == [(0, 9)]                       # all cores: the kernels' threads share the batch
+    with serial_kernels():
+        assert step._blocks(x) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 9)]
+        with fast_rules.switched(winograd_in_blocks=False):
+            assert step._blocks(x) == [(0, 9)]
+        monkeypatch.setattr(fast_rules, "WINOGRAD_BLOCKS_ABOVE", 9 * 4608)
+        assert step._blocks(x) == [(0, 9)]                   # small enough to stay in the cache whole

@@ -641,3 +641,54 @@ def test_numba_winograd_with_fused_pooling_equals_reference_ties_included(B, TH,
     np.testing.assert_array_equal(got, reference.winograd_grad_output_pool(g, arg, tiles, rect))
     dense = cpu.maxpool_backward(g, arg, y.shape, 2, 2, out=rect)
     np.testing.assert_array_equal(got, cpu.winograd_grad_output(dense, tiles))
+
+
+@pytest.mark.usefixtures("thread_mode")
+@given(winograd_case(), DTYPES, st.booleans(), st.integers(0, 2**32 - 1))
+def test_winograd_kernels_write_a_block_of_images_into_the_whole_batchs_arrays(case, dtype, pool, seed):
+    """winograd_input/grad_output(_pool) with ``first_tile``, and the output transforms and
+    grad_input with ``out``, on images b0:b1 of a batch: the whole batch's result there, both twins."""
+    shape, OC, p, out_hw = case
+    rng = np.random.default_rng(seed)
+    B, C = shape[:2]
+    b0 = int(rng.integers(0, B))
+    b1 = int(rng.integers(b0 + 1, B + 1))
+    tiles = reference.winograd_tiles(*out_hw)
+    n = tiles[0] * tiles[1]
+    t0, t1 = b0 * n, b1 * n
+    x = rng.standard_normal(shape).astype(dtype)
+    M = rng.standard_normal((16, B * n, OC)).astype(dtype)
+    dV = rng.standard_normal((16, B * n, C)).astype(dtype)
+    bias = rng.standard_normal(OC).astype(dtype)
+    for k in (cpu, reference):
+        V = np.full((16, B * n, C), np.nan, dtype)
+        k.winograd_input(x[b0:b1], p, tiles, out=V, first_tile=t0)
+        np.testing.assert_array_equal(V[:, t0:t1], k.winograd_input(x, p, tiles)[:, t0:t1])
+        assert np.isnan(V[:, :t0]).all() and np.isnan(V[:, t1:]).all()           # nothing else written
+        dx = cpu.empty_nchw(shape, dtype, last=True)
+        k.winograd_grad_input(dV[:, t0:t1].copy(), (b1 - b0,) + shape[1:], p, tiles, out=dx[b0:b1])
+        np.testing.assert_array_equal(dx[b0:b1], k.winograd_grad_input(dV, shape, p, tiles)[b0:b1])
+        if pool:
+            TH, TW = tiles
+            pooled, arg = k.winograd_output_pool(M, tiles, bias, relu=True)
+            out = (cpu.empty_nchw(pooled.shape, dtype, True), cpu.empty_nchw(pooled.shape, np.int32, True))
+            k.winograd_output_pool(M[:, t0:t1].copy(), tiles, bias, relu=True, out=(out[0][b0:b1], out[1][b0:b1]))
+            np.testing.assert_array_equal(out[0][b0:b1], pooled[b0:b1])
+            np.testing.assert_array_equal(out[1][b0:b1], arg[b0:b1])
+            g = rng.standard_normal(pooled.shape).astype(dtype)
+            whole = k.winograd_grad_output_pool(g, arg, tiles, pooled)
+            dM = np.full(whole.shape, np.nan, dtype)
+            k.winograd_grad_output_pool(g[b0:b1], arg[b0:b1], tiles, pooled[b0:b1], out=dM, first_tile=t0)
+        else:
+            y = k.winograd_output(M, out_hw, tiles, bias)
+            out = cpu.empty_nchw(y.shape, dtype, True)
+            k.winograd_output(M[:, t0:t1].copy(), out_hw, tiles, bias, out=out[b0:b1])
+            np.testing.assert_array_equal(out[b0:b1], y[b0:b1])
+            g = rng.standard_normal(y.shape).astype(dtype)
+            whole = k.winograd_grad_output(g, tiles)
+            dM = np.full(whole.shape, np.nan, dtype)
+            k.winograd_grad_output(g[b0:b1], tiles, out=dM, first_tile=t0)
+        np.testing.assert_array_equal(dM[:, t0:t1], whole[:, t0:t1])
+        assert np.isnan(dM[:, :t0]).all() and np.isnan(dM[:, t1:]).all()
+    with pytest.raises(ValueError, match="room for tiles"):
+        cpu.winograd_input(x, p, tiles, out=np.empty((16, B * n, C), dtype), first_tile=1)

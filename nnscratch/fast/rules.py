@@ -41,6 +41,11 @@ RULES = {
     # row by row: in training the statistics in float64, summed in fixed blocks, two passes each way
     # where NumPy's reductions over the (B, H, W) axes make many; in eval mode one scale-and-shift pass.
     "batchnorm_kernels": True,
+    # A Winograd convolution run on one core (a part of a split batch) takes its images a block at a
+    # time: each block's transform, products and inverse transform in turn, while the block's
+    # transformed tiles (16x the block's pixels) are still in the core's cache. The weight gradient's
+    # products still sum over the whole batch. Same bits.
+    "winograd_in_blocks": True,
     # In eval mode, a Conv2d and the BatchNorm2d after it as one convolution whose weights and bias
     # have the batch norm folded in (its statistics are fixed then): no batch-norm pass.
     "batchnorm_into_conv": True,
@@ -54,6 +59,12 @@ RULES = {
     "split_batch": True,
 }
 WINOGRAD_MIN_CHANNELS = 16    # fewer input channels (an RGB image): the transforms cost more than they save
+# winograd_in_blocks: a block's transformed input and output tiles, 16 * tiles * (C + OC) values, take
+# at most this many bytes (at least one image a block), and blocks are used only when the whole
+# batch's take more than WINOGRAD_BLOCKS_ABOVE: below, the calls a block makes cost more than the
+# cache saves. Both chosen by measurement (benches/NOTES.md, "The ResNet")
+WINOGRAD_BLOCK_BYTES = 2 << 20
+WINOGRAD_BLOCKS_ABOVE = 20 << 20
 
 _version = [0]                # bumped on every change, so that cached plans made under other rules are not used
 

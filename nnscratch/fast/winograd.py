@@ -12,9 +12,12 @@ transform. The same bits as Winograd followed by the pooling.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .. import kernels
 from ..checks import check_grad, no_forward
 from ..kernels.reference import winograd_tiles
+from . import rules
 from .steps import Step
 
 
@@ -39,30 +42,68 @@ class WinogradStep(Step):
     def owns_output(self, owned: bool) -> bool:
         return not self.pool                     # the pooled output is kept as the ReLU's mask / for argmax
 
+    def _blocks(self, x) -> list:
+        """The image ranges [(b0, b1), ...] run one after the other: the whole batch, or with
+        ``winograd_in_blocks`` on one core blocks whose transformed tiles fit the core's cache."""
+        B, conv = x.shape[0], self.layer
+        per_image = 16 * self.tiles[0] * self.tiles[1] * (conv.in_channels + conv.out_channels) * x.itemsize
+        # at least 8 tiles a block: a product of a single row is a matrix-vector product, rounded otherwise
+        size = max(-(-8 // (self.tiles[0] * self.tiles[1])), rules.WINOGRAD_BLOCK_BYTES // per_image)
+        # (one input or output channel: the products have one column, which BLAS computes as a
+        # matrix-vector product, rounded otherwise for few rows than for many)
+        if (not rules.on("winograd_in_blocks") or not kernels.serial() or size >= B
+                or per_image * B <= rules.WINOGRAD_BLOCKS_ABOVE or min(conv.in_channels, conv.out_channels) < 2):
+            return [(0, B)]
+        return [(b, min(b + size, B)) for b in range(0, B, size)]
+
+    def _block_buffer(self, name: str, tiles: int, channels: int, like):
+        """A kept (16, tiles, channels) array for one block (the last, smaller block has its own)."""
+        return self.buffers.get(self.layer, f"{name} of {tiles} tiles", (16, tiles, channels), like)
+
     def forward(self, x, owned: bool):
         """forward as Winograd: V = input transform (16, T, C), U = weight transform (16, C, OC),
-        M = V[k] @ U[k] for the 16 k, y = output transform of M plus the bias."""
+        M = V[k] @ U[k] for the 16 k, y = output transform of M plus the bias; a block of images at a
+        time (``_blocks``), V kept whole for the weight gradient."""
         conv = self.layer
         conv.check_input(x)
-        T = x.shape[0] * self.tiles[0] * self.tiles[1]
-        V = kernels.winograd_input(x, conv.padding[0], self.tiles,
-                                   out=self.buffers.get(conv, "V", (16, T, conv.in_channels), x))
+        per_image = self.tiles[0] * self.tiles[1]
+        T = x.shape[0] * per_image
+        V = self.buffers.get(conv, "V", (16, T, conv.in_channels), x)
         U = kernels.winograd_weight(conv.weight.data)
-        # M's buffer is kept too; backward reuses it for dM, which has its shape
-        M = kernels.matmul(V, U, out=self.buffers.get(conv, "M", (16, T, conv.out_channels), x))
         bias = None if conv.bias is None else conv.bias.data
-        self._cache = (x, V, U, None)
+        blocks = self._blocks(x)
         self._v_holds_x = True          # False once backward has written dV into V's buffer
+        if len(blocks) == 1:
+            kernels.winograd_input(x, conv.padding[0], self.tiles, out=V)
+            # M's buffer is kept too; backward reuses it for dM, which has its shape
+            M = kernels.matmul(V, U, out=self.buffers.get(conv, "M", (16, T, conv.out_channels), x))
+        B, OC = x.shape[0], conv.out_channels
+        if self.pool:
+            shape = (B, self.tiles[0], self.tiles[1], OC)
+            out = (np.empty(shape, x.dtype).transpose(0, 3, 1, 2), np.empty(shape, np.int32).transpose(0, 3, 1, 2))
+        else:
+            out = np.empty((B,) + tuple(self.out_hw) + (OC,), x.dtype).transpose(0, 3, 1, 2)
+        for b0, b1 in blocks:
+            if len(blocks) > 1:
+                t0, t1 = b0 * per_image, b1 * per_image
+                kernels.winograd_input(x[b0:b1], conv.padding[0], self.tiles, out=V, first_tile=t0)
+                M = kernels.matmul(V[:, t0:t1], U, out=self._block_buffer("M", t1 - t0, OC, x))
+            if self.pool:
+                kernels.winograd_output_pool(M, self.tiles, bias, relu=self.relu,
+                                             out=(out[0][b0:b1], out[1][b0:b1]))
+            else:
+                kernels.winograd_output(M, self.out_hw, self.tiles, bias, out=out[b0:b1])
         if not self.pool:
-            return kernels.winograd_output(M, self.out_hw, self.tiles, bias)
-        out, argmax = kernels.winograd_output_pool(M, self.tiles, bias, relu=self.relu)
-        self._cache = (x, V, U, (argmax, out if self.relu else None))
-        return out
+            self._cache = (x, V, U, None)
+            return out
+        self._cache = (x, V, U, (out[1], out[0] if self.relu else None))
+        return out[0]
 
     def backward(self, grad, need_input_grad: bool):
         """The adjoint of each step of forward: dM = the output gradient's transform, dU = V[k]^T dM[k]
         (the weight gradient through the weight transform's adjoint), and for the input
-        dV = dM[k] U[k]^T through the input transform's adjoint."""
+        dV = dM[k] U[k]^T through the input transform's adjoint; a block of images at a time as in
+        forward, dM kept whole for the weight gradient."""
         conv = self.layer
         if self._cache is None:
             raise no_forward(self.layers[-1][1])
@@ -74,20 +115,36 @@ class WinogradStep(Step):
             kernels.winograd_input(x, conv.padding[0], self.tiles, out=V)
             self._v_holds_x = True
         dM = self.buffers.get(conv, "M", (16, V.shape[1], conv.out_channels), x)
-        if pooled is None:
-            kernels.winograd_grad_output(grad, self.tiles, out=dM)
-            gsum = grad
-        else:                           # grad is the pooling's: (B, OC, OH / 2, OW / 2)
-            argmax, rectified = pooled
-            kernels.winograd_grad_output_pool(grad, argmax, self.tiles, rectified, out=dM)
-            # each window passes its gradient to one pixel (none where the ReLU's output is 0)
-            gsum = grad if rectified is None else grad * (rectified > 0)
+        blocks = self._blocks(x) if need_input_grad else [(0, x.shape[0])]
+        per_image = self.tiles[0] * self.tiles[1]
+        # U^T copied: OpenBLAS multiplies a few rows by a transposed matrix with other roundings than
+        # many rows (its small-matrix path), by a plain one with the same, so blocks keep the bits
+        UT = np.ascontiguousarray(U.transpose(0, 2, 1))
+        dx = None
+        if len(blocks) > 1:
+            dx = np.empty((x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype).transpose(0, 3, 1, 2)
+        for b0, b1 in blocks:
+            t0, t1 = b0 * per_image, b1 * per_image
+            if pooled is None:
+                kernels.winograd_grad_output(grad[b0:b1], self.tiles, out=dM, first_tile=t0)
+            else:                       # grad is the pooling's: (B, OC, OH / 2, OW / 2)
+                argmax, rectified = pooled
+                kernels.winograd_grad_output_pool(grad[b0:b1], argmax[b0:b1], self.tiles,
+                                                  None if rectified is None else rectified[b0:b1],
+                                                  out=dM, first_tile=t0)
+            if dx is not None:          # this block's input gradient while its dM is in the cache
+                dV = kernels.matmul(dM[:, t0:t1], UT,
+                                    out=self._block_buffer("dV", t1 - t0, conv.in_channels, x))
+                kernels.winograd_grad_input(dV, (b1 - b0,) + x.shape[1:], conv.padding[0], self.tiles,
+                                            out=dx[b0:b1])
+        # each window passes its gradient to one pixel (none where the ReLU's output is 0)
+        gsum = grad if pooled is None or pooled[1] is None else grad * (pooled[1] > 0)
         conv.weight.grad += kernels.winograd_weight_grad(kernels.matmul(V.transpose(0, 2, 1), dM))
         if conv.bias is not None:
             conv.bias.grad += gsum.transpose(0, 2, 3, 1).reshape(-1, conv.out_channels).sum(axis=0)
-        if not need_input_grad:
-            return None
+        if not need_input_grad or dx is not None:
+            return dx
         # dV into V's buffer, which the weight gradient above has finished with
         self._v_holds_x = False
-        dV = kernels.matmul(dM, U.transpose(0, 2, 1), out=V)
+        dV = kernels.matmul(dM, UT, out=V)
         return kernels.winograd_grad_input(dV, x.shape, conv.padding[0], self.tiles)

@@ -68,6 +68,12 @@ def serial_kernels():
     return contextlib.nullcontext() if cpu is None else cpu.serial_only()
 
 
+def serial() -> bool:
+    """Whether the numba kernels run their serial copies only now (a part of a split batch, one core)."""
+    cpu = _numba()
+    return cpu is not None and cpu.serial()
+
+
 def for_array(x):
     """The kernel module (reference, cpu or gpu) that handles ``x``."""
     if is_gpu_array(x):
@@ -106,37 +112,43 @@ def maxpool_backward(grad, argmax, x_shape, k, stride, out=None):
     return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride, out)
 
 
-def winograd_input(x, padding, tiles, out=None):
+def winograd_input(x, padding, tiles, out=None, first_tile=0):
     """x: (B, C, H, W) -> V: (16, B * TH * TW, C), Winograd F(2x2, 3x3)'s input transform of every tile
-    (``tiles`` = (TH, TW), reference.winograd_tiles); CPU only."""
-    return for_array(x).winograd_input(x, padding, tiles, out)
+    (``tiles`` = (TH, TW), reference.winograd_tiles); CPU only. Into ``out`` (16, T, C) if given, x's
+    tiles from tile ``first_tile`` on (a block of a larger batch)."""
+    return for_array(x).winograd_input(x, padding, tiles, out, first_tile)
 
 
-def winograd_output(M, out_hw, tiles, bias=None):
-    """M: (16, B * TH * TW, OC) -> y: (B, OC, OH, OW), channels-last in memory, plus ``bias``."""
-    return for_array(M).winograd_output(M, out_hw, tiles, bias)
+def winograd_output(M, out_hw, tiles, bias=None, out=None):
+    """M: (16, B * TH * TW, OC) -> y: (B, OC, OH, OW), channels-last in memory, plus ``bias``; into
+    ``out`` (channels-last) if given."""
+    return for_array(M).winograd_output(M, out_hw, tiles, bias, out)
 
 
-def winograd_grad_output(grad, tiles, out=None):
-    """grad: (B, OC, OH, OW) -> dM: (16, B * TH * TW, OC), the adjoint of winograd_output; into ``out``."""
-    return for_array(grad).winograd_grad_output(grad, tiles, out)
+def winograd_grad_output(grad, tiles, out=None, first_tile=0):
+    """grad: (B, OC, OH, OW) -> dM: (16, B * TH * TW, OC), the adjoint of winograd_output; into ``out``
+    from tile ``first_tile`` on (as winograd_input)."""
+    return for_array(grad).winograd_grad_output(grad, tiles, out, first_tile)
 
 
-def winograd_output_pool(M, tiles, bias=None, relu=False):
+def winograd_output_pool(M, tiles, bias=None, relu=False, out=None):
     """winograd_output of the whole tile grid and the 2x2, stride-2 max-pooling of it (``relu``: of its
-    rectified values) in one pass -> (out, argmax), (B, OC, TH, TW) each, as maxpool_forward's."""
-    return for_array(M).winograd_output_pool(M, tiles, bias, relu)
+    rectified values) in one pass -> (pooled, argmax), (B, OC, TH, TW) each, as maxpool_forward's;
+    into ``out`` = (pooled, argmax), channels-last, if given."""
+    return for_array(M).winograd_output_pool(M, tiles, bias, relu, out)
 
 
-def winograd_grad_output_pool(grad, argmax, tiles, rectified=None, out=None):
+def winograd_grad_output_pool(grad, argmax, tiles, rectified=None, out=None, first_tile=0):
     """grad: the pooled gradient (B, OC, TH, TW) -> dM: (16, B * TH * TW, OC), the adjoint of
-    winograd_output_pool (``rectified``: its relu=True output, the ReLU's mask); into ``out``."""
-    return for_array(grad).winograd_grad_output_pool(grad, argmax, tiles, rectified, out)
+    winograd_output_pool (``rectified``: its relu=True output, the ReLU's mask); into ``out`` from
+    tile ``first_tile`` on."""
+    return for_array(grad).winograd_grad_output_pool(grad, argmax, tiles, rectified, out, first_tile)
 
 
-def winograd_grad_input(dV, x_shape, padding, tiles):
-    """dV: (16, B * TH * TW, C) -> dx: (B, C, H, W), channels-last in memory: winograd_input's adjoint."""
-    return for_array(dV).winograd_grad_input(dV, x_shape, padding, tiles)
+def winograd_grad_input(dV, x_shape, padding, tiles, out=None):
+    """dV: (16, B * TH * TW, C) -> dx: (B, C, H, W), channels-last in memory: winograd_input's adjoint;
+    into ``out`` (channels-last) if given."""
+    return for_array(dV).winograd_grad_input(dV, x_shape, padding, tiles, out)
 
 
 def winograd_weight(w):

@@ -54,6 +54,11 @@ def serial_only():
         _serial_only[0] = before
 
 
+def serial() -> bool:
+    """Whether every kernel runs its serial copy now (inside ``serial_only``)."""
+    return _serial_only[0]
+
+
 def _twins(fn):
     """Compile ``fn`` twice, threaded (``prange`` runs in parallel) and serial (``prange`` is
     ``range``); returns ``run(work, *args)``, which picks the serial copy when ``work``, the
@@ -361,16 +366,17 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int, out=None
 # a small per-image buffer.
 
 @_twins
-def _winograd_input(x, TH, TW, padding, V, zero):
-    # x: channels-last input (B, H, W, C); V: (16, B * TH * TW, C); zero: 0 in x's dtype. Each tile's
-    # 4x4 block (zeros outside the input: the padding) is first copied into a small buffer
+def _winograd_input(x, TH, TW, padding, V, zero, t0):
+    # x: channels-last input (B, H, W, C); V: (16, T, C), x's tiles written from tile t0 on; zero: 0 in
+    # x's dtype. Each tile's 4x4 block (zeros outside the input: the padding) is first copied into a
+    # small buffer
     B, H, W, C = x.shape
     for b in prange(B):
         d = np.empty((4, 4, C), dtype=x.dtype)              # the tile's block
         m = np.empty((4, 4, C), dtype=x.dtype)              # BT d: rows combined, per column j
         for ty in range(TH):
             for tx in range(TW):
-                t = (b * TH + ty) * TW + tx
+                t = t0 + (b * TH + ty) * TW + tx
                 for r in range(4):
                     yy = 2 * ty + r - padding
                     for j in range(4):
@@ -458,15 +464,16 @@ def _winograd_output(M, TH, TW, bias, y):
 
 
 @_twins
-def _winograd_grad_output(g, TH, TW, dM, zero):
-    # g: channels-last output gradient (B, OH, OW, OC); dM: (16, B * TH * TW, OC); zero: 0 in g's dtype
+def _winograd_grad_output(g, TH, TW, dM, zero, t0):
+    # g: channels-last output gradient (B, OH, OW, OC); dM: (16, T, OC), g's tiles written from tile t0
+    # on; zero: 0 in g's dtype
     B, OH, OW, OC = g.shape
     for b in prange(B):
         q = np.zeros((2, 2, OC), dtype=g.dtype)              # the tile's 2x2 gradients, 0 past the map
         h = np.empty((4, 2, OC), dtype=g.dtype)              # A g: rows, per column
         for ty in range(TH):
             for tx in range(TW):
-                t = (b * TH + ty) * TW + tx
+                t = t0 + (b * TH + ty) * TW + tx
                 for a in range(2):
                     for e in range(2):
                         yy, xx = 2 * ty + a, 2 * tx + e
@@ -516,17 +523,17 @@ def _winograd_output_pool(M, TH, TW, bias, out, argmax, relu, zero):
 
 
 @_twins
-def _winograd_grad_output_pool(gp, argmax, out, TH, TW, dM, masked, zero):
+def _winograd_grad_output_pool(gp, argmax, out, TH, TW, dM, masked, zero, t0):
     # _maxpool_backward_cl (2x2 windows tiling the map) and _winograd_grad_output in one: each tile's
     # 2x2 gradient is zero + the window's gradient at its winner (where ``out`` > 0 when ``masked``)
-    # and zero + zero elsewhere, as the pooling kernel writes it, then transformed as there
+    # and zero + zero elsewhere, as the pooling kernel writes it, then transformed as there (from tile t0 on)
     B, OC = gp.shape[0], gp.shape[3]
     for b in prange(B):
         q = np.empty((2, 2, OC), dtype=gp.dtype)
         h = np.empty((4, 2, OC), dtype=gp.dtype)
         for ty in range(TH):
             for tx in range(TW):
-                t = (b * TH + ty) * TW + tx
+                t = t0 + (b * TH + ty) * TW + tx
                 g, a, y = gp[b, ty, tx], argmax[b, ty, tx], out[b, ty, tx]
                 for r in range(2):
                     for e in range(2):
@@ -638,13 +645,33 @@ def winograd_weight_grad(dU):
     return dw
 
 
-def winograd_input(x, padding: int, tiles: tuple, out=None):
-    """Twin of reference.winograd_input, into ``out`` (16, B * TH * TW, C) if given."""
+def winograd_input(x, padding: int, tiles: tuple, out=None, first_tile: int = 0):
+    """Twin of reference.winograd_input."""
     B, C, H, W = x.shape
     TH, TW = tiles
     V = np.empty((16, B * TH * TW, C), dtype=x.dtype) if out is None else out
-    _winograd_input(V.size, _as_channels_last(x), TH, TW, padding, V, x.dtype.type(0))
+    _check_tiles(V, first_tile, B * TH * TW)
+    _winograd_input(16 * B * TH * TW * C, _as_channels_last(x), TH, TW, padding, V, x.dtype.type(0), first_tile)
     return V
+
+
+def _check_tiles(V, first_tile: int, count: int):
+    """A (16, T, C) array that holds ``count`` tiles from ``first_tile`` on, contiguous (the kernels
+    index it as such)."""
+    if not V.flags.c_contiguous or not 0 <= first_tile <= V.shape[1] - count:
+        raise ValueError(f"winograd: out must be a contiguous (16, T, C) array with room for tiles "
+                         f"{first_tile}..{first_tile + count - 1}, got shape {V.shape}")
+
+
+def _channels_last_out(out, shape: tuple, dtype):
+    """The channels-last (B, H, W, C) array behind ``out`` (B, C, H, W), or a new one of ``shape``."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    cl = out.transpose(0, 2, 3, 1)
+    if cl.shape != shape or cl.dtype != dtype or not cl.flags.c_contiguous:
+        raise ValueError(f"winograd: out must be a channels-last {dtype} array of shape "
+                         f"{(shape[0], shape[3]) + shape[1:3]}, got {out.shape} {out.dtype}")
+    return cl
 
 
 def _output_args(M, tiles: tuple, bias):
@@ -661,46 +688,51 @@ def _grad_output_buffer(grad, tiles: tuple, out):
     return np.empty((16, B * tiles[0] * tiles[1], OC), dtype=grad.dtype) if out is None else out
 
 
-def winograd_output(M, out_hw: tuple, tiles: tuple, bias=None):
-    """Twin of reference.winograd_output."""
+def winograd_output(M, out_hw: tuple, tiles: tuple, bias=None, out=None):
+    """Twin of reference.winograd_output (``out``: a channels-last (B, OC, OH, OW) array to write into)."""
     M, B, OC, bias = _output_args(M, tiles, bias)
-    y = np.empty((B, out_hw[0], out_hw[1], OC), dtype=M.dtype)
+    y = _channels_last_out(out, (B, out_hw[0], out_hw[1], OC), M.dtype)
     _winograd_output(y.size, M, tiles[0], tiles[1], bias, y)
     return y.transpose(0, 3, 1, 2)
 
 
-def winograd_grad_output(grad, tiles: tuple, out=None):
-    """Twin of reference.winograd_grad_output, into ``out`` if given."""
+def winograd_grad_output(grad, tiles: tuple, out=None, first_tile: int = 0):
+    """Twin of reference.winograd_grad_output."""
     dM = _grad_output_buffer(grad, tiles, out)
-    _winograd_grad_output(dM.size, _as_channels_last(grad), tiles[0], tiles[1], dM, grad.dtype.type(0))
+    count = grad.shape[0] * tiles[0] * tiles[1]
+    _check_tiles(dM, first_tile, count)
+    _winograd_grad_output(16 * count * grad.shape[1], _as_channels_last(grad), tiles[0], tiles[1], dM,
+                          grad.dtype.type(0), first_tile)
     return dM
 
 
-def winograd_output_pool(M, tiles: tuple, bias=None, relu: bool = False):
-    """Twin of reference.winograd_output_pool."""
+def winograd_output_pool(M, tiles: tuple, bias=None, relu: bool = False, out=None):
+    """Twin of reference.winograd_output_pool (``out``: channels-last (pooled, argmax) to write into)."""
     M, B, OC, bias = _output_args(M, tiles, bias)
     TH, TW = tiles
-    out = np.empty((B, TH, TW, OC), dtype=M.dtype)
-    argmax = np.empty((B, TH, TW, OC), dtype=np.int32)
-    _winograd_output_pool(out.size, M, TH, TW, bias, out, argmax, relu, M.dtype.type(0))
-    return out.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
+    pooled = _channels_last_out(None if out is None else out[0], (B, TH, TW, OC), M.dtype)
+    argmax = _channels_last_out(None if out is None else out[1], (B, TH, TW, OC), np.dtype(np.int32))
+    _winograd_output_pool(pooled.size, M, TH, TW, bias, pooled, argmax, relu, M.dtype.type(0))
+    return pooled.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
 
 
-def winograd_grad_output_pool(grad, argmax, tiles: tuple, rectified=None, out=None):
-    """Twin of reference.winograd_grad_output_pool, into ``out`` if given."""
+def winograd_grad_output_pool(grad, argmax, tiles: tuple, rectified=None, out=None, first_tile: int = 0):
+    """Twin of reference.winograd_grad_output_pool."""
     TH, TW = tiles
     dM = _grad_output_buffer(grad, tiles, out)
+    count = grad.shape[0] * TH * TW
+    _check_tiles(dM, first_tile, count)
     g = _as_channels_last(grad)
     y = g if rectified is None else _as_channels_last(rectified)
-    _winograd_grad_output_pool(dM.size, g, _as_channels_last(argmax), y, TH, TW, dM, rectified is not None,
-                               grad.dtype.type(0))
+    _winograd_grad_output_pool(16 * count * grad.shape[1], g, _as_channels_last(argmax), y, TH, TW, dM,
+                               rectified is not None, grad.dtype.type(0), first_tile)
     return dM
 
 
-def winograd_grad_input(dV, x_shape: tuple, padding: int, tiles: tuple):
-    """Twin of reference.winograd_grad_input."""
+def winograd_grad_input(dV, x_shape: tuple, padding: int, tiles: tuple, out=None):
+    """Twin of reference.winograd_grad_input (``out``: a channels-last (B, C, H, W) array to write into)."""
     B, C, H, W = x_shape
-    dx = np.empty((B, H, W, C), dtype=dV.dtype)
+    dx = _channels_last_out(out, (B, H, W, C), dV.dtype)
     _winograd_grad_input(dx.size, np.ascontiguousarray(dV), tiles[0], tiles[1], padding, dx)
     return dx.transpose(0, 3, 1, 2)
 

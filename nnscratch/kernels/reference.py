@@ -135,16 +135,18 @@ def winograd_tiles(OH: int, OW: int) -> tuple:
     return (OH + 1) // 2, (OW + 1) // 2
 
 
-def winograd_input(x, padding: int, tiles: tuple, out=None):
+def winograd_input(x, padding: int, tiles: tuple, out=None, first_tile: int = 0):
     """x: (B, C, H, W) -> V: (16, B * TH * TW, C), the input transform BT d B of every tile's 4x4 block
-    of the zero-padded input (rows and columns 2 * ty ... 2 * ty + 3 of it, and likewise for tx)."""
+    of the zero-padded input (rows and columns 2 * ty ... 2 * ty + 3 of it, and likewise for tx).
+    Given ``out`` (16, T, C), x's tiles go to out[:, first_tile:first_tile + B * TH * TW] (a block of
+    images' tiles in a larger batch's array)."""
     B, C, H, W = x.shape
     TH, TW = tiles
     d = _padded_tiles(x, padding, tiles)                                   # (4, 4, B, TH, TW, C)
     V = np.einsum("ir,rsbyxc,js->ijbyxc", WINOGRAD_BT, d, WINOGRAD_BT).reshape(16, B * TH * TW, C)
     if out is None:
         return V.astype(x.dtype)
-    out[...] = V
+    out[:, first_tile:first_tile + V.shape[1]] = V
     return out
 
 
@@ -157,9 +159,10 @@ def _padded_tiles(x, padding, tiles):
     return np.stack([np.stack([xp[:, r:r + 2 * TH:2, s:s + 2 * TW:2] for s in range(4)]) for r in range(4)])
 
 
-def winograd_output(M, out_hw: tuple, tiles: tuple, bias=None):
+def winograd_output(M, out_hw: tuple, tiles: tuple, bias=None, out=None):
     """M: (16, B * TH * TW, OC) -> y: (B, OC, OH, OW) (channels-last in memory): each tile's 2x2
-    outputs AT M A, the rows and columns past out_hw = (OH, OW) left out; plus ``bias`` (OC,)."""
+    outputs AT M A, the rows and columns past out_hw = (OH, OW) left out; plus ``bias`` (OC,);
+    written into ``out`` if given."""
     TH, TW = tiles
     OH, OW = out_hw
     OC = M.shape[2]
@@ -169,12 +172,20 @@ def winograd_output(M, out_hw: tuple, tiles: tuple, bias=None):
     y = y[:, :OH, :OW]
     if bias is not None:
         y = y + bias
-    return np.ascontiguousarray(y.astype(M.dtype)).transpose(0, 3, 1, 2)
+    return _into(out, np.ascontiguousarray(y.astype(M.dtype)).transpose(0, 3, 1, 2))
 
 
-def winograd_grad_output(grad, tiles: tuple, out=None):
+def _into(out, a):
+    """a, or a copied into ``out`` (and out returned)."""
+    if out is None:
+        return a
+    out[...] = a
+    return out
+
+
+def winograd_grad_output(grad, tiles: tuple, out=None, first_tile: int = 0):
     """grad: (B, OC, OH, OW) -> dM: (16, B * TH * TW, OC), the adjoint of winograd_output (no bias);
-    into ``out`` if given."""
+    into ``out`` if given, from tile ``first_tile`` on (as winograd_input)."""
     B, OC, OH, OW = grad.shape
     TH, TW = tiles
     g = np.zeros((B, 2 * TH, 2 * TW, OC))
@@ -183,28 +194,33 @@ def winograd_grad_output(grad, tiles: tuple, out=None):
     dM = np.einsum("ai,byaxco,cj->ijbyxo", WINOGRAD_AT, g, WINOGRAD_AT).reshape(16, B * TH * TW, OC)
     if out is None:
         return dM.astype(grad.dtype)
-    out[...] = dM
+    out[:, first_tile:first_tile + dM.shape[1]] = dM
     return out
 
 
-def winograd_output_pool(M, tiles: tuple, bias=None, relu: bool = False):
+def winograd_output_pool(M, tiles: tuple, bias=None, relu: bool = False, out=None):
     """winograd_output of the whole tile grid, then maxpool_forward(k=2, stride=2, relu): every tile is
-    one pooling window. -> (out, argmax), (B, OC, TH, TW) each."""
+    one pooling window. -> (pooled, argmax), (B, OC, TH, TW) each; written into ``out`` = (pooled,
+    argmax) if given."""
     y = winograd_output(M, (2 * tiles[0], 2 * tiles[1]), tiles, bias)
-    return maxpool_forward(y, 2, 2, relu=relu)
+    pooled, argmax = maxpool_forward(y, 2, 2, relu=relu)
+    if out is None:
+        return pooled, argmax
+    return _into(out[0], pooled), _into(out[1], argmax)
 
 
-def winograd_grad_output_pool(grad, argmax, tiles: tuple, rectified=None, out=None):
+def winograd_grad_output_pool(grad, argmax, tiles: tuple, rectified=None, out=None, first_tile: int = 0):
     """The adjoint of winograd_output_pool: maxpool_backward (its ReLU mask from ``rectified``, the
     output of a relu=True pass), then winograd_grad_output."""
     B, OC, TH, TW = grad.shape
     dy = maxpool_backward(grad, argmax, (B, OC, 2 * TH, 2 * TW), 2, 2, out=rectified)
-    return winograd_grad_output(dy, tiles, out=out)
+    return winograd_grad_output(dy, tiles, out=out, first_tile=first_tile)
 
 
-def winograd_grad_input(dV, x_shape: tuple, padding: int, tiles: tuple):
+def winograd_grad_input(dV, x_shape: tuple, padding: int, tiles: tuple, out=None):
     """dV: (16, B * TH * TW, C) -> dx: (B, C, H, W) (channels-last in memory), the adjoint of
-    winograd_input: each tile's B dV BT added into its 4x4 block, the padding dropped."""
+    winograd_input: each tile's B dV BT added into its 4x4 block, the padding dropped; written into
+    ``out`` if given."""
     B, C, H, W = x_shape
     TH, TW = tiles
     dd = np.einsum("ir,ijbyxc,js->rsbyxc", WINOGRAD_BT, dV.astype(np.float64).reshape(4, 4, B, TH, TW, C),
@@ -213,7 +229,8 @@ def winograd_grad_input(dV, x_shape: tuple, padding: int, tiles: tuple):
     for r in range(4):
         for s in range(4):
             dxp[:, r:r + 2 * TH:2, s:s + 2 * TW:2] += dd[r, s]
-    return np.ascontiguousarray(dxp[:, padding:padding + H, padding:padding + W].astype(dV.dtype)).transpose(0, 3, 1, 2)
+    dx = np.ascontiguousarray(dxp[:, padding:padding + H, padding:padding + W].astype(dV.dtype))
+    return _into(out, dx.transpose(0, 3, 1, 2))
 
 
 def winograd_weight(w):
