@@ -342,14 +342,15 @@ def blocks_case(draw):
     after = draw(st.sampled_from(["none", "pool", "relu-pool"]))
     return (dict(B=draw(st.integers(1, 9)), C=draw(st.integers(1, 6)), OC=draw(st.integers(1, 6)), H=H, W=W,
                  pad=pad, bias=draw(st.booleans()), after=after, dtype=draw(st.sampled_from([np.float32, np.float64])),
-                 block=draw(st.integers(1, 20000)), need=draw(st.booleans())))
+                 block=draw(st.integers(1, 20000)), need=draw(st.booleans()), train=draw(st.booleans())))
 
 
 @given(blocks_case(), st.integers(0, 2**32 - 1))
 @settings(max_examples=40, deadline=None)
 def test_winograd_in_blocks_gives_the_same_bits_as_the_whole_batch(small_winograd, monkeypatch, case, seed):
     """On one core (a part of a split batch: serial kernels) a large batch runs Winograd a block of
-    images at a time; outputs and gradients keep their bits, a second backward included."""
+    images at a time; outputs and gradients keep their bits, in training and in eval mode (where
+    backward computes the input transform again), a second backward included."""
     from nnscratch.kernels import serial_kernels
     if cpu_kernels() != "numba":
         pytest.skip("Winograd runs with the numba kernels only")
@@ -359,7 +360,7 @@ def test_winograd_in_blocks_gives_the_same_bits_as_the_whole_batch(small_winogra
     dt = case["dtype"]
     layers = [ns.Conv2d(case["C"], case["OC"], 3, padding=case["pad"], bias=case["bias"], rng=rng)]
     layers += {"none": [], "pool": [ns.MaxPool2d(2)], "relu-pool": [ns.ReLU(), ns.MaxPool2d(2)]}[case["after"]]
-    model = ns.Sequential(*layers).to(dtype=dt)
+    model = ns.Sequential(*layers).to(dtype=dt).train(case["train"])   # eval mode: V kept a block only
     model.workers = 1
     x = rng.standard_normal((case["B"], case["C"], case["H"], case["W"])).astype(dt)
     assume(min(model[0].output_shape(x.shape)[2:]) >= (2 if case["after"] != "none" else 1))

@@ -251,7 +251,7 @@ def _folded_step(layers, i, shape, device, buffers):
     twin Conv2d (the conv step for the twin chosen as for any convolution, with nothing after it)."""
     conv = layers[i]
     twin = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True,
-                  dtype=conv.weight.dtype, rng=0)
+                  dtype=conv.weight.dtype, rng=0).eval()          # run in eval mode only
 
     def make_inner(twin):
         return _conv_step([twin], 0, shape, device, buffers, lambda k, kind: False)[0]

@@ -63,16 +63,18 @@ class WinogradStep(Step):
     def forward(self, x, owned: bool):
         """forward as Winograd: V = input transform (16, T, C), U = weight transform (16, C, OC),
         M = V[k] @ U[k] for the 16 k, y = output transform of M plus the bias; a block of images at a
-        time (``_blocks``), V kept whole for the weight gradient."""
+        time (``_blocks``), V kept whole for the weight gradient in training (in eval mode, a block's
+        V only: backward, if it comes, computes V again)."""
         conv = self.layer
         conv.check_input(x)
         per_image = self.tiles[0] * self.tiles[1]
         T = x.shape[0] * per_image
-        V = self.buffers.get(conv, "V", (16, T, conv.in_channels), x)
         U = kernels.winograd_weight(conv.weight.data)
         bias = None if conv.bias is None else conv.bias.data
         blocks = self._blocks(x)
-        self._v_holds_x = True          # False once backward has written dV into V's buffer
+        keep = conv.training or len(blocks) == 1
+        V = self.buffers.get(conv, "V", (16, T, conv.in_channels), x) if keep else None
+        self._v_holds_x = keep          # False once backward has written dV into V's buffer
         if len(blocks) == 1:
             kernels.winograd_input(x, conv.padding[0], self.tiles, out=V)
             # M's buffer is kept too; backward reuses it for dM, which has its shape
@@ -86,8 +88,13 @@ class WinogradStep(Step):
         for b0, b1 in blocks:
             if len(blocks) > 1:
                 t0, t1 = b0 * per_image, b1 * per_image
-                kernels.winograd_input(x[b0:b1], conv.padding[0], self.tiles, out=V, first_tile=t0)
-                M = kernels.matmul(V[:, t0:t1], U, out=self._block_buffer("M", t1 - t0, OC, x))
+                if keep:
+                    kernels.winograd_input(x[b0:b1], conv.padding[0], self.tiles, out=V, first_tile=t0)
+                    Vb = V[:, t0:t1]
+                else:
+                    Vb = kernels.winograd_input(x[b0:b1], conv.padding[0], self.tiles,
+                                                out=self._block_buffer("V", t1 - t0, conv.in_channels, x))
+                M = kernels.matmul(Vb, U, out=self._block_buffer("M", t1 - t0, OC, x))
             if self.pool:
                 kernels.winograd_output_pool(M, self.tiles, bias, relu=self.relu,
                                              out=(out[0][b0:b1], out[1][b0:b1]))
@@ -110,11 +117,14 @@ class WinogradStep(Step):
         x, V, U, pooled = self._cache
         OH, OW = self.out_hw
         shape = (x.shape[0], conv.out_channels) + ((OH // 2, OW // 2) if self.pool else (OH, OW))
-        check_grad(self.layers[-1][1], grad, shape, V.dtype)
-        if not self._v_holds_x:         # a second backward after one forward: V again
+        check_grad(self.layers[-1][1], grad, shape, x.dtype)
+        T = x.shape[0] * self.tiles[0] * self.tiles[1]
+        if not self._v_holds_x:         # a second backward after one forward, or eval mode: V again
+            V = self.buffers.get(conv, "V", (16, T, conv.in_channels), x)
             kernels.winograd_input(x, conv.padding[0], self.tiles, out=V)
+            self._cache = (x, V, U, pooled)
             self._v_holds_x = True
-        dM = self.buffers.get(conv, "M", (16, V.shape[1], conv.out_channels), x)
+        dM = self.buffers.get(conv, "M", (16, T, conv.out_channels), x)
         blocks = self._blocks(x) if need_input_grad else [(0, x.shape[0])]
         per_image = self.tiles[0] * self.tiles[1]
         # U^T copied: OpenBLAS multiplies a few rows by a transposed matrix with other roundings than
