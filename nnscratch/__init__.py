@@ -11,8 +11,10 @@ from . import data, fast, init, kernels, lr_scheduler, models
 from .augment import Augment
 from .backend import get_array_module, gpu_available, to_device, to_numpy
 from .clip import clip_grad_norm_
+from .errors import CheckpointError
 from .execution import get_execution, set_execution
 from .fast import plan
+from .files import load_checkpoint, save_model
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Buffer, Conv2d, Dropout, Flatten, Linear,
                      MaxPool2d, Module, Parameter, ReLU, Residual, Sequential)
@@ -27,7 +29,7 @@ __all__ = [
     "Module", "Parameter", "Buffer", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
     "BatchNorm1d", "BatchNorm2d", "Dropout", "AvgPool2d", "AdaptiveAvgPool2d", "Residual",
     "Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler", "clip_grad_norm_", "Augment",
-    "TrainStep", "NonFiniteLoss",
+    "TrainStep", "NonFiniteLoss", "save_model", "load_checkpoint", "CheckpointError",
     "models", "init", "kernels", "data", "fast", "plan", "set_execution", "get_execution", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
     "get_array_module", "gpu_available", "to_device", "to_numpy",
 ]

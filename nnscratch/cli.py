@@ -20,9 +20,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_cli(body) -> int:
     """Run ``body()``; user-facing errors (``UsageError``, ``data.DataError`` among them) become one line
-    on stderr and exit status 2."""
+    on stderr and exit status 2, Ctrl-C one word and status 130."""
     try:
         return body() or 0
+    except KeyboardInterrupt:           # Ctrl-C outside training (loading data, starting up)
+        print("interrupted", file=sys.stderr)
+        return 130
     except UsageError as e:
         first, *rest = str(e).splitlines() or [""]
         print(f"error: {first}", file=sys.stderr)

@@ -219,6 +219,13 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.label_names)
 
+    def absent_classes(self) -> list:
+        """The classes 0 .. num_classes - 1 that no image of any split has."""
+        present = set()
+        for s in SPLITS:
+            present.update(np.unique(self.split(s).labels).tolist())
+        return [k for k in range(self.num_classes) if k not in present]
+
     def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}: expected one of {', '.join(SPLITS)}")
@@ -231,18 +238,23 @@ def normalize(images: np.ndarray) -> np.ndarray:
     return (np.ascontiguousarray(x, dtype=np.float32) / np.float32(127.5) - np.float32(1.0))
 
 
-def load(name: str = "bloodmnist", data_dir=None, download: bool = True, progress: bool = True) -> Dataset:
-    """Find (or fetch), verify and load a MedMNIST 2-D ``.npz``; see the module docstring."""
+def load(name: str = "bloodmnist", data_dir=None, download: bool = True, progress: bool = True,
+         num_classes: int | None = None) -> Dataset:
+    """Find (or fetch), verify and load a MedMNIST 2-D ``.npz``; see the module docstring. ``num_classes``
+    sets a custom file's class count (default: its largest label + 1)."""
     name = resolve_name(name)
     path = fetch(name, data_dir, progress) if download else locate(name, data_dir)
     if path is None:
         raise DataError(f"no {name}.npz in {', '.join(map(str, search_dirs(data_dir)))}; "
                         f"run: python -m nnscratch.data fetch --dataset {name}")
-    return load_file(path, DATASETS.get(name))
+    return load_file(path, DATASETS.get(name), num_classes)
 
 
-def load_file(path, info: DatasetInfo | None = None) -> Dataset:
-    """Load and check one file. With ``info`` its MD5 must match; without, classes come from the labels."""
+def load_file(path, info: DatasetInfo | None = None, num_classes: int | None = None) -> Dataset:
+    """Load and check one file. With ``info`` its MD5 must match; without, classes come from the labels
+    (``num_classes`` of them when given, every label then below it)."""
+    if info is not None and num_classes not in (None, len(info.labels)):
+        raise DataError(f"--num-classes {num_classes}: {info.name} has {len(info.labels)} classes")
     path = Path(path)
     digest = md5sum(path)
     if info is not None and digest != info.md5:
@@ -279,6 +291,8 @@ def load_file(path, info: DatasetInfo | None = None) -> Dataset:
         raise DataError(f"{path}: the splits' images differ in shape: {sorted(shapes)}")
     if info is not None:
         names = info.labels
+    elif num_classes is not None:
+        names = tuple(f"class {i}" for i in range(num_classes))
     else:
         names = tuple(f"class {i}" for i in range(int(max(int(v.max()) for v in raw_labels.values() if v.size)) + 1))
     for s, labels in raw_labels.items():

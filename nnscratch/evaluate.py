@@ -8,7 +8,6 @@ with --tta the names end in _<split>_tta.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,24 +16,28 @@ from . import models
 from .backend import to_device
 from .cli import ArgumentParser, UsageError, run_cli
 from .data import SPLITS, load
-from .files import load_checkpoint, write_json
+from .errors import CheckpointError
+from .files import load_checkpoint, read_json_object, write_json
 from .metrics import classification_report, format_report
 from .training import EVAL_BATCH, predict, resolve_device, write_figures
 
 
 def load_model(run_dir: Path):
     """(model, meta) rebuilt from RUN_DIR/model.npz."""
-    try:
-        state, meta = load_checkpoint(run_dir / "model.npz")
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
+    path = run_dir / "model.npz"
+    state, meta = load_checkpoint(path)                  # CheckpointError: one line naming the file
     try:
         model = models.build(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"],
                              meta.get("hidden_size"), meta.get("hidden_layers", 1), widths=meta.get("widths"),
                              blocks=meta.get("blocks"), dropout=meta.get("dropout", 0.0))
+    except KeyError as e:
+        raise CheckpointError(f"{path} does not rebuild a model: its metadata has no {e}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} does not rebuild a model: {e}") from None
+    try:
         model.load_state_dict(state)
-    except (KeyError, ValueError) as e:
-        raise UsageError(f"{run_dir / 'model.npz'} does not rebuild a model: {e}") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"{path} does not fit the model it describes: {e}") from None
     return model, meta
 
 
@@ -48,7 +51,7 @@ def evaluate(run_dir, split: str = "test", data_dir=None, dataset_name=None, dev
     model, meta = load_model(run_dir)
     config = {}
     if (run_dir / "config.json").is_file():
-        config = json.loads((run_dir / "config.json").read_text())
+        config = read_json_object(run_dir / "config.json")
     name = dataset_name or meta.get("dataset") or config.get("dataset", "bloodmnist")
     dataset = load(name, data_dir or config.get("data_dir"), progress=progress)
     got = (dataset.channels, dataset.image_size, dataset.num_classes)

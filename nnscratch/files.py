@@ -10,11 +10,13 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .backend import to_numpy
+from .errors import CheckpointError, UsageError
 
 
 @contextlib.contextmanager
@@ -74,14 +76,44 @@ def save_model(path, model, meta: dict):
 
 
 def load_checkpoint(path) -> tuple[dict, dict]:
-    """(state dict name -> array, meta dict) from a file written by :func:`save_model`."""
+    """(state dict name -> array, meta dict) from a file written by :func:`save_model`; a missing,
+    damaged or foreign file raises ``CheckpointError`` naming the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
+        raise CheckpointError(f"no model file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         with np.load(path, allow_pickle=False) as z:
+            if META_KEY not in z.files:
+                raise CheckpointError(f"{path} is not an nnscratch model file: it has no {META_KEY} entry")
             meta = json.loads(str(z[META_KEY]))
             state = {k: z[k] for k in z.files if k != META_KEY}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path} is damaged (cut short or overwritten: {e}); train again, or --resume "
+                              f"its run") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not an nnscratch model file: its {META_KEY} entry is not JSON ({e})") from None
     except (KeyError, ValueError, OSError) as e:
-        raise ValueError(f"{path} is not an nnscratch model file ({e})") from None
+        raise CheckpointError(f"{path} is not an nnscratch model file ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is not an nnscratch model file: its {META_KEY} entry is a "
+                              f"{type(meta).__name__}, not an object")
     return state, meta
+
+
+def read_json_object(path) -> dict:
+    """The JSON object in ``path``; a file that is missing, not JSON or not an object raises
+    ``UsageError`` naming it."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"no file at {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON ({e}); it may have been edited or cut short") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value

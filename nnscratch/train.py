@@ -2,6 +2,7 @@
 
     python -m nnscratch.train --arch mlnn
     python -m nnscratch.train --preset cnn-test1 --device gpu
+    python -m nnscratch.train --resume runs/cnn-test1-20261130-101500     # continue a stopped run
     python -m nnscratch.train --arch resnet --optimizer adamw --weight-decay 0.05 --scheduler onecycle \
         --lr 3e-3 --label-smoothing 0.1 --augment dihedral --tta
 
@@ -13,7 +14,7 @@ import argparse
 import sys
 
 from .cli import ArgumentParser, UsageError, run_cli
-from .training import AUGMENTS, LOSSES, OPTIMIZERS, PRESETS, SCHEDULERS, TrainConfig, TrainingDiverged, run
+from .training import AUGMENTS, LOSSES, OPTIMIZERS, PRESETS, SCHEDULERS, TrainConfig, TrainingDiverged, resume, run
 
 D = TrainConfig()   # the defaults, shown in --help
 
@@ -93,10 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default: {D.dataset})")
     p.add_argument("--data-dir", help="folder searched first for <dataset>.npz and downloaded to "
                    "(default: $NNSCRATCH_DATA_DIR, then ~/.medmnist)")
-    p.add_argument("--out", help="run folder to write (default: runs/<preset or arch>-<date>-<time>)")
+    p.add_argument("--out", help="run folder to write; one that holds a run is refused unless --overwrite "
+                   "(default: runs/<preset or arch>-<date>-<time>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out name a folder that holds a run: its files are removed first (default: refuse)")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue the run in the folder RUN from its checkpoint (written every epoch and on "
+                        "Ctrl-C), with its own settings: on the CPU it ends with the same bits as if it had not "
+                        "stopped. Only --epochs (to train longer, when no schedule spans the epochs), --data-dir "
+                        "and --quiet may be given with it (default: start a new run)")
+    p.add_argument("--num-classes", type=int,
+                   help="classes of a custom dataset file (default: its largest label + 1; MedMNIST's sets: "
+                        "their own)")
     p.add_argument("--limit-train", type=int, help="train on the first N training images only, for a quick look "
                    "(default: all)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (they show only when stderr is a terminal; in a log file each epoch "
+                        "is one line) (default: bars on a terminal)")
     return p
 
 
@@ -105,7 +119,8 @@ def config_from_args(args) -> TrainConfig:
     values = {}
     if args.preset:
         values.update(PRESETS[args.preset], preset=args.preset)
-    explicit = {k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "quiet")}
+    explicit = {k: v for k, v in vars(args).items()
+                if v is not None and k not in ("preset", "quiet", "resume", "overwrite")}
     if args.preset and "arch" in explicit and explicit["arch"] != PRESETS[args.preset]["arch"]:
         raise UsageError(f"--arch {explicit['arch']} contradicts --preset {args.preset}")
     values.update(explicit)
@@ -115,13 +130,26 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
+# with --resume, the flags that do not change what the run computes
+RESUME_FLAGS = ("epochs", "data_dir")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        config = config_from_args(args)
         try:
-            result = run(config, progress=not args.quiet)
+            if args.resume is not None:
+                given = sorted(k for k, v in vars(args).items() if v not in (None, False)
+                               and k not in RESUME_FLAGS + ("resume", "quiet"))
+                if given:
+                    flags = ", ".join("--" + k.replace("_", "-") for k in given)
+                    raise UsageError(f"--resume continues {args.resume} with its own settings; {flags} would change "
+                                     f"what it computes (only --epochs, --data-dir and --quiet go with --resume). "
+                                     f"To change settings, start a new run with --out")
+                result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, progress=not args.quiet)
+            else:
+                result = run(config_from_args(args), progress=not args.quiet, overwrite=args.overwrite)
         except TrainingDiverged as e:
             print(f"error: training stopped: {e}", file=sys.stderr)
             return 1

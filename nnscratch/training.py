@@ -11,26 +11,29 @@ them on the test split and writes the run folder:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, losses, lr_scheduler, models, optim, plots
+from . import __version__, checkpoint, losses, lr_scheduler, models, optim, plots, runfolder
 from .augment import SYMMETRIES, Augment, dihedral
 from .backend import gpu_available, to_device, to_numpy
-from .errors import UsageError
+from .checkpoint import generator_state, set_generator_state
 from .data import Dataset, batches, load, num_batches
-from .files import save_model, write_json, write_text
+from .errors import CheckpointError, UsageError
+from .files import read_json_object, save_model, write_json, write_text
+from .interrupts import Interrupts, deferred_interrupts
 from .metrics import classification_report
-from .random import manual_seed
+from .random import default_rng, manual_seed
 from .step import NonFiniteLoss, TrainStep
 
 EVAL_BATCH = 256
@@ -99,6 +102,7 @@ class TrainConfig:
     widths: tuple | None = None         # resnet: channels per stage (default models.RESNET_WIDTHS)
     blocks: tuple | None = None         # resnet: basic blocks per stage (default models.RESNET_BLOCKS)
     dropout: float = 0.0                # resnet: dropout before the last layer
+    num_classes: int | None = None      # a custom dataset's classes (default: its largest label + 1)
 
     def validate(self):
         """Raise UsageError for any setting out of range; fill in the architecture's batch size if none is set."""
@@ -145,6 +149,7 @@ class TrainConfig:
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (self.limit_train is None or self.limit_train >= 1, "--limit-train must be at least 1"),
             (self.workers is None or self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
+            (self.num_classes is None or self.num_classes >= 2, f"--num-classes must be at least 2, got {self.num_classes}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -286,17 +291,132 @@ def machine() -> dict:
 
 
 def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = True,
-        log=print, figures: bool = True) -> RunResult:
+        log=print, figures: bool = True, overwrite: bool = False) -> RunResult:
     """Train, evaluate and write the run folder; see the module docstring.
 
-    ``figures=False`` leaves out the four PNG files (the reproduction draws its own).
+    A folder that already holds a run is refused (``UsageError``) unless ``overwrite``, which
+    removes the old run's files first. ``figures=False`` leaves out the four PNG files (the
+    reproduction draws its own). ``progress`` shows progress bars when stderr is a terminal.
     """
     config.validate()
-    device = resolve_device(config.device)
-    if dataset is None:
-        dataset = load(config.dataset, config.data_dir, progress=progress)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    runfolder.check_out(run_dir, overwrite)
+    return _train(config, run_dir, dataset, progress, log, figures,
+                  create=lambda: runfolder.create(run_dir, overwrite))
+
+
+def resume(run_dir, epochs: int | None = None, dataset: Dataset | None = None, data_dir: str | None = None,
+           progress: bool = True, log=print, figures: bool = True) -> RunResult:
+    """Continue the run in ``run_dir`` from its checkpoint with its own settings; on the CPU it ends with
+    the bits the run would have had uninterrupted. ``epochs`` extends a run whose schedule does not
+    depend on its length; ``data_dir`` only says where its dataset file now is (the MD5 must match).
+    A completed run is left as it is."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run folder")
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"--resume {run_dir}: no config.json there, so it is not a run folder")
+    saved = read_json_object(run_dir / "config.json")
+    names = {f.name for f in fields(TrainConfig)}
+    try:
+        config = TrainConfig(**{k: (tuple(v) if k in ("widths", "blocks") and v is not None else v)
+                                for k, v in saved.items() if k in names}).validate()
+    except (TypeError, UsageError) as e:
+        raise UsageError(f"--resume {run_dir}: its config.json does not describe a run ({e})") from None
+    if not (run_dir / checkpoint.FILE).is_file():
+        if saved.get("status") == "completed":
+            raise UsageError(f"{run_dir} is completed and has no checkpoint to continue from (it was trained "
+                             f"before checkpoints existed); nothing to do")
+        raise UsageError(f"--resume {run_dir}: no checkpoint there (the run stopped before its first epoch "
+                         f"ended); start it again with --out {run_dir} --overwrite")
+    ck = checkpoint.load(run_dir / checkpoint.FILE)
+    done = ck.position.epoch
+    if epochs is not None and epochs != config.epochs:
+        if epochs < max(done, 1) or (epochs == done and ck.position.batch):
+            raise UsageError(f"--epochs {epochs}: the run in {run_dir} has already trained {done} epoch(s)")
+        if config.scheduler != "none" or config.warmup_epochs:
+            raise UsageError(f"--epochs cannot change the run in {run_dir}: its learning-rate schedule "
+                             f"(--scheduler {config.scheduler}, --warmup-epochs {config.warmup_epochs}) spans its "
+                             f"{config.epochs} epochs, so a longer run would have had other rates all along")
+        config.epochs = epochs
+    elif saved.get("status") == "completed":
+        log(f"{run_dir} is already completed ({done} epochs); nothing to do. To train it longer give --epochs "
+            f"with --resume, or start a new run with --out")
+        return RunResult(run_dir, ck.history, status="completed")
+    if data_dir is not None:
+        config.data_dir = data_dir
+    runfolder.remove_stale_temporaries(run_dir)
+    return _train(config, run_dir, dataset, progress, log, figures, resumed=(ck, saved))
+
+
+class _Stopped(Exception):
+    """Ctrl-C was pressed: the loop has stopped at a consistent point."""
+
+
+def _data_checks(config: TrainConfig, dataset: Dataset, saved: dict | None, log):
+    """Refuse data that cannot train (empty splits, another file than the run's) and warn of labels
+    that skip classes."""
+    if saved is not None and saved.get("dataset_md5") not in (None, dataset.md5):
+        raise UsageError(f"{dataset.path} has MD5 {dataset.md5}, but the run was trained on a file with MD5 "
+                         f"{saved['dataset_md5']} ({saved.get('dataset_file')}): give --data-dir the folder of "
+                         f"that file")
+    for split in ("train", "val", "test"):
+        if len(dataset.split(split)) == 0:
+            raise UsageError(f"{dataset.path} has no {split} images: training needs images in the train, val "
+                             f"and test splits")
+    absent = dataset.absent_classes()
+    if absent and config.num_classes is None:
+        log(f"warning: {dataset.path.name}'s labels skip {len(absent)} of classes 0-{dataset.num_classes - 1} "
+            f"(none of {_ranges(absent)}); the model gets {dataset.num_classes} outputs. If the file has a stray "
+            f"label, fix it; to say how many classes there are, pass --num-classes")
+
+
+def _ranges(values) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    out, values = [], sorted(values)
+    start = prev = values[0]
+    for v in values[1:] + [None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(f"{start}-{prev}" if prev > start else str(start))
+        if v is not None:
+            start = prev = v
+    return ", ".join(out)
+
+
+def _build_model(config: TrainConfig, dataset: Dataset):
+    try:
+        return models.build(config.arch, dataset.channels, dataset.image_size, dataset.num_classes,
+                            config.hidden_size, config.hidden_layers, rng=np.random.default_rng(config.seed),
+                            widths=config.widths, blocks=config.blocks, dropout=config.dropout)
+    except MemoryError as e:
+        raise UsageError(f"the {config.arch.upper()} does not fit in memory ({e}); choose smaller sizes") from None
+    except ValueError as e:
+        raise UsageError(f"{e} ({dataset.name}: {dataset.channels} x {dataset.image_size} x {dataset.image_size} "
+                         f"images)") from None
+
+
+def _generators(model, shuffle_rng, augment_rng) -> dict:
+    """Every random generator training draws from, by name: the shuffling, the augmentation, the
+    package's default generator (dropout without its own), and any layer's own."""
+    gens = {"shuffle": shuffle_rng, "augment": augment_rng, "default": default_rng()}
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "_rng", None), np.random.Generator):
+            gens[f"layer {name}"] = module._rng
+    return gens
+
+
+def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, figures: bool, create=None,
+           resumed=None) -> RunResult:
+    """The run itself: fresh (``create`` makes the folder once the data and the model are known to
+    work) or ``resumed`` = (checkpoint, saved config.json)."""
+    ck, saved = resumed if resumed else (None, None)
+    device = resolve_device(config.device)
+    bars = progress and sys.stderr.isatty()     # in a log file one line per epoch (``log``), no redraws
+    if dataset is None:
+        dataset = load(config.dataset, config.data_dir, progress=bars, num_classes=config.num_classes)
+    _data_checks(config, dataset, saved, log)
 
     train, val, test = dataset.train, dataset.val, dataset.test
     x_train, y_train = train.images, train.labels
@@ -304,9 +424,7 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
         x_train, y_train = x_train[:config.limit_train], y_train[:config.limit_train]
     K = dataset.num_classes
     manual_seed(config.seed)
-    model = models.build(config.arch, dataset.channels, dataset.image_size, K, config.hidden_size,
-                         config.hidden_layers, rng=np.random.default_rng(config.seed), widths=config.widths,
-                         blocks=config.blocks, dropout=config.dropout)
+    model = _build_model(config, dataset)
     shuffle_rng = np.random.default_rng([config.seed, 1])
     augment, augment_rng = make_augment(config), np.random.default_rng([config.seed, 2])
     model.to(device)
@@ -321,16 +439,47 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     graph = config.cuda_graphs and not per_batch
     step = TrainStep(model, loss_fn, opt, target=target, graph=graph, workers=config.workers,
                      max_grad_norm=config.grad_clip)
+    generators = _generators(model, shuffle_rng, augment_rng)
+
+    result = RunResult(run_dir)
+    history, best, train_seconds = result.history, {"val_acc": -1.0, "epoch": 0, "state": None}, []
+    position = checkpoint.Position()
+    if ck is not None:
+        if ck.optimizer_state["type"] != type(opt).__name__:
+            raise CheckpointError(f"{run_dir / checkpoint.FILE} holds {ck.optimizer_state['type']} state, but the "
+                                  f"run's settings make {type(opt).__name__}")
+        model.load_state_dict(ck.model_state)
+        opt.load_state_dict(ck.optimizer_state)
+        if scheduler is not None and ck.scheduler_state is not None:
+            scheduler.load_state_dict(ck.scheduler_state)
+        for name, rng in generators.items():
+            if name in ck.generators:
+                set_generator_state(rng, ck.generators[name])
+        history.extend(ck.history)
+        best, train_seconds, position = ck.best, list(ck.train_seconds), ck.position
+    else:
+        create()
 
     parts = step.parts_for(config.batch_size) if device == "cpu" else 1
-    settings = {**asdict(config), "device_used": device, "parts_per_batch": parts,
-                "num_parameters": model.num_parameters(),
-                "dataset_file": str(dataset.path), "dataset_md5": dataset.md5, "label_names": dataset.label_names,
-                "channels": dataset.channels, "image_size": dataset.image_size, "num_classes": K,
-                "train_size": len(y_train), "val_size": len(val), "test_size": len(test),
-                "normalization": "x / 255 scaled to [0, 1], then (x - 0.5) / 0.5",
-                "versions": versions(), "machine": machine(), "started": _dt.datetime.now().isoformat(timespec="seconds"),
-                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "status": "running"}
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    command = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+    if saved is None:
+        settings = {**asdict(config), "device_used": device, "parts_per_batch": parts,
+                    "num_parameters": model.num_parameters(),
+                    "dataset_file": str(dataset.path), "dataset_md5": dataset.md5,
+                    "label_names": dataset.label_names, "channels": dataset.channels,
+                    "image_size": dataset.image_size, "num_classes": K,
+                    "train_size": len(y_train), "val_size": len(val), "test_size": len(test),
+                    "normalization": "x / 255 scaled to [0, 1], then (x - 0.5) / 0.5",
+                    "versions": versions(), "machine": machine(), "started": now, "command": command}
+    else:
+        settings = dict(saved, epochs=config.epochs, data_dir=config.data_dir)
+        settings["resumed"] = saved.get("resumed", []) + [{"at": now, "from_epoch": position.epoch,
+                                                            "from_batch": position.batch, "command": command,
+                                                            "machine": machine()}]
+        for key in ("stopped_at", "error", "finished"):
+            settings.pop(key, None)
+    settings.update(status="running", epochs_done=position.epoch)
     write_json(run_dir / "config.json", settings)
     extras = [f"weight decay {config.weight_decay:g}" if config.weight_decay else "",
               f"{config.scheduler} schedule" if config.scheduler != "none" else "",
@@ -343,71 +492,153 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
         f"{config.optimizer} lr={config.lr:g}{extras}, loss {config.loss}, {config.epochs} epochs of batch "
         f"{config.batch_size} on {device}{f' (split in {parts} parts, one thread each)' if parts > 1 else ''}; "
         f"{dataset.name}: {len(y_train)} train / {len(val)} val / {len(test)} test")
-    log(f"run folder: {run_dir}")
+    log(f"run folder: {run_dir}" + (f" (resumed after epoch {position.epoch}"
+                                     + (f", batch {position.batch}" if position.batch else "") + ")" if ck else ""))
 
-    result = RunResult(run_dir)
-    history, best = result.history, {"val_acc": -1.0, "epoch": 0, "state": None}
-    train_seconds = []
+    writer = _CheckpointWriter(run_dir / checkpoint.FILE, model, opt, scheduler, generators)
     try:
-        for epoch in range(1, config.epochs + 1):
-            t0 = time.perf_counter()
-            total, correct, seen = 0.0, 0, 0
-            bar = tqdm(batches(*xs["train"], config.batch_size, shuffle=True, rng=shuffle_rng), total=n_batches,
-                       desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress, unit="batch")
-            for b, (xb, yb) in enumerate(bar, start=1):
-                if augment is not None:
-                    xb = augment(xb, augment_rng)
-                try:
-                    loss, hits = step(xb, yb)
-                except NonFiniteLoss as e:
-                    raise TrainingDiverged(f"the loss became {e.loss} at epoch {epoch}, batch {b} of {n_batches}; "
-                                           f"try a lower --lr (now {config.lr:g})") from None
-                total += loss * len(yb)
-                correct += hits
-                seen += len(yb)
-                bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
-                if per_batch:
-                    scheduler.step()
-            bar.close()
-            if scheduler is not None and not per_batch:
-                scheduler.step()
-            train_seconds.append(time.perf_counter() - t0)
-            val_loss, val_acc = evaluate_split(model, *xs["val"], loss_fn, target)
-            row = {"epoch": epoch, "train_loss": total / seen, "train_acc": correct / seen,
-                   "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - t0}
-            history.append(row)
-            if val_acc > best["val_acc"]:
-                best = {"val_acc": val_acc, "epoch": epoch, "state": model.state_dict()}   # a copy
-            log(f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-                f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['seconds']:.1f}s")
-            _write_history(run_dir, history)
-    except KeyboardInterrupt:
-        result.status = "interrupted"
-        log(f"interrupted during epoch {len(history) + 1}: saving the {len(history)} finished epoch(s)")
+        with Interrupts() as stop:
+            try:
+                for epoch in range(position.epoch + 1, config.epochs + 1):
+                    epoch_start = generator_state(shuffle_rng)
+                    skip, total, correct, seen = position.batch, position.loss_total, position.hits, position.seen
+                    t0 = time.perf_counter() - position.seconds
+                    bar = tqdm(batches(*xs["train"], config.batch_size, shuffle=True, rng=shuffle_rng),
+                               total=n_batches, initial=skip, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                               disable=not bars, unit="batch")
+                    for b, (xb, yb) in enumerate(bar, start=1):
+                        if b <= skip:
+                            continue            # trained before the run was stopped (same order: same seed)
+                        if augment is not None:
+                            xb = augment(xb, augment_rng)
+                        try:
+                            loss, hits = step(xb, yb)
+                        except NonFiniteLoss as e:
+                            raise TrainingDiverged(f"the loss became {e.loss} at epoch {epoch}, batch {b} of "
+                                                   f"{n_batches}; try a lower --lr (now {config.lr:g})") from None
+                        total += loss * len(yb)
+                        correct += hits
+                        seen += len(yb)
+                        bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
+                        if per_batch:
+                            scheduler.step()
+                        if stop.requested and b < n_batches:
+                            bar.close()
+                            position = checkpoint.Position(epoch - 1, b, total, correct, seen, time.perf_counter() - t0)
+                            generators_now = dict(writer.states(), shuffle=epoch_start)
+                            writer.write(position, history, best, train_seconds, generators_now)
+                            raise _Stopped(f"epoch {epoch}, batch {b} of {n_batches}")
+                    bar.close()
+                    if scheduler is not None and not per_batch:
+                        scheduler.step()
+                    train_seconds.append(time.perf_counter() - t0)
+                    val_loss, val_acc = evaluate_split(model, *xs["val"], loss_fn, target)
+                    row = {"epoch": epoch, "train_loss": total / seen, "train_acc": correct / seen,
+                           "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - t0}
+                    history.append(row)
+                    if val_acc > best["val_acc"]:
+                        best = {"val_acc": val_acc, "epoch": epoch, "state": model.state_dict()}   # a copy
+                    position = checkpoint.Position(epoch)
+                    log(f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc "
+                        f"{row['train_acc']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  {row['seconds']:.1f}s")
+                    _write_history(run_dir, history)
+                    if writer.due() or epoch == config.epochs or stop.requested:
+                        writer.write(position, history, best, train_seconds)
+                    settings["epochs_done"] = epoch
+                    write_json(run_dir / "config.json", settings)
+                    if stop.requested and epoch < config.epochs:
+                        raise _Stopped(f"the end of epoch {epoch}")
+                if not history:
+                    raise UsageError("no epoch to train")   # cannot happen: --epochs >= 1
+                _finish(config, run_dir, model, best, history, train_seconds, xs, loss_fn, target, test, dataset,
+                        settings, figures, stop, result, log, device, position)
+            except _Stopped as where:
+                _stopped(run_dir, settings, model, best, history, config, dataset, result, log, str(where))
     except TrainingDiverged:
         result.status = "diverged"
         settings.update(status="diverged", epochs_done=len(history))
         write_json(run_dir / "config.json", settings)
         _write_history(run_dir, history)
         raise
+    except UsageError:
+        raise
+    except KeyboardInterrupt:           # raised, not signalled (the handler only sets a flag): a thread's run
+        result.status = "interrupted"
+        settings.update(status="interrupted", stopped_at="a point the last checkpoint does not cover",
+                        epochs_done=len(history))
+        with contextlib.suppress(Exception):
+            write_json(run_dir / "config.json", settings)
+        raise
+    except BaseException as e:          # a bug, a full disk
+        settings.update(status="failed", error=f"{type(e).__name__}: {e}", epochs_done=len(history))
+        with contextlib.suppress(Exception):
+            write_json(run_dir / "config.json", settings)
+        raise
+    return result
 
-    settings.update(status=result.status, epochs_done=len(history),
-                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
-    write_json(run_dir / "config.json", settings)
-    _write_history(run_dir, history)
-    if not history:
-        log("no epoch finished: nothing to evaluate")
-        return result
 
+class _CheckpointWriter:
+    """Writes the checkpoint at epoch ends, as often as 2 % of the training time allows (a large model's
+    checkpoint on a slow disk takes longer than 2 % of a short epoch: then every few epochs), always
+    at the last epoch and when training is stopped."""
+
+    SHARE = 0.02
+
+    def __init__(self, path, model, opt, scheduler, generators):
+        self.path, self.model, self.opt, self.scheduler, self.generators = path, model, opt, scheduler, generators
+        self.cost, self.last = 0.0, time.perf_counter()
+
+    def states(self) -> dict:
+        return {name: generator_state(rng) for name, rng in self.generators.items()}
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.last >= self.cost / self.SHARE
+
+    def write(self, position, history, best, train_seconds, generators=None):
+        with deferred_interrupts():
+            t0 = time.perf_counter()
+            checkpoint.save(self.path, self.model, self.opt, self.scheduler, generators or self.states(), position,
+                            history, best, train_seconds)
+            self.last = time.perf_counter()
+            self.cost = self.last - t0
+
+
+def _stopped(run_dir, settings, model, best, history, config, dataset, result, log, where: str):
+    """Ctrl-C: the checkpoint is written; the best weights so far go to model.npz, the status says where."""
+    result.status = "interrupted"
+    with deferred_interrupts():
+        if best["state"] is not None:
+            model.load_state_dict(best["state"])
+            save_model(run_dir / "model.npz", model, _model_meta(config, dataset, best, settings))
+        settings.update(status="interrupted", stopped_at=where, epochs_done=len(history),
+                        finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        write_json(run_dir / "config.json", settings)
+    saved = f"; the best weights so far (epoch {best['epoch']}) are in model.npz" if best["state"] is not None else ""
+    log(f"interrupted at {where}: checkpoint saved{saved}. Continue with: python -m nnscratch.train "
+        f"--resume {run_dir}")
+
+
+def _model_meta(config, dataset, best, settings) -> dict:
+    return {"arch": config.arch, "in_channels": dataset.channels, "image_size": dataset.image_size,
+            "num_classes": dataset.num_classes, "hidden_size": config.hidden_size,
+            "hidden_layers": config.hidden_layers, "widths": config.widths, "blocks": config.blocks,
+            "dropout": config.dropout, "label_names": dataset.label_names, "dataset": dataset.name,
+            "best_epoch": best["epoch"], "normalization": settings["normalization"], "nnscratch": __version__}
+
+
+def _finish(config, run_dir, model, best, history, train_seconds, xs, loss_fn, target, test, dataset, settings,
+            figures, stop, result, log, device, position):
+    """After the last epoch: the last weights' test accuracy, the best weights into model.npz, their test
+    metrics and figures; the status "completed" last. Ctrl-C here stops before the next file (the
+    checkpoint of the last epoch is written: --resume does this again)."""
+    def check():
+        if stop.requested:
+            raise _Stopped("the final evaluation")
     last_test_acc = evaluate_split(model, *xs["test"], loss_fn, target)[1]
+    check()
     model.load_state_dict(best["state"])
-    meta = {"arch": config.arch, "in_channels": dataset.channels, "image_size": dataset.image_size,
-            "num_classes": K, "hidden_size": config.hidden_size, "hidden_layers": config.hidden_layers,
-            "widths": config.widths, "blocks": config.blocks, "dropout": config.dropout,
-            "label_names": dataset.label_names, "dataset": dataset.name, "best_epoch": best["epoch"],
-            "normalization": settings["normalization"], "nnscratch": __version__}
-    save_model(run_dir / "model.npz", model, meta)
-
+    save_model(run_dir / "model.npz", model, _model_meta(config, dataset, best, settings))
+    check()
     t0 = time.perf_counter()
     probs = predict(model, xs["test"][0])
     infer_s = time.perf_counter() - t0
@@ -416,6 +647,7 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
         # the figures above are without test-time augmentation; with it, the same metrics again
         tta_report = classification_report(test.labels, predict(model, xs["test"][0], tta=True), dataset.label_names)
         report["tta"] = {k: tta_report[k] for k in ("accuracy", "balanced_accuracy", "auc", "macro")}
+    check()
     report.update(
         split="test", dataset=dataset.name, best_epoch=best["epoch"], best_val_acc=best["val_acc"],
         last_epoch=len(history), last_epoch_test_accuracy=last_test_acc,
@@ -426,6 +658,11 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     write_json(run_dir / "metrics.json", report)
     if figures:
         write_figures(run_dir, history, report, title=config.preset or config.arch)
+    check()
+    with deferred_interrupts():
+        settings.update(status="completed", epochs_done=len(history),
+                        finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        write_json(run_dir / "config.json", settings)
     result.metrics = report
     auc = "undefined" if report["auc"] is None else f"{report['auc']:.4f}"
     log(f"test accuracy {report['accuracy']:.4f} with the best-validation weights (epoch {best['epoch']}), "
@@ -434,9 +671,8 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
         tta_auc = "undefined" if report["tta"]["auc"] is None else f"{report['tta']['auc']:.4f}"
         log(f"with test-time augmentation (the mean over 8 flips and turns): accuracy "
             f"{report['tta']['accuracy']:.4f}, AUC {tta_auc}")
-    log(f"wrote {run_dir}/: config.json history.json history.csv model.npz metrics.json"
+    log(f"wrote {run_dir}/: config.json history.json history.csv model.npz checkpoint.npz metrics.json"
         + (" and 4 figures" if figures else ""))
-    return result
 
 
 def _write_history(run_dir: Path, history: list):

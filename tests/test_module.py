@@ -37,7 +37,7 @@ def test_state_dict_is_a_copy_and_load_restores_it():
 def test_load_state_dict_reports_missing_unexpected_and_shape_mismatch():
     model = small()
     state = model.state_dict()
-    with pytest.raises(KeyError, match=r"missing keys \['3.bias'\], unexpected keys \['extra'\]"):
+    with pytest.raises(ns.CheckpointError, match=r"missing keys \['3.bias'\], unexpected keys \['extra'\]"):
         model.load_state_dict({**{k: v for k, v in state.items() if k != "3.bias"}, "extra": np.zeros(1)})
     state["3.weight"] = np.zeros((3, 9))
     with pytest.raises(ValueError, match=r"3.weight has shape \(3, 9\) in the state but \(3, 8\) in the model"):

@@ -255,24 +255,6 @@ def test_real_divergence_is_reported_with_epoch_and_batch(data_dir, tmp_path, ca
     assert "Traceback" not in err
 
 
-def test_ctrl_c_stops_cleanly_after_saving_what_was_done(data_dir, tmp_path, monkeypatch, capsys):
-    real = training.evaluate_split
-    calls = {"n": 0}
-
-    def interrupt_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:                     # validation of epoch 2: the user presses Ctrl-C
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(training, "evaluate_split", interrupt_second_epoch)
-    out = tmp_path / "int"
-    assert run_cli(data_dir, out, "--arch", "mlnn", "--hidden-size", "8", "--epochs", "5") == 130
-    assert RUN_FILES <= {p.name for p in out.iterdir()}
-    assert len(json.loads((out / "history.json").read_text())) == 1
-    assert json.loads((out / "config.json").read_text())["status"] == "interrupted"
-    assert "interrupted during epoch 2" in capsys.readouterr().out
-
-
 def test_help_explains_every_flag_with_its_default(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])

@@ -14,6 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..backend import check_device, get_array_module, to_device, to_numpy
+from ..errors import CheckpointError
 
 
 class _Held:
@@ -159,6 +160,12 @@ class Module:
         for _, child in self.named_children():
             yield from child.modules()
 
+    def named_modules(self, prefix: str = ""):
+        """(dotted name, module) for this module ("" at the top) and all its descendants, depth first."""
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
     def num_parameters(self) -> int:
         """Total count of trainable numbers."""
         return sum(p.size for p in self.parameters())
@@ -189,21 +196,28 @@ class Module:
         """Copy values from ``state`` (name -> array) into the parameters and buffers, in place.
 
         Shapes must match; values are cast to each parameter's dtype and moved to
-        its device. With ``strict`` every name must appear on both sides.
+        its device. With ``strict`` every name must appear on both sides. A state that does not fit
+        raises ``CheckpointError`` (a ``ValueError``) naming what is wrong.
         """
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise CheckpointError(f"{type(self).__name__}.load_state_dict: expected a mapping of names to "
+                                  f"arrays (model.state_dict()), got {type(state).__name__}")
         own = dict(self.named_state())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
-                           f"unexpected keys {unexpected}")
+            raise CheckpointError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                                  f"unexpected keys {unexpected}")
         for name, p in own.items():
             if name not in state:
                 continue
             value = np.asarray(to_numpy(state[name]))
             if value.shape != p.shape:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: {name} has shape {value.shape} "
-                                 f"in the state but {p.shape} in the model")
+                raise CheckpointError(f"{type(self).__name__}.load_state_dict: {name} has shape {value.shape} "
+                                      f"in the state but {p.shape} in the model")
+            if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+                raise CheckpointError(f"{type(self).__name__}.load_state_dict: {name} holds {value.dtype} "
+                                      f"values, not numbers")
             xp = get_array_module(p.data)
             p.data[...] = xp.asarray(value.astype(p.dtype, copy=False))
         return self

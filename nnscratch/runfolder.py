@@ -1,0 +1,87 @@
+"""The run folder: checked before anything is computed, never clobbered by accident, its status always true.
+
+``config.json``'s "status" says what happened to the run: "running" (or a run killed without
+warning: ``--resume`` tells them apart by the checkpoint), "interrupted" (Ctrl-C; "stopped_at" says
+where), "failed" ("error" says why), "diverged", or "completed", written last, once every other
+file of the run is in place.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UsageError
+from .files import read_json_object
+
+# every file a training run (and evaluate) writes into its folder; --overwrite removes these only
+RUN_FILE_PATTERNS = ("config.json", "history.json", "history.csv", "model.npz", "checkpoint.npz", "metrics.json",
+                     "metrics_*.json", "loss_curves.png", "accuracy_curves.png", "per_class_precision_recall*.png",
+                     "confusion_matrix*.png", ".*.tmp")
+MARKERS = ("config.json", "checkpoint.npz", "model.npz")        # a folder holding one of these holds a run
+
+
+def holds_run(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in MARKERS)
+
+
+def status(folder: Path) -> str:
+    """The status config.json records, or "unknown" when it cannot be read."""
+    try:
+        return str(read_json_object(folder / "config.json").get("status", "unknown"))
+    except UsageError:
+        return "unknown"
+
+
+def check_out(folder: Path, overwrite: bool, flag: str = "--out"):
+    """Refuse a folder that cannot be written or that holds a run (unless ``overwrite``): one line that
+    says what is wrong and what to do. Creates nothing."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file, not a folder: name a folder for the run")
+    for parent in list(reversed(folder.parents)) + [folder]:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{flag} {folder}: {parent} is a file, so no folder can be made under it")
+    if len(os.fsencode(folder.name)) > 255:
+        raise UsageError(f"{flag} {folder}: the folder name is {len(os.fsencode(folder.name))} bytes long, more "
+                         f"than a file system allows (255)")
+    existing = next((p for p in [folder] + list(folder.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {folder}: {existing} is not writable (permission denied); choose another folder")
+    if holds_run(folder) and not overwrite:
+        raise UsageError(f"{flag} {folder} already holds a run (status: {status(folder)}); continue it with "
+                         f"--resume {folder}, or add --overwrite to replace it")
+
+
+def create(folder: Path, overwrite: bool, flag: str = "--out"):
+    """Make the folder (after ``check_out``), removing an old run's files first with ``overwrite``, and
+    prove it writable."""
+    check_out(folder, overwrite, flag)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            remove_run_files(folder)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{flag} {folder}: cannot write there ({_reason(e)})") from None
+
+
+def remove_run_files(folder: Path):
+    for pattern in RUN_FILE_PATTERNS:
+        for path in folder.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
+def remove_stale_temporaries(folder: Path):
+    """Temporary files a killed write left behind (the files they were to replace are whole)."""
+    for path in folder.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def _reason(e: OSError) -> str:
+    if e.errno == errno.ENAMETOOLONG:
+        return "the path is too long"
+    return e.strerror or str(e)
