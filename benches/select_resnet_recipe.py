@@ -17,7 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from nnscratch.training import TrainConfig, run
+from nnscratch import checkpoint
+from nnscratch.training import TrainConfig, resume, run
 
 COMMON = dict(arch="resnet", optimizer="adamw", scheduler="onecycle", label_smoothing=0.1, batch_size=128)
 RECIPES = {
@@ -49,10 +50,12 @@ def main(argv=None):
             history_file = folder / "history.json"
             done = (history_file.is_file()
                     and json.loads((folder / "config.json").read_text()).get("status") == "completed")
-            if not done:
+            if not done and (folder / checkpoint.FILE).is_file():          # stopped part-way: continue it
+                resume(folder, data_dir=args.data_dir, progress=False, log=lambda *a: None)
+            elif not done:
                 flags = {"epochs": args.epochs, **RECIPES[name]}
                 run(TrainConfig(**COMMON, **flags, seed=seed, data_dir=args.data_dir, out=str(folder)),
-                    progress=False, log=lambda *a: None)
+                    progress=False, log=lambda *a: None, overwrite=True)
             history = json.loads(history_file.read_text())
             best = max(history, key=lambda h: h["val_acc"])
             seconds = statistics.median(h["seconds"] for h in history)

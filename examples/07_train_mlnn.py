@@ -23,7 +23,7 @@ def main(argv=None, arch="mlnn", name="07_mlnn", doc=__doc__):
     epochs, limit = (15, None) if args.full else (1 if args.quick else 2, 1000 if args.quick else 3000)
     config = TrainConfig(preset=f"{arch}-test1", arch=arch, epochs=epochs, limit_train=limit,
                          dataset=args.dataset, data_dir=args.data_dir, out=str(OUT / name))
-    result = run(config, progress=not args.quick)
+    result = run(config, progress=not args.quick, overwrite=True)      # each run of the example replaces the last
     m = result.metrics
     worst = min(m["per_class"], key=lambda c: c["f1"])
     print(f"hardest class: {worst['name']} (F1 {worst['f1']:.3f}, recall {worst['recall']:.3f}); "

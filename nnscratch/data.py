@@ -32,6 +32,7 @@ from .backend import get_array_module
 from .errors import UsageError
 from .files import atomic_path
 from .medmnist_info import DATASETS, DatasetInfo
+from .progress import bars
 
 SPLITS = ("train", "val", "test")
 ENV_VAR = "NNSCRATCH_DATA_DIR"
@@ -63,7 +64,11 @@ def search_dirs(data_dir=None) -> list[Path]:
     """The folders searched for dataset files, in order (see the module docstring)."""
     dirs = []
     if data_dir:
-        dirs.append(Path(data_dir).expanduser())
+        folder = Path(data_dir).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise DataError(f"--data-dir {data_dir} is a file, not a folder: give the folder that holds (or "
+                            f"is to hold) the dataset files")
+        dirs.append(folder)
     if os.environ.get(ENV_VAR):
         dirs.append(Path(os.environ[ENV_VAR]).expanduser())
     dirs.append(Path.home() / ".medmnist")
@@ -138,7 +143,7 @@ def _download(info: DatasetInfo, target: Path, progress: bool):
         total = int(response.headers.get("Content-Length") or 0) or None
         h = hashlib.md5()
         with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=target.name,
-                                        disable=not progress) as bar:
+                                        disable=not bars(progress)) as bar:
             for chunk in iter(lambda: response.read(1 << 16), b""):
                 f.write(chunk)
                 h.update(chunk)

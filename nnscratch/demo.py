@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 import nnscratch as ns
+from nnscratch.progress import bars
 
 SIZE, CLASSES = 12, ("horizontal", "vertical", "diagonal")
 
@@ -49,6 +50,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     rng = np.random.default_rng(args.seed)
     x_train, y_train = make_lines(2000, rng)
     x_test, y_test = make_lines(500, rng)
@@ -58,7 +61,7 @@ def main(argv=None):
     start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         order = rng.permutation(len(x_train))
-        bar = tqdm(range(0, len(order), 64), desc=f"epoch {epoch}/{args.epochs}", leave=False)
+        bar = tqdm(range(0, len(order), 64), desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=not bars())
         for s in bar:
             b = order[s:s + 64]
             loss = loss_fn(model(x_train[b]), y_train[b])

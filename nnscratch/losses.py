@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module, is_gpu_array, to_device, device_of
+from .backend import device_of, get_array_module, is_gpu_array, to_device, to_numpy
 from .checks import check_array, check_shape, no_forward
 
 
@@ -252,8 +252,21 @@ class SoftmaxMSELoss(Loss):
 
 
 def one_hot(labels, num_classes: int, dtype="float32"):
-    """labels: (B,) ints -> (B, num_classes) of 0 and 1, on the labels' device."""
+    """labels: (B,) ints in [0, num_classes) -> (B, num_classes) of 0 and 1, on the labels' device.
+    Labels outside the range raise ``ValueError`` naming them (NumPy would wrap a -1 round to the last
+    class); on a GPU they are not checked."""
     xp = get_array_module(labels)
+    labels = xp.asarray(labels)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"one_hot: num_classes must be a positive int, got {num_classes!r}")
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise ValueError(f"one_hot: expected a 1-D array of integer class labels, got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
+    if labels.size and not is_gpu_array(labels):     # on a GPU the check would wait for the device (and
+        low, high = int(labels.min()), int(labels.max())   # break the recording of a CUDA graph)
+        if low < 0 or high >= num_classes:
+            bad = to_numpy(labels[(labels < 0) | (labels >= num_classes)])
+            raise ValueError(f"one_hot: labels must lie in [0, {num_classes}); got {sorted(set(bad.tolist()))[:5]}")
     out = xp.zeros((labels.shape[0], num_classes), dtype=dtype)
     out[xp.arange(labels.shape[0]), labels] = 1
     return out

@@ -19,7 +19,17 @@ class Optimizer:
     """
 
     def __init__(self, params, lr: float):
-        self.params = list(params)
+        if hasattr(params, "parameters") and callable(params.parameters):
+            raise TypeError(f"{type(self).__name__}: expected the model's parameters, got a {type(params).__name__}; "
+                            f"pass model.parameters()")
+        try:
+            self.params = list(params)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}: expected an iterable of Parameters (model.parameters()), "
+                            f"got {type(params).__name__}") from None
+        if not all(hasattr(p, "data") and hasattr(p, "grad") for p in self.params):
+            raise TypeError(f"{type(self).__name__}: expected Parameters (model.parameters()), got "
+                            f"{sorted({type(p).__name__ for p in self.params})}")
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -108,10 +118,12 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-def _check_range(owner, name, value, lo, hi=math.inf, hi_open=False):
-    ok = isinstance(value, (int, float)) and lo <= value and (value < hi if hi_open else value <= hi)
+def _check_range(owner, name, value, lo, hi=math.inf, hi_open=False, lo_open=False):
+    ok = (isinstance(value, (int, float)) and (lo < value if lo_open else lo <= value)
+          and (value < hi if hi_open else value <= hi))
     if not ok:
-        raise ValueError(f"{owner}: {name} must lie in [{lo}, {hi}{')' if hi_open else ']'}, got {value!r}")
+        raise ValueError(f"{owner}: {name} must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
+                         f"got {value!r}")
 
 
 class SGD(Optimizer):
@@ -170,7 +182,8 @@ class Adam(Optimizer):
             raise ValueError(f"Adam: betas must be a pair, got {betas!r}")
         for i, b in enumerate(betas):
             _check_range("Adam", f"betas[{i}]", b, 0.0, 1.0, hi_open=True)
-        _check_range("Adam", "eps", eps, 0.0)
+        # eps = 0 (which PyTorch accepts) divides 0 by 0 for a weight whose gradient has always been 0: NaN
+        _check_range("Adam", "eps", eps, 0.0, lo_open=True)
         _check_range("Adam", "weight_decay", weight_decay, 0.0)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps, self.weight_decay = float(eps), float(weight_decay)

@@ -20,11 +20,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import checkpoint, runfolder
 from .cli import ArgumentParser, UsageError, run_cli
 from .data import load
-from .files import write_json
+from .files import read_json_object, write_json
+from .progress import bars
 from .report import CONFIGS, write_report
-from .training import BATCH_SIZES, PRESETS, TrainConfig, TrainingDiverged, machine, resolve_device, run, versions
+from .training import (BATCH_SIZES, PRESETS, RunResult, TrainConfig, TrainingDiverged, machine, resolve_device, resume,
+                       run, versions)
 
 
 def main(argv=None) -> int:
@@ -46,6 +49,10 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="folder searched first for the dataset "
                    "(then $NNSCRATCH_DATA_DIR, ~/.medmnist)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train every run anew, replacing the run folders in OUT/runs/ (default: a run found "
+                        "there completed with the same settings is kept, a stopped one continued from its "
+                        "checkpoint)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite OUT.md and its figures from the run folders in OUT/runs/ "
                         "(after a change to the report's code); the other flags are then ignored")
@@ -62,20 +69,28 @@ def main(argv=None) -> int:
             raise UsageError(f"--workers must be at least 1, got {args.workers}")
         device = resolve_device(args.device)
         out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} is a file, not a folder: name a folder for the reproduction")
+        runfolder.check_out(out / "runs", overwrite=True)     # writable, not under a file
         runs_dir = out / "runs"
         dataset = load(args.dataset, args.data_dir, progress=not args.quiet)
         jobs = [(c, s) for c in args.configs for s in args.seeds]
         start = time.perf_counter()
-        bar = tqdm(jobs, desc="reproduction", unit="run", disable=args.quiet, position=0)
+        bar = tqdm(jobs, desc="reproduction", unit="run", disable=not bars(not args.quiet), position=0)
         for c, s in bar:
             bar.set_description(f"reproduction: {c} seed {s}")
             config = TrainConfig(**PRESETS[c], preset=c, epochs=args.epochs, seed=s, device=device,
                                  batch_size=args.batch_size, dataset=args.dataset, data_dir=args.data_dir,
                                  workers=args.workers, out=str(runs_dir / f"{c}-seed{s}"))
             try:
-                run(config, dataset, progress=not args.quiet, log=tqdm.write, figures=False)
+                result = _run_or_continue(config, dataset, args, log=tqdm.write)
             except TrainingDiverged as e:
                 tqdm.write(f"{c} seed {s}: {e}")
+                continue
+            if result.status == "interrupted":
+                bar.close()
+                print("interrupted: run the same command again to continue where it stopped", file=sys.stderr)
+                return 130
         context = {
             "command": " ".join(["python -m nnscratch.reproduce"] + (sys.argv[1:] if argv is None else list(argv))),
             "date": _dt.date.today().isoformat(), "wall_minutes": (time.perf_counter() - start) / 60,
@@ -94,6 +109,26 @@ def main(argv=None) -> int:
 
 
 CONTEXT_FILE = "reproduction.json"
+
+
+def _run_or_continue(config: TrainConfig, dataset, args, log):
+    """The run of one (configuration, seed): skipped when its folder holds it completed with these
+    settings, continued from its checkpoint when it was stopped, trained anew otherwise; --overwrite
+    trains every run anew."""
+    folder = Path(config.out)
+    if args.overwrite or not runfolder.holds_run(folder):
+        return run(config, dataset, progress=not args.quiet, log=log, figures=False, overwrite=True)
+    saved = read_json_object(folder / "config.json") if (folder / "config.json").is_file() else {}
+    same = all(saved.get(k) == getattr(config, k) for k in ("preset", "seed", "epochs", "batch_size", "workers"))
+    if not same:
+        raise UsageError(f"{folder} holds a run with other settings (epochs {saved.get('epochs')}, batch "
+                         f"{saved.get('batch_size')}); give another --out, or add --overwrite to train it anew")
+    if saved.get("status") == "completed":
+        log(f"{config.preset} seed {config.seed}: done before, in {folder}")
+        return RunResult(folder, status="completed")
+    if (folder / checkpoint.FILE).is_file():
+        return resume(folder, dataset=dataset, progress=not args.quiet, log=log, figures=False)
+    return run(config, dataset, progress=not args.quiet, log=log, figures=False, overwrite=True)
 
 
 def batch_text(batch_size) -> str:

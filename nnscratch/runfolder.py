@@ -20,6 +20,7 @@ RUN_FILE_PATTERNS = ("config.json", "history.json", "history.csv", "model.npz", 
                      "metrics_*.json", "loss_curves.png", "accuracy_curves.png", "per_class_precision_recall*.png",
                      "confusion_matrix*.png", ".*.tmp")
 MARKERS = ("config.json", "checkpoint.npz", "model.npz")        # a folder holding one of these holds a run
+NAME_MAX, PATH_MAX = 255, 4096          # Linux's limits for one name and a whole path, in bytes
 
 
 def holds_run(folder: Path) -> bool:
@@ -37,15 +38,22 @@ def status(folder: Path) -> str:
 def check_out(folder: Path, overwrite: bool, flag: str = "--out"):
     """Refuse a folder that cannot be written or that holds a run (unless ``overwrite``): one line that
     says what is wrong and what to do. Creates nothing."""
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{flag} {folder} is a file, not a folder: name a folder for the run")
-    for parent in list(reversed(folder.parents)) + [folder]:
-        if parent.exists() and not parent.is_dir():
-            raise UsageError(f"{flag} {folder}: {parent} is a file, so no folder can be made under it")
-    if len(os.fsencode(folder.name)) > 255:
-        raise UsageError(f"{flag} {folder}: the folder name is {len(os.fsencode(folder.name))} bytes long, more "
-                         f"than a file system allows (255)")
-    existing = next((p for p in [folder] + list(folder.parents) if p.exists()), Path("."))
+    long = next((part for part in folder.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        raise UsageError(f"{flag}: the name {long[:40]}... is {len(os.fsencode(long))} bytes long, more than a file "
+                         f"system allows ({NAME_MAX}); choose a shorter one")
+    if len(os.fsencode(str(folder.absolute()))) >= PATH_MAX:
+        raise UsageError(f"{flag}: the path is {len(os.fsencode(str(folder.absolute())))} bytes long, more than "
+                         f"the system allows ({PATH_MAX - 1}); choose a shorter one")
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{flag} {folder} is a file, not a folder: name a folder for the run")
+        for parent in list(reversed(folder.parents)) + [folder]:
+            if parent.exists() and not parent.is_dir():
+                raise UsageError(f"{flag} {folder}: {parent} is a file, so no folder can be made under it")
+        existing = next((p for p in [folder] + list(folder.parents) if p.exists()), Path("."))
+    except OSError as e:
+        raise UsageError(f"{flag} {folder}: cannot use it ({_reason(e)})") from None
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {folder}: {existing} is not writable (permission denied); choose another folder")
     if holds_run(folder) and not overwrite:

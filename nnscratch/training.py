@@ -33,6 +33,7 @@ from .errors import CheckpointError, UsageError
 from .files import read_json_object, save_model, write_json, write_text
 from .interrupts import Interrupts, deferred_interrupts
 from .metrics import classification_report
+from .progress import bars
 from .random import default_rng, manual_seed
 from .step import NonFiniteLoss, TrainStep
 
@@ -413,9 +414,9 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
     work) or ``resumed`` = (checkpoint, saved config.json)."""
     ck, saved = resumed if resumed else (None, None)
     device = resolve_device(config.device)
-    bars = progress and sys.stderr.isatty()     # in a log file one line per epoch (``log``), no redraws
+    show = bars(progress)           # in a log file one line per epoch (``log``), no redraws
     if dataset is None:
-        dataset = load(config.dataset, config.data_dir, progress=bars, num_classes=config.num_classes)
+        dataset = load(config.dataset, config.data_dir, progress=show, num_classes=config.num_classes)
     _data_checks(config, dataset, saved, log)
 
     train, val, test = dataset.train, dataset.val, dataset.test
@@ -505,7 +506,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
                     t0 = time.perf_counter() - position.seconds
                     bar = tqdm(batches(*xs["train"], config.batch_size, shuffle=True, rng=shuffle_rng),
                                total=n_batches, initial=skip, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                               disable=not bars, unit="batch")
+                               disable=not show, unit="batch")
                     for b, (xb, yb) in enumerate(bar, start=1):
                         if b <= skip:
                             continue            # trained before the run was stopped (same order: same seed)

@@ -232,6 +232,9 @@ class Module:
         """
         if device is not None:
             check_device(device)
+        if dtype is not None and np.dtype(dtype).kind != "f":
+            raise TypeError(f"{type(self).__name__}.to: dtype must be a floating type (float32, float64), got "
+                            f"{np.dtype(dtype)}: parameters and their gradients need fractions")
         for p in self.parameters():
             data = p.data
             if dtype is not None:
