@@ -76,7 +76,7 @@ def save(path, model, optimizer, scheduler, generators: dict, position: Position
     best_in_file = best["state"] is not None and not (best["epoch"] == position.epoch and position.batch == 0)
     if best_in_file:
         arrays.update({f"best/{name}": value for name, value in best["state"].items()})
-    opt = optimizer.state_dict()
+    opt = optimizer.state_dict(copy=False)          # written before the next step changes them
     scalars = []
     for i, s in enumerate(opt["state"]):
         arrays.update({f"optim/{i}/{k}": v for k, v in s.items() if hasattr(v, "shape")})

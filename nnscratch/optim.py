@@ -89,11 +89,14 @@ class Optimizer:
                     state[k] = to_device(v, device)
         return self
 
-    def state_dict(self) -> dict:
-        """Hyperparameters and per-parameter state, as NumPy arrays."""
+    def state_dict(self, copy: bool = True) -> dict:
+        """Hyperparameters and per-parameter state, as NumPy arrays: copies, or with ``copy=False`` (on
+        the CPU) the optimizer's own arrays, which its next step changes (a checkpoint written at once)."""
+        def array(v):
+            v = to_numpy(v)
+            return v.copy() if copy else v
         return {"hyper": self._hyper(),
-                "state": [{k: to_numpy(v).copy() if hasattr(v, "shape") else v for k, v in s.items()}
-                          for s in self.state]}
+                "state": [{k: array(v) if hasattr(v, "shape") else v for k, v in s.items()} for s in self.state]}
 
     def load_state_dict(self, sd: dict):
         if len(sd["state"]) != len(self.params):
