@@ -588,6 +588,7 @@ class _CheckpointWriter:
 
     SHARE = 0.015
     BYTES_PER_SECOND = 500e6        # np.savez of the MLNN's 45 MB checkpoint here: 60-90 ms
+    ALWAYS_BELOW = 0.005            # seconds
 
     def __init__(self, path, model, opt, scheduler, generators):
         self.path, self.model, self.opt, self.scheduler, self.generators = path, model, opt, scheduler, generators
@@ -599,7 +600,8 @@ class _CheckpointWriter:
         return {name: generator_state(rng) for name, rng in self.generators.items()}
 
     def due(self) -> bool:
-        return time.perf_counter() - self.last >= self.cost / self.SHARE
+        # a write of a few milliseconds (a small model's) is always due: nothing a person would notice
+        return self.cost < self.ALWAYS_BELOW or time.perf_counter() - self.last >= self.cost / self.SHARE
 
     def write(self, position, history, best, train_seconds, generators=None):
         with deferred_interrupts():
