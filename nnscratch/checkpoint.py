@@ -20,6 +20,7 @@ resumed run draws the same order of images and skips the batches already done.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import numpy as np
 from .backend import to_numpy
 from .errors import CheckpointError
 from .files import META_KEY, atomic_path
+from .interrupts import deferred_interrupts
 
 FILE = "checkpoint.npz"
 FORMAT = 1
@@ -127,3 +129,39 @@ def load(path) -> Checkpoint:
 
 def _prefixed(arrays: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+class Writer:
+    """Writes the checkpoint at epoch ends, as often as 1.5 % of the training time allows (the last
+    epoch's write on top stays within 2 %), always at the last epoch and when training is stopped. The
+    CNN's and the ResNet's get one every epoch; the MLNN's (45 MB: its first layer's weights, their
+    two Adam moments and the best epoch's copy) takes longer to write than 1.5 % of its short epochs,
+    so it gets one every few epochs (``benches/checkpoint_cost.py`` measures both). Until the first
+    write has been timed, the time is estimated from the checkpoint's size."""
+
+    SHARE = 0.015
+    BYTES_PER_SECOND = 500e6        # np.savez of the MLNN's 45 MB checkpoint here: 60-90 ms
+    ALWAYS_BELOW = 0.005            # seconds
+
+    def __init__(self, path, model, opt, scheduler, generators: dict):
+        self.path, self.model, self.opt, self.scheduler, self.generators = path, model, opt, scheduler, generators
+        self.last = time.perf_counter()
+        size = 16 * sum(p.size for p in model.parameters())   # float32 parameters, two moments, the best copy
+        self.cost = size / self.BYTES_PER_SECOND
+
+    def states(self) -> dict:
+        """Every generator's state now, by name."""
+        return {name: generator_state(rng) for name, rng in self.generators.items()}
+
+    def due(self) -> bool:
+        # a write of a few milliseconds (a small model's) is always due: nothing a person would notice
+        return self.cost < self.ALWAYS_BELOW or time.perf_counter() - self.last >= self.cost / self.SHARE
+
+    def write(self, position, history, best, train_seconds, generators=None):
+        """``save`` (Ctrl-C held back meanwhile), timed; ``generators``: states to write instead of now's."""
+        with deferred_interrupts():
+            t0 = time.perf_counter()
+            save(self.path, self.model, self.opt, self.scheduler, generators or self.states(), position,
+                            history, best, train_seconds)
+            self.last = time.perf_counter()
+            self.cost = self.last - t0

@@ -44,7 +44,7 @@ def checkpoint_every_epoch(monkeypatch):
     to stay within its share of the time: here every epoch gets one, so that the kill points below
     find the checkpoints they expect (``test_the_writer_keeps_to_its_share_of_the_time`` tests the
     policy)."""
-    monkeypatch.setattr(training._CheckpointWriter, "ALWAYS_BELOW", float("inf"))
+    monkeypatch.setattr(checkpoint.Writer, "ALWAYS_BELOW", float("inf"))
 
 
 @pytest.fixture
@@ -314,14 +314,14 @@ def test_checkpoints_hold_every_generator_and_the_optimizer_state(data_dir, tmp_
 
 
 def test_the_writer_keeps_to_its_share_of_the_time(monkeypatch, tmp_path):
-    monkeypatch.setattr(training._CheckpointWriter, "ALWAYS_BELOW", 0.005)
+    monkeypatch.setattr(checkpoint.Writer, "ALWAYS_BELOW", 0.005)
     clock = [100.0]
     monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
     big = ns.models.mlnn(1180, 1, 3, 28, 8)             # 2.8 M parameters: about 45 MB to write
-    writer = training._CheckpointWriter(tmp_path / "c.npz", big, ns.Adam(big.parameters()), None, {})
+    writer = checkpoint.Writer(tmp_path / "c.npz", big, ns.Adam(big.parameters()), None, {})
     assert writer.cost == pytest.approx(16 * big.num_parameters() / writer.BYTES_PER_SECOND)
     assert not writer.due()                             # an epoch of 0.8 s later: not yet
     clock[0] += 1.001 * writer.cost / writer.SHARE
     assert writer.due()                                 # 1.5 % of the time since the last write
     small = ns.models.mlnn(8, 1, 3, 12, 3)
-    assert training._CheckpointWriter(tmp_path / "d.npz", small, ns.Adam(small.parameters()), None, {}).due()
+    assert checkpoint.Writer(tmp_path / "d.npz", small, ns.Adam(small.parameters()), None, {}).due()
