@@ -13,9 +13,9 @@ part, start to end (``threads.run_parallel``), and the cores meet once per pass.
   output) and after the backward pass (the parameters' gradients are summed);
 - ``step``: ``TrainStep``'s, which meets once a step: each part also computes its own loss.
 
-Each part runs through a replica of the model: a deep copy that shares the model's parameter
-arrays (so an optimizer's in-place update reaches every replica) and has its own gradients and
-layer buffers. Part 0 is the model itself. Only the order of the gradient's sums differs from the
+Each part runs through a replica of the model: a deep copy that shares the model's parameter and
+buffer arrays (so an optimizer's in-place update, a loaded state or a batch norm's running
+statistics reach every replica) and has its own gradients and layer buffers. Part 0 is the model itself. Only the order of the gradient's sums differs from the
 whole batch's.
 """
 from __future__ import annotations
@@ -149,8 +149,10 @@ class Replicas:
     def parts(self, model, ways: int) -> list:
         """[(model, parameters)] for ``ways`` parts: the model first, then its replicas."""
         params = model.parameters()
+        arrays = [v.data for _, v in model.named_state()]
         stale = len(self._copies) != ways - 1 or any(
-            len(p) != len(params) or any(a.data is not b.data for a, b in zip(p, params)) for _, p in self._copies)
+            len(mine) != len(arrays) or any(a is not b for a, b in zip(mine, arrays))
+            for mine in ([v.data for _, v in copy_.named_state()] for copy_, _ in self._copies))
         if stale:
             self._copies = [_replica(model) for _ in range(ways - 1)]
         for copy_, _ in self._copies:
@@ -174,9 +176,11 @@ def replicas_of(model) -> Replicas:
 
 
 def _replica(model) -> tuple:
-    """(copy, its parameters): a deep copy whose parameter values are the model's own arrays; its
-    gradients start at zero."""
-    shared = {id(p.data): p.data for p in model.parameters()}
+    """(copy, its parameters): a deep copy whose parameter and buffer values are the model's own
+    arrays (a buffer of its own would keep the running statistics of the model's past: a model
+    trained whole, or given another state by ``load_state_dict``, and then run split, would compute
+    part of the batch with stale statistics); its gradients start at zero."""
+    shared = {id(v.data): v.data for _, v in model.named_state()}
     twin = copy.deepcopy(model, shared)
     params = twin.parameters()
     for p in params:

@@ -347,3 +347,52 @@ def test_a_split_step_names_the_label_count_the_user_passed():
     step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.Adam(model.parameters()), workers=2)
     with pytest.raises(ValueError, match=r"labels of shape \(B,\) = \(64,\) for a batch of 64 images, got shape \(60,\)"):
         step(np.zeros((64, 3, 28, 28), np.float32), np.zeros(60, np.int64))
+
+
+def test_split_inference_uses_the_models_running_statistics_after_whole_training_and_loading():
+    """The replicas share the model's buffers: a ResNet trained whole (dropout keeps the batch whole),
+    or given another state, computes the same split as whole (a replica with buffers of its own ran
+    part of each batch with the running statistics of an earlier pass)."""
+    rng = np.random.default_rng(0)
+    ns.manual_seed(0)
+    model = ns.models.resnet(widths=(16, 16), blocks=(1, 1), dropout=0.2)
+    x = rng.standard_normal((64, 3, 12, 12)).astype(np.float32)
+
+    def split_and_whole():
+        model.eval()
+        model.workers = 2
+        split = model(x)
+        model.workers = 1
+        whole = model(x)
+        model.train()
+        model.workers = None
+        return split, whole
+    split_and_whole()                                   # the replicas are made here
+    step = ns.TrainStep(model, ns.CrossEntropyLoss(), ns.AdamW(model.parameters()))
+    for _ in range(2):
+        step(x, rng.integers(0, 8, 64))                 # trained whole: dropout
+    split, whole = split_and_whole()
+    np.testing.assert_array_equal(split, whole)
+    state = model.state_dict()
+    for name in state:
+        if name.endswith(("running_mean", "running_var")):
+            state[name] = state[name] * 1.5 + 0.25
+    model.load_state_dict(state)
+    split, whole = split_and_whole()
+    np.testing.assert_array_equal(split, whole)
+
+
+def test_split_training_moves_the_running_statistics_once_a_step():
+    """The parts share the running statistics: only the first moves them, so a split step moves them
+    as the whole batch's step does (momentum 0.1 once, not twice)."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((64, 3, 12, 12)).astype(np.float32), rng.integers(0, 8, 64)
+    stats = []
+    for workers in (1, 2):
+        ns.manual_seed(0)
+        model = ns.models.resnet(widths=(16, 16), blocks=(1, 1))
+        ns.TrainStep(model, ns.CrossEntropyLoss(), ns.AdamW(model.parameters()), workers=workers)(x, y)
+        stats.append({k: v for k, v in model.state_dict().items() if "running" in k or "tracked" in k})
+    assert stats[0]["1.num_batches_tracked"] == stats[1]["1.num_batches_tracked"] == 1
+    for k in stats[0]:
+        np.testing.assert_allclose(stats[1][k], stats[0][k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -57,7 +57,9 @@ class BatchNormStep(Step):
                 return mean, var
         y, xhat, mean, var = kernels.batchnorm_forward(x, weight, bias, bn.eps, self.relu, pool)
         n = pooled[0]
-        if bn.track_running_stats:
+        # the parts of a split batch share the running statistics' arrays (parallel._replica) and
+        # computed the same pooled mean and variance: the first part moves them, once
+        if bn.track_running_stats and (group is None or group[1] == 0):
             bn.update_running_stats(mean.astype(dt), var.astype(dt), n)
         inv_std = (1 / np.sqrt(var + bn.eps)).astype(dt)
         self._cache, self._fixed = (xhat, weight, bias, inv_std, y if self.relu else None), False
