@@ -1,6 +1,6 @@
 """The ResNet and its training recipe in PyTorch: the outside reference for nnscratch's ResNet.
 
-    python benches/torch_resnet_reference.py [--recipe base] [--seeds 0] [--epochs 20]
+    python benches/torch_resnet_reference.py [--recipe base] [--seeds 0] [--epochs N]
 
 The network of ``ns.models.resnet()`` (layer for layer, ``benches/speed.py``'s ``torch_resnet``,
 PyTorch's own initialisation), the recipe of ``benches/select_resnet_recipe.py`` (AdamW,
@@ -80,9 +80,10 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--recipe", choices=list(RECIPES), default="base")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's own, else 20)")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
+    args.epochs = args.epochs or RECIPES[args.recipe].get("epochs", 20)
     ds = load("bloodmnist", args.data_dir, progress=False)
     print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; recipe {args.recipe}: "
           f"{ {**COMMON, **RECIPES[args.recipe]} }, {args.epochs} epochs\n")
