@@ -291,15 +291,21 @@ def machine() -> dict:
     return info
 
 
+def print_now(*args):
+    """print, flushed at once: a log file (stdout not a terminal) gets each epoch's line as it ends."""
+    print(*args, flush=True)
+
+
 def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = True,
-        log=print, figures: bool = True, overwrite: bool = False) -> RunResult:
+        log=None, figures: bool = True, overwrite: bool = False) -> RunResult:
     """Train, evaluate and write the run folder; see the module docstring.
 
     A folder that already holds a run is refused (``UsageError``) unless ``overwrite``, which
-    removes the old run's files first. ``figures=False`` leaves out the four PNG files (the
+    removes the old run's files first. ``log`` prints each line (default: ``print_now``). ``figures=False`` leaves out the four PNG files (the
     reproduction draws its own). ``progress`` shows progress bars when stderr is a terminal.
     """
     config.validate()
+    log = log or print_now
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     runfolder.check_out(run_dir, overwrite)
     return _train(config, run_dir, dataset, progress, log, figures,
@@ -307,12 +313,13 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
 
 
 def resume(run_dir, epochs: int | None = None, dataset: Dataset | None = None, data_dir: str | None = None,
-           progress: bool = True, log=print, figures: bool = True) -> RunResult:
+           progress: bool = True, log=None, figures: bool = True) -> RunResult:
     """Continue the run in ``run_dir`` from its checkpoint with its own settings; on the CPU it ends with
     the bits the run would have had uninterrupted. ``epochs`` extends a run whose schedule does not
     depend on its length; ``data_dir`` only says where its dataset file now is (the MD5 must match).
     A completed run is left as it is."""
     run_dir = Path(run_dir)
+    log = log or print_now
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run folder")
     if not (run_dir / "config.json").is_file():
