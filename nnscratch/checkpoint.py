@@ -132,15 +132,16 @@ def _prefixed(arrays: dict, prefix: str) -> dict:
 
 
 class Writer:
-    """Writes the checkpoint at epoch ends, as often as 1.5 % of the training time allows (the last
-    epoch's write on top stays within 2 %), always at the last epoch and when training is stopped. The
-    CNN's and the ResNet's get one every epoch; the MLNN's (45 MB: its first layer's weights, their
-    two Adam moments and the best epoch's copy) takes longer to write than 1.5 % of its short epochs,
-    so it gets one every few epochs (``benches/checkpoint_cost.py`` measures both). Until the first
-    write has been timed, the time is estimated from the checkpoint's size."""
+    """Writes the checkpoint at epoch ends, as often as 1 % of the training time allows (the last
+    epoch's write on top keeps the whole within 2 %: a write's time varies by half from one to the
+    next on this disk), always at the last epoch and when training is stopped. The CNN's and the
+    ResNet's get one every epoch; the MLNN's (45 MB: its first layer's weights, their two Adam moments
+    and the best epoch's copy) takes longer to write than 1 % of its short epochs, so it gets one
+    every ten seconds or so of training (``benches/checkpoint_cost.py`` measures both). Until the
+    first write has been timed, the time is estimated from the checkpoint's size."""
 
-    SHARE = 0.015
-    BYTES_PER_SECOND = 500e6        # np.savez of the MLNN's 45 MB checkpoint here: 60-90 ms
+    SHARE = 0.01
+    BYTES_PER_SECOND = 300e6        # np.savez of the MLNN's 45 MB checkpoint here: 60-180 ms; the slow end
     ALWAYS_BELOW = 0.005            # seconds
 
     def __init__(self, path, model, opt, scheduler, generators: dict):

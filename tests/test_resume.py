@@ -322,6 +322,6 @@ def test_the_writer_keeps_to_its_share_of_the_time(monkeypatch, tmp_path):
     assert writer.cost == pytest.approx(16 * big.num_parameters() / writer.BYTES_PER_SECOND)
     assert not writer.due()                             # an epoch of 0.8 s later: not yet
     clock[0] += 1.001 * writer.cost / writer.SHARE
-    assert writer.due()                                 # 1.5 % of the time since the last write
+    assert writer.due()                                 # 1 % of the time since the last write
     small = ns.models.mlnn(8, 1, 3, 12, 3)
     assert checkpoint.Writer(tmp_path / "d.npz", small, ns.Adam(small.parameters()), None, {}).due()
