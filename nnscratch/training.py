@@ -453,53 +453,16 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
     history, best, train_seconds = result.history, {"val_acc": -1.0, "epoch": 0, "state": None}, []
     position = checkpoint.Position()
     if ck is not None:
-        if ck.optimizer_state["type"] != type(opt).__name__:
-            raise CheckpointError(f"{run_dir / checkpoint.FILE} holds {ck.optimizer_state['type']} state, but the "
-                                  f"run's settings make {type(opt).__name__}")
-        model.load_state_dict(ck.model_state)
-        opt.load_state_dict(ck.optimizer_state)
-        if scheduler is not None and ck.scheduler_state is not None:
-            scheduler.load_state_dict(ck.scheduler_state)
-        for name, rng in generators.items():
-            if name in ck.generators:
-                set_generator_state(rng, ck.generators[name])
+        _restore(ck, run_dir, model, opt, scheduler, generators)
         history.extend(ck.history)
         best, train_seconds, position = ck.best, list(ck.train_seconds), ck.position
     else:
         create()
 
     parts = step.parts_for(config.batch_size) if device == "cpu" else 1
-    now = _dt.datetime.now().isoformat(timespec="seconds")
-    command = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
-    if saved is None:
-        settings = {**asdict(config), "device_used": device, "parts_per_batch": parts,
-                    "num_parameters": model.num_parameters(),
-                    "dataset_file": str(dataset.path), "dataset_md5": dataset.md5,
-                    "label_names": dataset.label_names, "channels": dataset.channels,
-                    "image_size": dataset.image_size, "num_classes": K,
-                    "train_size": len(y_train), "val_size": len(val), "test_size": len(test),
-                    "normalization": "x / 255 scaled to [0, 1], then (x - 0.5) / 0.5",
-                    "versions": versions(), "machine": machine(), "started": now, "command": command}
-    else:
-        settings = dict(saved, epochs=config.epochs, data_dir=config.data_dir)
-        settings["resumed"] = saved.get("resumed", []) + [{"at": now, "from_epoch": position.epoch,
-                                                            "from_batch": position.batch, "command": command,
-                                                            "machine": machine()}]
-        for key in ("stopped_at", "error", "finished"):
-            settings.pop(key, None)
-    settings.update(status="running", epochs_done=position.epoch)
+    settings = _settings(config, saved, dataset, model, device, parts, len(y_train), position)
     write_json(run_dir / "config.json", settings)
-    extras = [f"weight decay {config.weight_decay:g}" if config.weight_decay else "",
-              f"{config.scheduler} schedule" if config.scheduler != "none" else "",
-              f"{config.warmup_epochs} warmup epoch(s)" if config.warmup_epochs else "",
-              f"label smoothing {config.label_smoothing:g}" if config.label_smoothing else "",
-              f"gradients clipped to norm {config.grad_clip:g}" if config.grad_clip else "",
-              f"augmented by {augment}" if augment else ""]
-    extras = "".join(f", {e}" for e in extras if e)
-    log(f"{config.preset or config.arch}: {config.arch.upper()} ({model.num_parameters():,} parameters), "
-        f"{config.optimizer} lr={config.lr:g}{extras}, loss {config.loss}, {config.epochs} epochs of batch "
-        f"{config.batch_size} on {device}{f' (split in {parts} parts, one thread each)' if parts > 1 else ''}; "
-        f"{dataset.name}: {len(y_train)} train / {len(val)} val / {len(test)} test")
+    log(_describe(config, model, augment, device, parts, dataset, len(y_train)))
     log(f"run folder: {run_dir}" + (f" (resumed after epoch {position.epoch}"
                                      + (f", batch {position.batch}" if position.batch else "") + ")" if ck else ""))
 
@@ -583,6 +546,61 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
             write_json(run_dir / "config.json", settings)
         raise
     return result
+
+
+def _restore(ck, run_dir, model, opt, scheduler, generators: dict):
+    """Everything the checkpoint ``ck`` holds put back: parameters and buffers, the optimizer's and the
+    scheduler's state, every generator's."""
+    if ck.optimizer_state["type"] != type(opt).__name__:
+        raise CheckpointError(f"{run_dir / checkpoint.FILE} holds {ck.optimizer_state['type']} state, but the "
+                              f"run's settings make {type(opt).__name__}")
+    model.load_state_dict(ck.model_state)
+    opt.load_state_dict(ck.optimizer_state)
+    if scheduler is not None and ck.scheduler_state is not None:
+        scheduler.load_state_dict(ck.scheduler_state)
+    for name, rng in generators.items():
+        if name in ck.generators:
+            set_generator_state(rng, ck.generators[name])
+
+
+def _settings(config, saved, dataset, model, device, parts, train_size, position) -> dict:
+    """What config.json records: every setting and where the run comes from (a new run), or the saved
+    record with this resumption added; status "running"."""
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    command = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+    if saved is None:
+        settings = {**asdict(config), "device_used": device, "parts_per_batch": parts,
+                    "num_parameters": model.num_parameters(),
+                    "dataset_file": str(dataset.path), "dataset_md5": dataset.md5,
+                    "label_names": dataset.label_names, "channels": dataset.channels,
+                    "image_size": dataset.image_size, "num_classes": dataset.num_classes,
+                    "train_size": train_size, "val_size": len(dataset.val), "test_size": len(dataset.test),
+                    "normalization": "x / 255 scaled to [0, 1], then (x - 0.5) / 0.5",
+                    "versions": versions(), "machine": machine(), "started": now, "command": command}
+    else:
+        settings = dict(saved, epochs=config.epochs, data_dir=config.data_dir)
+        settings["resumed"] = saved.get("resumed", []) + [{"at": now, "from_epoch": position.epoch,
+                                                            "from_batch": position.batch, "command": command,
+                                                            "machine": machine()}]
+        for key in ("stopped_at", "error", "finished"):
+            settings.pop(key, None)
+    settings.update(status="running", epochs_done=position.epoch)
+    return settings
+
+
+def _describe(config, model, augment, device, parts, dataset, train_size) -> str:
+    """The run's first line: network, recipe, batches, device, data."""
+    extras = [f"weight decay {config.weight_decay:g}" if config.weight_decay else "",
+              f"{config.scheduler} schedule" if config.scheduler != "none" else "",
+              f"{config.warmup_epochs} warmup epoch(s)" if config.warmup_epochs else "",
+              f"label smoothing {config.label_smoothing:g}" if config.label_smoothing else "",
+              f"gradients clipped to norm {config.grad_clip:g}" if config.grad_clip else "",
+              f"augmented by {augment}" if augment else ""]
+    extras = "".join(f", {e}" for e in extras if e)
+    return (f"{config.preset or config.arch}: {config.arch.upper()} ({model.num_parameters():,} parameters), "
+            f"{config.optimizer} lr={config.lr:g}{extras}, loss {config.loss}, {config.epochs} epochs of batch "
+            f"{config.batch_size} on {device}{f' (split in {parts} parts, one thread each)' if parts > 1 else ''}; "
+            f"{dataset.name}: {train_size} train / {len(dataset.val)} val / {len(dataset.test)} test")
 
 
 def _stopped(run_dir, settings, model, best, history, config, dataset, result, log, where: str):
