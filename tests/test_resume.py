@@ -23,11 +23,12 @@ from synthetic import write_medmnist
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# the CPU: the issue holds resumed runs to the same bits there (a GPU machine would otherwise be chosen)
 ARCHS = {
-    "mlnn": ["--arch", "mlnn", "--hidden-size", "8", "--batch-size", "16", "--epochs", "3"],
-    "cnn": ["--arch", "cnn", "--batch-size", "32", "--epochs", "3", "--workers", "2"],
+    "mlnn": ["--device", "cpu", "--arch", "mlnn", "--hidden-size", "8", "--batch-size", "16", "--epochs", "3"],
+    "cnn": ["--device", "cpu", "--arch", "cnn", "--batch-size", "32", "--epochs", "3", "--workers", "2"],
     # batch norm, dropout, augmentation with shifts, AdamW and a schedule stepped every batch
-    "resnet": ["--arch", "resnet", "--widths", "4", "8", "--blocks", "1", "1", "--dropout", "0.3", "--batch-size", "32",
+    "resnet": ["--device", "cpu", "--arch", "resnet", "--widths", "4", "8", "--blocks", "1", "1", "--dropout", "0.3", "--batch-size", "32",
                "--epochs", "3", "--augment", "dihedral", "--translate", "1", "--optimizer", "adamw",
                "--weight-decay", "0.05", "--scheduler", "onecycle", "--lr", "0.01", "--label-smoothing", "0.1",
                "--workers", "2"],
