@@ -1,7 +1,8 @@
 """The run folder: checked before anything is computed, never clobbered by accident, its status always true.
 
-``config.json``'s "status" says what happened to the run: "running" (or a run killed without
-warning: ``--resume`` tells them apart by the checkpoint), "interrupted" (Ctrl-C; "stopped_at" says
+``config.json``'s "status" says what happened to the run: "running" (with the training process's
+"pid" and "host": a run killed without warning leaves "running" and a process that is gone),
+"interrupted" (Ctrl-C; "stopped_at" says
 where), "failed" ("error" says why), "diverged", or "completed", written last, once every other
 file of the run is in place.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -35,6 +37,41 @@ def status(folder: Path) -> str:
         return "unknown"
 
 
+def owner(folder: Path) -> int | None:
+    """The id of a live process on this machine that config.json says is training the run in
+    ``folder`` (status "running"), or None: a run killed without warning leaves "running" behind
+    with a process that no longer exists."""
+    try:
+        saved = read_json_object(folder / "config.json")
+    except UsageError:
+        return None
+    pid = saved.get("pid")
+    if saved.get("status") != "running" or not isinstance(pid, int) or saved.get("host") != socket.gethostname():
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:             # alive, another user's
+        return pid
+    try:                                # the id may have been reused since: a Python process, at least?
+        if b"python" not in Path(f"/proc/{pid}/cmdline").read_bytes().lower():
+            return None
+    except OSError:
+        pass
+    return pid
+
+
+def check_not_running(folder: Path, what: str):
+    """Refuse to touch a run that a live process is still training: two writers would mix their files."""
+    pid = owner(folder)
+    if pid is not None:
+        raise UsageError(f"{what}: the run in {folder} is still being trained by process {pid} on this machine; "
+                         f"stop it first (Ctrl-C saves a checkpoint)")
+
+
 def check_out(folder: Path, overwrite: bool, flag: str = "--out"):
     """Refuse a folder that cannot be written or that holds a run (unless ``overwrite``): one line that
     says what is wrong and what to do. Creates nothing."""
@@ -56,6 +93,8 @@ def check_out(folder: Path, overwrite: bool, flag: str = "--out"):
         raise UsageError(f"{flag} {folder}: cannot use it ({_reason(e)})") from None
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {folder}: {existing} is not writable (permission denied); choose another folder")
+    if holds_run(folder):
+        check_not_running(folder, f"{flag} {folder}")
     if holds_run(folder) and not overwrite:
         raise UsageError(f"{flag} {folder} already holds a run (status: {status(folder)}); continue it with "
                          f"--resume {folder}, or add --overwrite to replace it")

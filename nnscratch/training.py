@@ -16,6 +16,7 @@ import datetime as _dt
 import math
 import os
 import platform
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -324,6 +325,7 @@ def resume(run_dir, epochs: int | None = None, dataset: Dataset | None = None, d
         raise UsageError(f"--resume {run_dir}: no such run folder")
     if not (run_dir / "config.json").is_file():
         raise UsageError(f"--resume {run_dir}: no config.json there, so it is not a run folder")
+    runfolder.check_not_running(run_dir, "--resume")
     saved = read_json_object(run_dir / "config.json")
     names = {f.name for f in fields(TrainConfig)}
     try:
@@ -584,7 +586,7 @@ def _settings(config, saved, dataset, model, device, parts, train_size, position
                                                             "machine": machine()}]
         for key in ("stopped_at", "error", "finished"):
             settings.pop(key, None)
-    settings.update(status="running", epochs_done=position.epoch)
+    settings.update(status="running", epochs_done=position.epoch, pid=os.getpid(), host=socket.gethostname())
     return settings
 
 

@@ -326,3 +326,21 @@ def test_the_writer_keeps_to_its_share_of_the_time(monkeypatch, tmp_path):
     assert writer.due()                                 # 1 % of the time since the last write
     small = ns.models.mlnn(8, 1, 3, 12, 3)
     assert checkpoint.Writer(tmp_path / "d.npz", small, ns.Adam(small.parameters()), None, {}).due()
+
+
+def test_a_run_still_being_trained_is_neither_resumed_nor_overwritten(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_cli(data_dir, out, *ARCHS["mlnn"]) == 0
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        cfg = json.loads((out / "config.json").read_text())
+        cfg.update(status="running", pid=other.pid)                 # as a live training process leaves it
+        (out / "config.json").write_text(json.dumps(cfg))
+        capsys.readouterr()
+        assert resume_cli(out) == 2
+        assert f"still being trained by process {other.pid} on this machine; stop it first" in capsys.readouterr().err
+        assert train_cli(data_dir, out, *ARCHS["mlnn"], "--overwrite") == 2
+    finally:
+        other.kill()
+        other.wait()
+    assert resume_cli(out) == 0                 # the process is gone: "running" was left by a kill
