@@ -18,7 +18,7 @@ from .files import load_checkpoint, save_model
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Buffer, Conv2d, Dropout, Flatten, Linear,
                      MaxPool2d, Module, Parameter, ReLU, Residual, Sequential)
-from .losses import CrossEntropyLoss, Loss, MSELoss, SoftmaxMSELoss, one_hot
+from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss, SoftmaxMSELoss, one_hot
 from .optim import SGD, Adam, AdamW, Optimizer
 from .random import manual_seed
 from .step import NonFiniteLoss, TrainStep
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Module", "Parameter", "Buffer", "Sequential", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
     "BatchNorm1d", "BatchNorm2d", "Dropout", "AvgPool2d", "AdaptiveAvgPool2d", "Residual",
-    "Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler", "clip_grad_norm_", "Augment",
+    "Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler", "clip_grad_norm_", "Augment",
     "TrainStep", "NonFiniteLoss", "save_model", "load_checkpoint", "CheckpointError",
     "models", "init", "kernels", "data", "fast", "plan", "set_execution", "get_execution", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
     "get_array_module", "gpu_available", "to_device", "to_numpy",

@@ -211,6 +211,7 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    task: str = "multi-class"       # MedMNIST's task type (medmnist_info); a custom file: multi-class
 
     @property
     def channels(self) -> int:
@@ -305,7 +306,7 @@ def load_file(path, info: DatasetInfo | None = None, num_classes: int | None = N
             raise DataError(f"{path}: {s}_labels range from {labels.min()} to {labels.max()}, outside "
                             f"[0, {len(names)}) for {len(names)} classes")
     splits = {s: Split(normalize(arrays[f"{s}_images"]), raw_labels[s]) for s in SPLITS}
-    return Dataset(path.stem, path, digest, tuple(names), **splits)
+    return Dataset(path.stem, path, digest, tuple(names), **splits, task=info.task if info else "multi-class")
 
 
 def batches(images, labels, batch_size: int, shuffle: bool = False, rng=None):

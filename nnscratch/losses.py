@@ -251,6 +251,86 @@ class SoftmaxMSELoss(Loss):
         return prob * (g - (g * prob).sum(axis=1, keepdims=True))
 
 
+class BCEWithLogitsLoss(Loss):
+    """Binary cross-entropy on logits, one independent yes/no per output (multi-label tasks), as
+    ``torch.nn.BCEWithLogitsLoss`` with ``reduction="mean"``:
+
+        loss = mean over (i, j) of  w_j [ p_j y_ij softplus(-x_ij) + (1 - y_ij) softplus(x_ij) ]
+
+    with softplus(z) = log(1 + e^z) = -log sigmoid(-z), computed as max(z, 0) + log1p(e^-|z|), so
+    that a logit of 1000 costs no overflow. x: logits (B, L); y: targets (B, L) in [0, 1];
+    ``weight`` w (L,) rescales each output's loss, ``pos_weight`` p (L,) its positive term (p > 1
+    weighs the rare positives up). Gradient: w (p y (sigmoid(x) - 1) + (1 - y) sigmoid(x)) / (B L),
+    which is w (sigmoid(x) - y) / (B L) for p = 1.
+    """
+
+    def __init__(self, weight=None, pos_weight=None):
+        self.weight = None if weight is None else _per_output(self, weight, "weight")
+        self.pos_weight = None if pos_weight is None else _per_output(self, pos_weight, "pos_weight")
+        self._cache = None
+
+    def forward(self, logits, target) -> float:
+        """logits, target: (B, L) -> the mean loss (float)."""
+        check_array(self, logits, "logits", finite=False)
+        check_shape(self, logits, (None, None), "(B, num_labels)", "logits")
+        check_array(self, target, "target")
+        if tuple(target.shape) != tuple(logits.shape):
+            raise ValueError(f"{self}: expected targets of the logits' shape {tuple(logits.shape)} (one 0 or 1 "
+                             f"per label), got {tuple(target.shape)}")
+        if is_gpu_array(target) != is_gpu_array(logits):
+            raise TypeError(f"{self}: the targets are on the {device_of(target).upper()} but the logits on the "
+                            f"{device_of(logits).upper()}; move them with ns.to_device(t, '{device_of(logits)}')")
+        for name in ("weight", "pos_weight"):
+            w = getattr(self, name)
+            if w is not None and w.shape[0] != logits.shape[1]:
+                raise ValueError(f"{self}: {name} has {w.shape[0]} entries for {logits.shape[1]} labels")
+        return float(self._forward(logits, target))
+
+    def _forward(self, x, target):
+        xp = get_array_module(x)
+        y = target.astype(x.dtype, copy=False)
+        weight, pos = (None if w is None else to_device(w, device_of(x)).astype(x.dtype, copy=False)
+                       for w in (self.weight, self.pos_weight))
+        softplus_x = xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))     # -log(1 - sigmoid(x))
+        softplus_minus_x = softplus_x - x                                  # -log sigmoid(x)
+        positive = y * softplus_minus_x if pos is None else pos * y * softplus_minus_x
+        loss = positive + (1 - y) * softplus_x
+        if weight is not None:
+            loss = weight * loss
+        self._cache = (x, y, weight, pos)
+        return loss.mean()
+
+    def _splittable(self) -> bool:
+        return True             # every sample brings the same number of elements to the mean, as MSE
+
+    def backward(self):
+        """-> dloss/dlogits, (B, L)."""
+        if self._cache is None:
+            raise no_forward(self)
+        x, y, weight, pos = self._cache
+        xp = get_array_module(x)
+        e = xp.exp(-xp.abs(x))                     # sigmoid without overflow for large |x|
+        sig = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        grad = (sig - y) if pos is None else pos * y * (sig - 1) + (1 - y) * sig
+        if weight is not None:
+            grad = weight * grad
+        return grad / x.size
+
+    def __repr__(self):
+        extras = ", ".join(f"{n}=({len(w)},)" for n, w in (("weight", self.weight), ("pos_weight", self.pos_weight))
+                           if w is not None)
+        return f"BCEWithLogitsLoss({extras})"
+
+
+def _per_output(owner, values, name):
+    """A (L,) array of finite, non-negative floats (kept on the host; moved to the logits' device)."""
+    a = np.asarray(to_numpy(values), dtype=np.float64)
+    if a.ndim != 1 or not np.isfinite(a).all() or (a < 0).any():
+        raise ValueError(f"{type(owner).__name__}: {name} must be a 1-D array of finite, non-negative values, one "
+                         f"per label, got {a.shape} {a if a.size < 6 else ''}")
+    return a
+
+
 def one_hot(labels, num_classes: int, dtype="float32"):
     """labels: (B,) ints in [0, num_classes) -> (B, num_classes) of 0 and 1, on the labels' device.
     Labels outside the range raise ``ValueError`` naming them (NumPy would wrap a -1 round to the last

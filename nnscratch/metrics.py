@@ -46,6 +46,46 @@ def roc_auc(is_positive, scores) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
+TASKS = ("multi-class", "binary-class", "ordinal-regression", "multi-label, binary-class")
+
+
+def medmnist_scores(task: str, y_true, scores, threshold: float = 0.5) -> dict:
+    """{"medmnist_acc", "medmnist_auc"} as MedMNIST's evaluator defines them (``medmnist/evaluator.py``),
+    so that results compare with its benchmark tables:
+
+    - "multi-label, binary-class": y_true (N, L) of 0 and 1, scores (N, L) per-label probabilities;
+      accuracy = the mean over labels of each label's accuracy with score >= threshold as positive,
+      AUC = the mean over labels of each label's ROC AUC;
+    - "binary-class": y_true (N,), scores (N, K): the last column is the positive class's; accuracy
+      with score > threshold as positive, its ROC AUC;
+    - "multi-class", "ordinal-regression": y_true (N,), scores (N, K); arg-max accuracy, the mean over
+      classes of the one-vs-rest ROC AUCs.
+
+    The AUC is None where one is undefined (a label or class with one kind of truth only), where
+    scikit-learn, which MedMNIST calls, raises.
+    """
+    if task not in TASKS:
+        raise ValueError(f"medmnist_scores: unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    y_true, scores = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] != y_true.shape[0]:
+        raise ValueError(f"medmnist_scores: expected scores (N, K) for {y_true.shape[0]} samples, got {scores.shape}")
+    if task == "multi-label, binary-class":
+        if y_true.shape != scores.shape:
+            raise ValueError(f"medmnist_scores: expected labels of the scores' shape {scores.shape}, got {y_true.shape}")
+        acc = float(np.mean([np.mean((scores[:, j] >= threshold) == (y_true[:, j] == 1)) for j in range(scores.shape[1])]))
+        aucs = [roc_auc(y_true[:, j] == 1, scores[:, j]) for j in range(scores.shape[1])]
+    elif task == "binary-class":
+        positive = scores[:, -1]
+        acc = float(np.mean((positive > threshold) == (y_true.reshape(-1) == 1)))
+        aucs = [roc_auc(y_true.reshape(-1) == 1, positive)]
+    else:
+        y = y_true.reshape(-1)
+        acc = float(np.mean(scores.argmax(axis=1) == y))
+        aucs = [roc_auc(y == k, scores[:, k]) for k in range(scores.shape[1])]
+    auc = None if any(a is None for a in aucs) else float(np.mean(aucs))
+    return {"medmnist_acc": acc, "medmnist_auc": auc}
+
+
 def classification_report(y_true, scores, label_names) -> dict:
     """Everything ``metrics.json`` holds but the timing.
 

@@ -1,7 +1,8 @@
 """One training step as a unit: forward, loss, backward, optimizer step, gradients cleared.
 
     step = ns.TrainStep(model, loss_fn, optimizer)
-    loss, correct = step(x, labels)      # loss: float, correct: int (argmax of the logits == label)
+    loss, correct = step(x, labels)      # loss: float, correct: int (argmax of the logits == label;
+                                         # multi-label targets: rows with every label right)
 
 On the CPU this is exactly the five lines every training loop writes (and the loss is checked
 before the backward pass, so a step that would diverge changes nothing), with two ways to be fast:
@@ -172,5 +173,8 @@ class TrainStep:
 
 
 def _hits(logits, labels) -> int:
-    """How many rows of logits (B, K) have their largest value at the label (B,)."""
+    """How many rows of logits (B, K) have their largest value at the label (B,); for multi-label
+    targets (B, K) of 0 and 1, how many rows have every label right (logit > 0 where the target is 1)."""
+    if labels.ndim == 2:
+        return int(((logits > 0) == (labels > 0.5)).all(axis=1).sum())
     return int((logits.argmax(axis=1) == labels).sum())

@@ -33,7 +33,7 @@ from .data import Dataset, batches, load, num_batches
 from .errors import CheckpointError, UsageError
 from .files import read_json_object, save_model, write_json, write_text
 from .interrupts import Interrupts, deferred_interrupts
-from .metrics import classification_report
+from .metrics import classification_report, medmnist_scores
 from .progress import bars
 from .random import default_rng, manual_seed
 from .step import NonFiniteLoss, TrainStep
@@ -645,6 +645,7 @@ def _finish(config, run_dir, model, best, history, train_seconds, xs, loss_fn, t
     probs = predict(model, xs["test"][0])
     infer_s = time.perf_counter() - t0
     report = classification_report(test.labels, probs, dataset.label_names)
+    report.update(task=dataset.task, **medmnist_scores(dataset.task, test.labels, probs))
     if config.tta:
         # the figures above are without test-time augmentation; with it, the same metrics again
         tta_report = classification_report(test.labels, predict(model, xs["test"][0], tta=True), dataset.label_names)

@@ -1,0 +1,137 @@
+"""BCEWithLogitsLoss equals PyTorch's in float64 and passes gradcheck; MedMNIST's evaluator metrics
+equal scikit-learn's on hand-made cases of every task type (issue 18)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import nnscratch as ns
+from nnscratch.metrics import medmnist_scores
+
+torch = pytest.importorskip("torch", reason="PyTorch is the oracle of these tests: pip install -e '.[test]'")
+skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is the metrics' oracle: pip install -e '.[test]'")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 7), st.integers(1, 9), st.sampled_from([0.1, 3.0, 60.0, 800.0]), st.booleans(), st.booleans(),
+       st.booleans(), st.integers(0, 2**32 - 1))
+def test_bce_with_logits_equals_pytorch(B, L, scale, weighted, pos_weighted, soft, seed):
+    """Values and gradients to 1e-10 relative, logits up to hundreds (no overflow), soft targets too."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, L)) * scale
+    y = rng.random((B, L)) if soft else (rng.random((B, L)) < 0.4).astype(np.float64)
+    w = rng.random(L) * 2 if weighted else None
+    p = rng.random(L) * 4 if pos_weighted else None
+    ours = ns.BCEWithLogitsLoss(weight=w, pos_weight=p)
+    value, grad = ours(x, y), ours.backward()
+    tx = torch.tensor(x, requires_grad=True)
+    theirs = torch.nn.BCEWithLogitsLoss(weight=None if w is None else torch.tensor(w),
+                                        pos_weight=None if p is None else torch.tensor(p))
+    tv = theirs(tx, torch.tensor(y))
+    tv.backward()
+    assert np.isfinite(value)
+    np.testing.assert_allclose(value, tv.item(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("pos_weight", [None, [0.5, 2.0, 3.0]])
+def test_bce_with_logits_passes_gradcheck(pos_weight):
+    rng = np.random.default_rng(0)
+    loss = ns.BCEWithLogitsLoss(weight=[1.0, 0.3, 2.0], pos_weight=pos_weight)
+    assert ns.gradcheck(loss, rng.standard_normal((5, 3)), (rng.random((5, 3)) < 0.5).astype(np.float64)).ok
+
+
+def test_bce_with_logits_refuses_what_does_not_fit():
+    loss = ns.BCEWithLogitsLoss()
+    with pytest.raises(ValueError, match=r"targets of the logits' shape \(2, 3\)"):
+        loss(np.zeros((2, 3)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="pos_weight has 2 entries for 3 labels"):
+        ns.BCEWithLogitsLoss(pos_weight=[1.0, 2.0])(np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="non-negative"):
+        ns.BCEWithLogitsLoss(weight=[-1.0])
+
+
+def test_a_model_trains_on_multi_label_targets_split_as_whole():
+    """The loss may split a batch across the cores (each sample weighs the same): the split step equals
+    the whole batch's to float32 rounding."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 3, 12, 12)).astype(np.float32)
+    y = (rng.random((64, 14)) < 0.2).astype(np.float32)
+    params = []
+    for workers in (1, 2):
+        ns.manual_seed(0)
+        model = ns.models.cnn(3, 12, 14)
+        step = ns.TrainStep(model, ns.BCEWithLogitsLoss(pos_weight=np.full(14, 2.0)), ns.SGD(model.parameters(), 0.1),
+                            workers=workers)
+        assert step.parts_for(64) == workers
+        losses = [step(x, y)[0] for _ in range(3)]
+        params.append([p.data.copy() for p in model.parameters()])
+        assert losses[-1] < losses[0]
+    for a, b in zip(*params):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ---- MedMNIST's evaluator ------------------------------------------------------------------------------
+
+def test_multi_class_and_ordinal_take_argmax_accuracy_and_mean_one_vs_rest_auc():
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1, 2, 2, 1, 0, 3, 3, 2, 1])
+    scores = rng.random((10, 4))
+    scores[3] = [0.2, 0.2, 0.2, 0.2]                    # a tie: the first maximum, as np.argmax
+    for task in ("multi-class", "ordinal-regression"):
+        got = medmnist_scores(task, y, scores)
+        assert got["medmnist_acc"] == skm.accuracy_score(y, scores.argmax(axis=1))
+        want = np.mean([skm.roc_auc_score(y == k, scores[:, k]) for k in range(4)])
+        assert got["medmnist_auc"] == pytest.approx(want, abs=1e-12)
+
+
+def test_binary_takes_the_last_columns_score_above_the_threshold():
+    y = np.array([0, 1, 1, 0, 1, 0])
+    scores = np.array([[0.7, 0.3], [0.5, 0.5], [0.2, 0.8], [0.4, 0.6], [0.9, 0.1], [0.55, 0.45]])
+    got = medmnist_scores("binary-class", y.reshape(-1, 1), scores)
+    # 0.5 is not above the threshold: sample 1 counts as negative (MedMNIST's strict >)
+    assert got["medmnist_acc"] == skm.accuracy_score(y, scores[:, -1] > 0.5) == 3 / 6
+    assert got["medmnist_auc"] == pytest.approx(skm.roc_auc_score(y, scores[:, -1]), abs=1e-12)
+
+
+def test_multi_label_averages_each_labels_accuracy_and_auc():
+    rng = np.random.default_rng(2)
+    y = (rng.random((20, 14)) < 0.3).astype(int)
+    y[0], y[1] = 1, 0                                   # every label has both kinds of truth
+    scores = rng.random((20, 14))
+    scores[5, 3] = 0.5                                  # at the threshold: positive (MedMNIST's >=)
+    got = medmnist_scores("multi-label, binary-class", y, scores)
+    want_acc = np.mean([skm.accuracy_score(y[:, j], scores[:, j] >= 0.5) for j in range(14)])
+    want_auc = np.mean([skm.roc_auc_score(y[:, j], scores[:, j]) for j in range(14)])
+    assert got["medmnist_acc"] == pytest.approx(want_acc, abs=1e-12)
+    assert got["medmnist_auc"] == pytest.approx(want_auc, abs=1e-12)
+
+
+def test_an_undefined_auc_is_none_and_bad_input_is_refused():
+    y = np.array([0, 0, 0])
+    assert medmnist_scores("multi-class", y, np.eye(3))["medmnist_auc"] is None
+    with pytest.raises(ValueError, match="unknown task"):
+        medmnist_scores("regression", y, np.eye(3))
+    with pytest.raises(ValueError, match="labels of the scores' shape"):
+        medmnist_scores("multi-label, binary-class", y, np.eye(3))
+
+
+def test_metrics_json_carries_medmnists_two_figures(tmp_path, monkeypatch):
+    import json
+
+    from nnscratch import data, evaluate, train
+    from synthetic import write_medmnist
+    d = tmp_path / "data"
+    d.mkdir()
+    write_medmnist(d / "tinymnist.npz", classes=3, size=12, channels=3)
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    out = tmp_path / "run"
+    assert train.main(["--dataset", "tinymnist", "--data-dir", str(d), "--out", str(out), "--quiet", "--arch", "mlnn",
+                       "--hidden-size", "8", "--epochs", "2"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    # a file of its own is a multi-class task: MedMNIST's accuracy is the arg-max accuracy, its AUC the
+    # mean of the one-vs-rest AUCs, which is the report's macro AUC
+    assert m["task"] == "multi-class" and m["medmnist_acc"] == m["accuracy"]
+    assert m["medmnist_auc"] == pytest.approx(m["auc"], abs=1e-12)
+    assert evaluate.main([str(out), "--data-dir", str(d)]) == 0
+    e = json.loads((out / "metrics_test.json").read_text())
+    assert (e["medmnist_acc"], e["medmnist_auc"]) == (m["medmnist_acc"], m["medmnist_auc"])
