@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .backend import get_array_module
 from .errors import UsageError
 from .files import atomic_path
-from .medmnist_info import DATASETS, DatasetInfo
+from .medmnist_info import DATASETS, SIZES, DatasetInfo, sized_name
 from .progress import bars
 
 SPLITS = ("train", "val", "test")
@@ -114,7 +114,8 @@ def fetch(name: str = "bloodmnist", data_dir=None, progress: bool = True) -> Pat
     if info is None:
         raise DataError(
             f"unknown dataset {name!r}: no {name}.npz in {', '.join(map(str, dirs))}, and it is not one of the "
-            f"MedMNIST 2D sets this tool can download ({', '.join(sorted(DATASETS))}); "
+            f"MedMNIST 2D sets this tool can download ({', '.join(sorted(n for n in DATASETS if '_' not in n))}, "
+            f"each also at 64, 128 and 224 pixels as <name>_<size>); "
             f"put a MedMNIST-format {name}.npz in one of those folders")
     target = dirs[0] / f"{name}.npz"
     sources = [(info.url, lambda: _download(info, target, progress))]
@@ -341,10 +342,12 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="bloodmnist", help="MedMNIST 2-D set name (default: %(default)s)")
     p.add_argument("--data-dir", default=None,
                    help=f"folder to look in and download to first (default: ${ENV_VAR}, then ~/.medmnist)")
+    p.add_argument("--size", type=int, default=28, choices=list(SIZES),
+                   help="image size: <dataset>_<size>.npz above 28 pixels (MedMNIST+) (default: %(default)s)")
     args = parser.parse_args(argv)
 
     def body():
-        ds = load(args.dataset, args.data_dir)
+        ds = load(sized_name(args.dataset, args.size), args.data_dir)
         print(f"{ds.path} (MD5 {ds.md5} verified)" if ds.name in DATASETS else f"{ds.path} (no known MD5)")
         print(f"{ds.name}: {ds.channels} x {ds.image_size} x {ds.image_size} images, {ds.num_classes} classes; "
               f"train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)}")

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"seed for the weights and the shuffling (default: {D.seed})")
     p.add_argument("--dataset", help=f"MedMNIST 2-D set, e.g. bloodmnist, dermamnist, pneumoniamnist "
                    f"(default: {D.dataset})")
+    p.add_argument("--size", type=int, choices=[28, 64, 128, 224],
+                   help=f"image size: MedMNIST+'s larger files <dataset>_<size>.npz (64, 128, 224 pixels), "
+                        f"fetched like the 28-pixel ones; the networks size themselves to the images "
+                        f"(default: {D.size})")
     p.add_argument("--data-dir", help="folder searched first for <dataset>.npz and downloaded to "
                    "(default: $NNSCRATCH_DATA_DIR, then ~/.medmnist)")
     p.add_argument("--out", help="run folder to write; one that holds a run is refused unless --overwrite "

@@ -33,6 +33,7 @@ from .data import Dataset, batches, load, num_batches
 from .errors import CheckpointError, UsageError
 from .files import read_json_object, save_model, write_json, write_text
 from .interrupts import Interrupts, deferred_interrupts
+from .medmnist_info import SIZES, sized_name
 from .metrics import classification_report, medmnist_scores
 from .progress import bars
 from .random import default_rng, manual_seed
@@ -105,6 +106,7 @@ class TrainConfig:
     blocks: tuple | None = None         # resnet: basic blocks per stage (default models.RESNET_BLOCKS)
     dropout: float = 0.0                # resnet: dropout before the last layer
     num_classes: int | None = None      # a custom dataset's classes (default: its largest label + 1)
+    size: int = 28                      # MedMNIST+'s image size: reads <dataset>_<size>.npz above 28
 
     def validate(self):
         """Raise UsageError for any setting out of range; fill in the architecture's batch size if none is set."""
@@ -152,6 +154,7 @@ class TrainConfig:
             (self.limit_train is None or self.limit_train >= 1, "--limit-train must be at least 1"),
             (self.workers is None or self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
             (self.num_classes is None or self.num_classes >= 2, f"--num-classes must be at least 2, got {self.num_classes}"),
+            (self.size in SIZES, f"--size must be one of {', '.join(map(str, SIZES))} (MedMNIST+'s sizes), got {self.size}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -425,7 +428,8 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
     device = resolve_device(config.device)
     show = bars(progress)           # in a log file one line per epoch (``log``), no redraws
     if dataset is None:
-        dataset = load(config.dataset, config.data_dir, progress=show, num_classes=config.num_classes)
+        dataset = load(sized_name(config.dataset, config.size), config.data_dir, progress=show,
+                       num_classes=config.num_classes)
     _data_checks(config, dataset, saved, log)
 
     train, val, test = dataset.train, dataset.val, dataset.test

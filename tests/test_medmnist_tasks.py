@@ -1,5 +1,6 @@
-"""BCEWithLogitsLoss equals PyTorch's in float64 and passes gradcheck; MedMNIST's evaluator metrics
-equal scikit-learn's on hand-made cases of every task type (issue 18)."""
+"""Every MedMNIST task and size (issue 18): BCEWithLogitsLoss equals PyTorch's in float64 and passes
+gradcheck; MedMNIST's evaluator metrics equal scikit-learn's on hand-made cases of every task type;
+MedMNIST+'s 64-pixel files train each network."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -135,3 +136,37 @@ def test_metrics_json_carries_medmnists_two_figures(tmp_path, monkeypatch):
     assert evaluate.main([str(out), "--data-dir", str(d)]) == 0
     e = json.loads((out / "metrics_test.json").read_text())
     assert (e["medmnist_acc"], e["medmnist_auc"]) == (m["medmnist_acc"], m["medmnist_auc"])
+
+
+# ---- MedMNIST+ sizes ------------------------------------------------------------------------------------
+
+def test_sizes_name_medmnists_files_and_carry_their_md5():
+    from nnscratch.medmnist_info import DATASETS, sized_name
+    assert sized_name("bloodmnist", 28) == "bloodmnist" and sized_name("bloodmnist", 224) == "bloodmnist_224"
+    info = DATASETS["bloodmnist_64"]
+    assert info.md5 == "2b94928a2ae4916078ca51e05b6b800b" and info.url.endswith("/bloodmnist_64.npz?download=1")
+    assert (info.labels, info.task, info.channels) == (DATASETS["bloodmnist"].labels, "multi-class", 3)
+    assert all(f"{n}_{s}" in DATASETS for n in ("chestmnist", "pathmnist", "organsmnist") for s in (64, 128, 224))
+    with pytest.raises(ValueError, match="MedMNIST's images are 28, 64, 128, 224 pixels"):
+        sized_name("bloodmnist", 32)
+
+
+@pytest.mark.parametrize("arch,flags", [("cnn", []), ("resnet", ["--widths", "8", "16"] + ["--blocks", "1", "1"]),
+                                        ("mlnn", ["--hidden-size", "16"])])
+def test_each_network_trains_on_64_pixel_images(arch, flags, tmp_path, monkeypatch):
+    import json
+
+    from nnscratch import data, train
+    from synthetic import write_medmnist
+    d = tmp_path / "data"
+    d.mkdir()
+    write_medmnist(d / "tinymnist_64.npz", classes=3, size=64, channels=3, n=(24, 8, 8))
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    out = tmp_path / "run"
+    assert train.main(["--dataset", "tinymnist", "--size", "64", "--data-dir", str(d), "--out", str(out), "--quiet",
+                       "--arch", arch, "--epochs", "1", "--batch-size", "8", *flags]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["image_size"] == 64 and config["size"] == 64 and config["dataset_file"].endswith("tinymnist_64.npz")
+    with pytest.raises(SystemExit) as e:                # argparse: --size is one of MedMNIST's sizes
+        train.main(["--dataset", "tinymnist", "--size", "32", "--quiet"])
+    assert e.value.code == 2
