@@ -226,8 +226,15 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.label_names)
 
+    @property
+    def multi_label(self) -> bool:
+        """Labels (N, L) of 0 and 1, one yes/no per label (ChestMNIST), instead of one class (N,)."""
+        return self.task.startswith("multi-label")
+
     def absent_classes(self) -> list:
-        """The classes 0 .. num_classes - 1 that no image of any split has."""
+        """The classes 0 .. num_classes - 1 that no image of any split has (none for a multi-label set)."""
+        if self.multi_label:
+            return []
         present = set()
         for s in SPLITS:
             present.update(np.unique(self.split(s).labels).tolist())
@@ -267,8 +274,6 @@ def load_file(path, info: DatasetInfo | None = None, num_classes: int | None = N
     if info is not None and digest != info.md5:
         raise DataError(f"{path} has MD5 {digest}, expected {info.md5} for {info.name}: the file is corrupt or "
                         f"not the official one; delete it and run: python -m nnscratch.data fetch --dataset {info.name}")
-    if info is not None and info.task.startswith("multi-label"):
-        raise DataError(f"{info.name} is a multi-label task; nnscratch trains single-label classifiers only")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -279,14 +284,23 @@ def load_file(path, info: DatasetInfo | None = None, num_classes: int | None = N
         raise DataError(f"{path} lacks the arrays {', '.join(missing)} (a MedMNIST file has train/val/test "
                         f"_images and _labels)")
     raw_labels = {}
+    columns = {arrays[f"{s}_labels"].shape[1] if arrays[f"{s}_labels"].ndim == 2 else 1 for s in SPLITS}
+    multi_label = (info.task.startswith("multi-label") if info is not None else max(columns) > 1)
+    if multi_label and len(columns) != 1:
+        raise DataError(f"{path}: the splits' labels have different numbers of columns: {sorted(columns)}")
     for s in SPLITS:
         images, labels = arrays[f"{s}_images"], arrays[f"{s}_labels"]
         if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
             raise DataError(f"{path}: {s}_images should be uint8 (N, H, W) or (N, H, W, 1|3), "
                             f"got {images.dtype} {images.shape}")
-        if labels.ndim == 2 and labels.shape[1] > 1:
-            raise DataError(f"{path}: {s}_labels has {labels.shape[1]} columns (multi-label); "
-                            f"nnscratch trains single-label classifiers only")
+        if multi_label:
+            if labels.ndim != 2 or labels.dtype.kind not in "iub" or (labels.size and not np.isin(labels, (0, 1)).all()):
+                raise DataError(f"{path}: {s}_labels of a multi-label task should be 0 and 1 in (N, labels), got "
+                                f"{labels.dtype} {labels.shape}")
+            if labels.shape[0] != images.shape[0]:
+                raise DataError(f"{path}: {s} has {images.shape[0]} images but {labels.shape[0]} label rows")
+            raw_labels[s] = labels.astype(np.int64)
+            continue
         labels = labels.reshape(-1)
         if labels.shape[0] != images.shape[0]:
             raise DataError(f"{path}: {s} has {images.shape[0]} images but {labels.shape[0]} labels")
@@ -298,16 +312,23 @@ def load_file(path, info: DatasetInfo | None = None, num_classes: int | None = N
         raise DataError(f"{path}: the splits' images differ in shape: {sorted(shapes)}")
     if info is not None:
         names = info.labels
+    elif multi_label:
+        names = tuple(f"label {i}" for i in range(columns.pop()))
     elif num_classes is not None:
         names = tuple(f"class {i}" for i in range(num_classes))
     else:
         names = tuple(f"class {i}" for i in range(int(max(int(v.max()) for v in raw_labels.values() if v.size)) + 1))
     for s, labels in raw_labels.items():
+        if multi_label:
+            if labels.shape[1] != len(names):
+                raise DataError(f"{path}: {s}_labels has {labels.shape[1]} columns, {len(names)} labels expected")
+            continue
         if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
             raise DataError(f"{path}: {s}_labels range from {labels.min()} to {labels.max()}, outside "
                             f"[0, {len(names)}) for {len(names)} classes")
     splits = {s: Split(normalize(arrays[f"{s}_images"]), raw_labels[s]) for s in SPLITS}
-    return Dataset(path.stem, path, digest, tuple(names), **splits, task=info.task if info else "multi-class")
+    task = info.task if info is not None else ("multi-label, binary-class" if multi_label else "multi-class")
+    return Dataset(path.stem, path, digest, tuple(names), **splits, task=task)
 
 
 def batches(images, labels, batch_size: int, shuffle: bool = False, rng=None):

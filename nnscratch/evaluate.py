@@ -18,8 +18,8 @@ from .cli import ArgumentParser, UsageError, run_cli
 from .data import SPLITS, load
 from .errors import CheckpointError
 from .files import load_checkpoint, read_json_object, write_json
-from .metrics import classification_report, format_report, medmnist_scores
-from .training import EVAL_BATCH, predict, resolve_device, write_figures
+from .metrics import format_report
+from .training import EVAL_BATCH, predict, report_for, resolve_device, write_figures
 
 
 def load_model(run_dir: Path):
@@ -64,10 +64,9 @@ def evaluate(run_dir, split: str = "test", data_dir=None, dataset_name=None, dev
     part = dataset.split(split)
     x = to_device(part.images, device)
     t0 = time.perf_counter()
-    probs = predict(model, x, tta=tta)
+    probs = predict(model, x, tta=tta, multi_label=dataset.multi_label)
     seconds = time.perf_counter() - t0
-    report = classification_report(part.labels, probs, dataset.label_names)
-    report.update(task=dataset.task, **medmnist_scores(dataset.task, part.labels, probs))
+    report = report_for(dataset, part.labels, probs)
     report.update(split=split, dataset=dataset.name, best_epoch=meta.get("best_epoch"), tta=tta,
                   timing={"inference_seconds": seconds, "inference_images_per_second": len(part) / seconds,
                           "inference_batch_size": EVAL_BATCH, "device": device})

@@ -66,6 +66,13 @@ def _check_logits_and_labels(owner, logits, target):
                         f"{device_of(logits).upper()}; move them with ns.to_device(y, '{device_of(logits)}')")
 
 
+def sigmoid(z):
+    """Element-wise 1 / (1 + e^-z), without overflow for large |z| (multi-label probabilities)."""
+    xp = get_array_module(z)
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
 def softmax(z):
     """z: (B, K) logits -> (B, K) probabilities, each row's maximum subtracted first (no overflow)."""
     exp = get_array_module(z).exp(z - z.max(axis=1, keepdims=True))
@@ -308,9 +315,7 @@ class BCEWithLogitsLoss(Loss):
         if self._cache is None:
             raise no_forward(self)
         x, y, weight, pos = self._cache
-        xp = get_array_module(x)
-        e = xp.exp(-xp.abs(x))                     # sigmoid without overflow for large |x|
-        sig = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        sig = sigmoid(x)
         grad = (sig - y) if pos is None else pos * y * (sig - 1) + (1 - y) * sig
         if weight is not None:
             grad = weight * grad

@@ -130,11 +130,55 @@ def classification_report(y_true, scores, label_names) -> dict:
     }
 
 
+def multilabel_report(y_true, probs, label_names, threshold: float = 0.5) -> dict:
+    """``metrics.json`` for a multi-label task: y_true (N, L) of 0 and 1, probs (N, L) per-label
+    probabilities, a label predicted where its probability is >= threshold (MedMNIST's rule).
+    "accuracy" is the mean over labels of each label's accuracy (MedMNIST's ACC), "exact_match" the
+    share of images with every label right, "auc" the mean of the labels' ROC AUCs (None where one is
+    undefined); per label: support (positives), precision, recall, F1, specificity, AUC."""
+    y_true = np.asarray(y_true).astype(bool)
+    probs = np.asarray(probs, dtype=np.float64)
+    L = len(label_names)
+    if probs.shape != y_true.shape or probs.ndim != 2 or probs.shape[1] != L:
+        raise ValueError(f"multilabel_report: expected labels and probabilities of shape (N, {L}), got "
+                         f"{y_true.shape} and {probs.shape}")
+    pred = probs >= threshold
+    tp = (pred & y_true).sum(axis=0).astype(np.float64)
+    fp = (pred & ~y_true).sum(axis=0).astype(np.float64)
+    fn = (~pred & y_true).sum(axis=0).astype(np.float64)
+    tn = (~pred & ~y_true).sum(axis=0).astype(np.float64)
+    precision, recall, specificity = _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    aucs = [roc_auc(y_true[:, j], probs[:, j]) for j in range(L)]
+    support = y_true.sum(axis=0)
+    weights = support / max(support.sum(), 1)
+    per = {"precision": precision, "recall": recall, "f1": f1, "specificity": specificity}
+    defined = [a for a in aucs if a is not None]
+    return {
+        "num_samples": int(y_true.shape[0]),
+        "accuracy": float((pred == y_true).mean()) if y_true.size else 0.0,
+        "exact_match": float((pred == y_true).all(axis=1).mean()) if y_true.size else 0.0,
+        "macro": {k: float(np.mean(v)) for k, v in per.items()},
+        "weighted": {k: float(np.sum(weights * v)) for k, v in per.items()},
+        "auc": float(np.mean(defined)) if defined and len(defined) == L else None,
+        "per_class": [
+            {"label": j, "name": label_names[j], "support": int(support[j]), "precision": float(precision[j]),
+             "recall": float(recall[j]), "sensitivity": float(recall[j]), "f1": float(f1[j]),
+             "specificity": float(specificity[j]), "auc": aucs[j]}
+            for j in range(L)],
+    }
+
+
 def format_report(report: dict, title: str = "") -> str:
     """The report as a plain-text table, for the terminal."""
     lines = [title] if title else []
-    lines.append(f"accuracy {report['accuracy']:.4f}   balanced accuracy {report['balanced_accuracy']:.4f}   "
-                 f"macro AUC {report['auc'] if report['auc'] is None else format(report['auc'], '.4f')}")
+    auc = report['auc'] if report['auc'] is None else format(report['auc'], '.4f')
+    if "exact_match" in report:         # a multi-label report: rows are labels
+        lines.append(f"accuracy (mean over labels) {report['accuracy']:.4f}   every label right "
+                     f"{report['exact_match']:.4f}   macro AUC {auc}")
+    else:
+        lines.append(f"accuracy {report['accuracy']:.4f}   balanced accuracy {report['balanced_accuracy']:.4f}   "
+                     f"macro AUC {auc}")
     head = f"{'class':<26}{'support':>8}{'precision':>10}{'recall':>8}{'f1':>8}{'specif.':>9}{'auc':>8}"
     lines += [head, "-" * len(head)]
     for c in report["per_class"]:

@@ -34,7 +34,7 @@ from .errors import CheckpointError, UsageError
 from .files import read_json_object, save_model, write_json, write_text
 from .interrupts import Interrupts, deferred_interrupts
 from .medmnist_info import SIZES, sized_name
-from .metrics import classification_report, medmnist_scores
+from .metrics import classification_report, medmnist_scores, multilabel_report
 from .progress import bars
 from .random import default_rng, manual_seed
 from .step import NonFiniteLoss, TrainStep
@@ -178,7 +178,19 @@ class TrainingDiverged(RuntimeError):
 # ---- pieces -----------------------------------------------------------------------------------
 
 def make_loss(config: TrainConfig, train_labels: np.ndarray, num_classes: int, device: str):
-    """(loss function, target(y) -> what the loss compares the logits with)."""
+    """(loss function, target(y) -> what the loss compares the logits with). Multi-label labels
+    (N, L): binary cross-entropy per label (``--class-weights balanced``: each label's positives
+    weighted by its negatives / positives)."""
+    if train_labels.ndim == 2:
+        if config.loss != "ce" or config.label_smoothing:
+            raise UsageError(f"a multi-label task trains with binary cross-entropy per label: --loss ce, no "
+                             f"--label-smoothing (got --loss {config.loss})")
+        pos_weight = None
+        if config.class_weights == "balanced":
+            positives = train_labels.sum(axis=0).astype(np.float64)
+            pos_weight = np.divide(len(train_labels) - positives, positives, out=np.ones(num_classes),
+                                   where=positives > 0)
+        return losses.BCEWithLogitsLoss(pos_weight=pos_weight), lambda y: y.astype(np.float32)
     if config.loss == "mse":
         return losses.SoftmaxMSELoss(), lambda y: y
     if config.loss == "mse-logits":
@@ -223,30 +235,35 @@ def make_augment(config: TrainConfig):
     return augment if augment.active else None
 
 
-def predict(model, images, batch_size: int = EVAL_BATCH, tta: bool = False):
-    """Class probabilities (N, K) as a NumPy float32 array, in evaluation mode. With ``tta`` each
-    image's probabilities are the mean over its 8 flips and quarter turns (``augment.dihedral``)."""
+def predict(model, images, batch_size: int = EVAL_BATCH, tta: bool = False, multi_label: bool = False):
+    """Class probabilities (N, K) as a NumPy float32 array, in evaluation mode (``multi_label``: each
+    label's own probability, the sigmoid of its logit). With ``tta`` each image's probabilities are the
+    mean over its 8 flips and quarter turns (``augment.dihedral``)."""
     model.eval()
     out = []
+    prob = losses.sigmoid if multi_label else losses.softmax
     for s in range(0, len(images), batch_size):
         xb = images[s:s + batch_size]
         if tta:
-            probs = sum(losses.softmax(model(dihedral(xb, k))) for k in range(SYMMETRIES)) / SYMMETRIES
+            probs = sum(prob(model(dihedral(xb, k))) for k in range(SYMMETRIES)) / SYMMETRIES
         else:
-            probs = losses.softmax(model(xb))
+            probs = prob(model(xb))
         out.append(to_numpy(probs))
     model.train()
     return np.concatenate(out)
 
 
 def evaluate_split(model, images, labels, loss_fn, target, batch_size: int = EVAL_BATCH):
-    """(mean loss, accuracy) over a whole split."""
+    """(mean loss, accuracy) over a whole split (multi-label: the mean per-label accuracy)."""
     model.eval()
     total, correct = 0.0, 0
     for xb, yb in batches(images, labels, batch_size):
         logits = model(xb)
         total += loss_fn(logits, target(yb)) * len(yb)
-        correct += int((logits.argmax(axis=1) == yb).sum())
+        if yb.ndim == 2:
+            correct += float(((logits > 0) == (yb > 0)).mean(axis=1).sum())
+        else:
+            correct += int((logits.argmax(axis=1) == yb).sum())
     model.train()
     n = len(labels)
     return total / n, correct / n
@@ -646,13 +663,13 @@ def _finish(config, run_dir, model, best, history, train_seconds, xs, loss_fn, t
     save_model(run_dir / "model.npz", model, _model_meta(config, dataset, best, settings))
     check()
     t0 = time.perf_counter()
-    probs = predict(model, xs["test"][0])
+    probs = predict(model, xs["test"][0], multi_label=dataset.multi_label)
     infer_s = time.perf_counter() - t0
-    report = classification_report(test.labels, probs, dataset.label_names)
-    report.update(task=dataset.task, **medmnist_scores(dataset.task, test.labels, probs))
+    report = report_for(dataset, test.labels, probs)
     if config.tta:
         # the figures above are without test-time augmentation; with it, the same metrics again
-        tta_report = classification_report(test.labels, predict(model, xs["test"][0], tta=True), dataset.label_names)
+        tta_report = report_for(dataset, test.labels, predict(model, xs["test"][0], tta=True,
+                                                              multi_label=dataset.multi_label))
         report["tta"] = {k: tta_report[k] for k in ("accuracy", "balanced_accuracy", "auc", "macro")}
     check()
     report.update(
@@ -690,13 +707,26 @@ def _write_history(run_dir: Path, history: list):
     write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
 
 
+def report_for(dataset: Dataset, labels, probs) -> dict:
+    """metrics.json's report for the dataset's task, with MedMNIST's two figures and the task."""
+    if dataset.multi_label:
+        report = multilabel_report(labels, probs, dataset.label_names)
+    else:
+        report = classification_report(labels, probs, dataset.label_names)
+    report.update(task=dataset.task, **medmnist_scores(dataset.task, labels, probs))
+    return report
+
+
 def write_figures(run_dir: Path, history: list, report: dict, title: str, suffix: str = ""):
-    """The four figures of a run; ``suffix`` (e.g. "_val") marks figures of another split."""
+    """The four figures of a run (a multi-label task's three: no confusion matrix, the labels not
+    being exclusive); ``suffix`` (e.g. "_val") marks figures of another split."""
     split = report.get("split", "test")
     if history:
         plots.curves(history, "loss", run_dir / "loss_curves.png", f"{title}: loss per epoch")
         plots.curves(history, "acc", run_dir / "accuracy_curves.png", f"{title}: accuracy per epoch")
+    per = "label" if "exact_match" in report else "class"
     plots.per_class_precision_recall(report, run_dir / f"per_class_precision_recall{suffix}.png",
-                                     f"{title}: precision and recall per class ({split})")
-    plots.confusion(report, run_dir / f"confusion_matrix{suffix}.png",
-                    f"{title}: confusion matrix ({split}, accuracy {report['accuracy']:.3f})")
+                                     f"{title}: precision and recall per {per} ({split})")
+    if "confusion_matrix" in report:
+        plots.confusion(report, run_dir / f"confusion_matrix{suffix}.png",
+                        f"{title}: confusion matrix ({split}, accuracy {report['accuracy']:.3f})")

@@ -26,3 +26,21 @@ def write_medmnist(path, classes=3, size=12, channels=3, n=(60, 24, 30), seed=0,
             arrays[k] = v
     np.savez(path, **arrays)
     return path
+
+
+def write_multilabel(path, labels=14, size=28, channels=1, n=(80, 30, 40), seed=0):
+    """A ChestMNIST-format file: each image has any subset of ``labels`` findings, finding j showing as
+    a bright row at height j; labels (N, labels) of 0 and 1."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        y = (rng.random((count, labels)) < 0.3).astype(np.uint8)
+        y[0], y[1] = 1, 0                                  # every finding both present and absent
+        shape = (count, size, size) if channels == 1 else (count, size, size, channels)
+        images = rng.integers(0, 60, shape).astype(np.uint8)
+        for i in range(count):
+            for j in np.flatnonzero(y[i]):
+                images[i, j % size] = 230
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, y
+    np.savez(path, **arrays)
+    return path

@@ -81,10 +81,19 @@ def test_labels_out_of_range_are_refused(dirs):
         data.load_file(path, info)
 
 
-def test_multi_label_files_are_refused(dirs):
-    write_medmnist(dirs["flag"] / "multimnist.npz", train_labels=np.zeros((60, 4), np.uint8))
-    with pytest.raises(data.DataError, match="multi-label"):
-        data.load("multimnist", dirs["flag"])
+def test_multi_label_files_load_as_multi_label_and_mixed_ones_are_refused(dirs):
+    rng = np.random.default_rng(0)
+    labels = {f"{s}_labels": (rng.random((n, 4)) < 0.5).astype(np.uint8) for s, n in zip(data.SPLITS, (60, 24, 30))}
+    write_medmnist(dirs["flag"] / "multimnist.npz", **labels)
+    ds = data.load("multimnist", dirs["flag"])
+    assert ds.multi_label and ds.task == "multi-label, binary-class" and ds.num_classes == 4
+    assert ds.train.labels.shape == (60, 4) and ds.absent_classes() == []
+    write_medmnist(dirs["flag"] / "mixedmnist.npz", train_labels=np.zeros((60, 4), np.uint8))
+    with pytest.raises(data.DataError, match=r"different numbers of columns: \[1, 4\]"):
+        data.load("mixedmnist", dirs["flag"])
+    write_medmnist(dirs["flag"] / "twosmnist.npz", **dict(labels, train_labels=np.full((60, 4), 2, np.uint8)))
+    with pytest.raises(data.DataError, match="should be 0 and 1"):
+        data.load("twosmnist", dirs["flag"])
 
 
 def test_a_file_that_is_not_npz_is_refused(dirs):

@@ -170,3 +170,61 @@ def test_each_network_trains_on_64_pixel_images(arch, flags, tmp_path, monkeypat
     with pytest.raises(SystemExit) as e:                # argparse: --size is one of MedMNIST's sizes
         train.main(["--dataset", "tinymnist", "--size", "32", "--quiet"])
     assert e.value.code == 2
+
+
+# ---- multi-label tasks end to end ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,flags", [("mlnn", ["--hidden-size", "32"]), ("cnn", [])])
+def test_a_multi_label_set_trains_and_evaluates_end_to_end(arch, flags, tmp_path, monkeypatch):
+    import json
+
+    from nnscratch import data, evaluate, train
+    from synthetic import write_multilabel
+    d = tmp_path / "data"
+    d.mkdir()
+    write_multilabel(d / "chesty.npz", labels=14, size=28)
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    out = tmp_path / "run"
+    assert train.main(["--dataset", "chesty", "--data-dir", str(d), "--out", str(out), "--quiet", "--arch", arch,
+                       "--epochs", "4", "--batch-size", "16", "--lr", "0.003", "--class-weights", "balanced",
+                       *flags]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == "multi-label, binary-class" and len(m["per_class"]) == 14
+    assert m["medmnist_acc"] == pytest.approx(m["accuracy"], abs=1e-12)      # the mean per-label accuracy
+    assert m["medmnist_auc"] == pytest.approx(m["auc"], abs=1e-12) and m["auc"] > 0.6
+    assert {"exact_match", "macro", "weighted"} <= set(m) and "confusion_matrix" not in m
+    assert (out / "per_class_precision_recall.png").is_file() and not (out / "confusion_matrix.png").exists()
+    history = json.loads((out / "history.json").read_text())
+    assert 0 <= history[-1]["train_acc"] <= 1 and 0 <= history[-1]["val_acc"] <= 1
+    assert evaluate.main([str(out), "--data-dir", str(d)]) == 0
+    e = json.loads((out / "metrics_test.json").read_text())
+    assert (e["medmnist_acc"], e["medmnist_auc"]) == (m["medmnist_acc"], m["medmnist_auc"])
+
+
+def test_multi_label_refuses_losses_that_do_not_apply(tmp_path, monkeypatch, capsys):
+    from nnscratch import data, train
+    from synthetic import write_multilabel
+    d = tmp_path / "data"
+    d.mkdir()
+    write_multilabel(d / "chesty.npz")
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    assert train.main(["--dataset", "chesty", "--data-dir", str(d), "--out", str(tmp_path / "r"), "--quiet",
+                       "--loss", "mse"]) == 2
+    assert "binary cross-entropy per label" in capsys.readouterr().err
+
+
+def test_multilabel_report_against_scikit_learn():
+    from nnscratch.metrics import multilabel_report
+    rng = np.random.default_rng(3)
+    y = (rng.random((30, 5)) < 0.4).astype(int)
+    y[0], y[1] = 1, 0
+    p = rng.random((30, 5))
+    r = multilabel_report(y, p, [f"l{j}" for j in range(5)])
+    pred = (p >= 0.5).astype(int)
+    assert r["accuracy"] == pytest.approx(np.mean([skm.accuracy_score(y[:, j], pred[:, j]) for j in range(5)]))
+    assert r["exact_match"] == pytest.approx(skm.accuracy_score(y, pred))          # subset accuracy
+    assert r["macro"]["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
+    assert r["macro"]["precision"] == pytest.approx(skm.precision_score(y, pred, average="macro", zero_division=0))
+    assert r["auc"] == pytest.approx(skm.roc_auc_score(y, p, average="macro"))
+    for j, c in enumerate(r["per_class"]):
+        assert c["recall"] == pytest.approx(skm.recall_score(y[:, j], pred[:, j], zero_division=0))
