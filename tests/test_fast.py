@@ -397,3 +397,10 @@ def test_winograd_blocks_are_cache_sized_and_only_on_one_core_for_large_batches(
             assert step._blocks(x) == [(0, 9)]
         monkeypatch.setattr(fast_rules, "WINOGRAD_BLOCKS_ABOVE", 9 * 4608)
         assert step._blocks(x) == [(0, 9)]                   # small enough to stay in the cache whole
+        monkeypatch.setattr(fast_rules, "WINOGRAD_BLOCKS_ABOVE", 0)
+        one_tile = np.zeros((9, 3, 3, 3), np.float32)      # a 1 x 1 output: one tile an image
+        small = ns.plan(ns.Sequential(ns.Conv2d(3, 5, 3)), one_tile).plan.steps[0]
+        monkeypatch.setattr(fast_rules, "WINOGRAD_BLOCK_BYTES", 1)
+        # blocks of 8 images (8 tiles at least); the last image, one row alone, joins the block before
+        assert small._blocks(one_tile) == [(0, 9)]
+        assert small._blocks(np.zeros((17, 3, 3, 3), np.float32)) == [(0, 8), (8, 17)]

@@ -21,6 +21,11 @@ from . import rules
 from .steps import Step
 
 
+# the fewest tiles (rows of its products) a block may have: a product of a single row is a matrix-vector
+# product, which BLAS rounds otherwise than the whole batch's
+MIN_BLOCK_TILES = 8
+
+
 class WinogradStep(Step):
     """Conv2d [+ ReLU] [+ MaxPool2d(2)] as Winograd F(2x2, 3x3) on the CPU.
 
@@ -46,15 +51,18 @@ class WinogradStep(Step):
         """The image ranges [(b0, b1), ...] run one after the other: the whole batch, or with
         ``winograd_in_blocks`` on one core blocks whose transformed tiles fit the core's cache."""
         B, conv = x.shape[0], self.layer
-        per_image = 16 * self.tiles[0] * self.tiles[1] * (conv.in_channels + conv.out_channels) * x.itemsize
-        # at least 8 tiles a block: a product of a single row is a matrix-vector product, rounded otherwise
-        size = max(-(-8 // (self.tiles[0] * self.tiles[1])), rules.WINOGRAD_BLOCK_BYTES // per_image)
+        tiles = self.tiles[0] * self.tiles[1]
+        per_image = 16 * tiles * (conv.in_channels + conv.out_channels) * x.itemsize
+        size = max(-(-MIN_BLOCK_TILES // tiles), rules.WINOGRAD_BLOCK_BYTES // per_image)
         # (one input or output channel: the products have one column, which BLAS computes as a
         # matrix-vector product, rounded otherwise for few rows than for many)
         if (not rules.on("winograd_in_blocks") or not kernels.serial() or size >= B
                 or per_image * B <= rules.WINOGRAD_BLOCKS_ABOVE or min(conv.in_channels, conv.out_channels) < 2):
             return [(0, B)]
-        return [(b, min(b + size, B)) for b in range(0, B, size)]
+        blocks = [(b, min(b + size, B)) for b in range(0, B, size)]
+        if (blocks[-1][1] - blocks[-1][0]) * tiles < MIN_BLOCK_TILES:     # the last, short block: with the one before
+            blocks[-2:] = [(blocks[-2][0], B)]
+        return blocks
 
     def _block_buffer(self, name: str, tiles: int, channels: int, like):
         """A kept (16, tiles, channels) array for one block (the last, smaller block has its own)."""
