@@ -29,7 +29,6 @@ import numpy as np
 from .backend import to_numpy
 from .errors import CheckpointError
 from .files import META_KEY, atomic_path
-from .interrupts import deferred_interrupts
 
 FILE = "checkpoint.npz"
 FORMAT = 1
@@ -110,8 +109,10 @@ def load(path) -> Checkpoint:
                                   f"format {FORMAT}")
         model_state = _prefixed(arrays, "model/")
         best = dict(meta["best"])
-        best["state"] = {"in file": lambda: _prefixed(arrays, "best/"), "model": lambda: dict(model_state),
-                         None: lambda: None}[best["state"]]()
+        if best["state"] == "in file":
+            best["state"] = _prefixed(arrays, "best/")
+        elif best["state"] == "model":
+            best["state"] = dict(model_state)
         opt_meta = meta["optimizer"]
         states = [dict(s) for s in opt_meta["scalars"]]
         for key, value in arrays.items():
@@ -159,10 +160,10 @@ class Writer:
         return self.cost < self.ALWAYS_BELOW or time.perf_counter() - self.last >= self.cost / self.SHARE
 
     def write(self, position, history, best, train_seconds, generators=None):
-        """``save`` (Ctrl-C held back meanwhile), timed; ``generators``: states to write instead of now's."""
-        with deferred_interrupts():
-            t0 = time.perf_counter()
-            save(self.path, self.model, self.opt, self.scheduler, generators or self.states(), position,
-                            history, best, train_seconds)
-            self.last = time.perf_counter()
-            self.cost = self.last - t0
+        """``save``, timed (it runs inside training's ``Interrupts`` block: Ctrl-C cannot cut it short);
+        ``generators``: states to write instead of now's."""
+        t0 = time.perf_counter()
+        save(self.path, self.model, self.opt, self.scheduler, generators or self.states(), position, history, best,
+             train_seconds)
+        self.last = time.perf_counter()
+        self.cost = self.last - t0

@@ -12,7 +12,6 @@ the block does nothing and Ctrl-C raises KeyboardInterrupt as usual.
 """
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import threading
@@ -45,21 +44,3 @@ class Interrupts:
             self._before = None
         return False
 
-
-@contextlib.contextmanager
-def deferred_interrupts():
-    """A block that Ctrl-C does not cut short (writing a checkpoint and the status beside it): inside an
-    ``Interrupts`` block SIGINT only sets its flag anyway; elsewhere in the main thread a press is held
-    back and raised as KeyboardInterrupt when the block ends."""
-    if threading.current_thread() is not threading.main_thread() or isinstance(
-            getattr(signal.getsignal(signal.SIGINT), "__self__", None), Interrupts):
-        yield
-        return
-    pressed = []
-    before = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
-    if pressed:
-        raise KeyboardInterrupt

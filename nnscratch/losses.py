@@ -55,6 +55,17 @@ def _check_labels(owner, target, batch: int, num_classes: int):
                              f"got values from {lo} to {hi}")
 
 
+def _check_target_like(owner, pred, target, expected: str, hint: str, pred_name: str):
+    """target: finite values of pred's shape on pred's device (MSE's and BCE's targets). ``expected``
+    and ``hint`` word the shape error ("expected {expected} shape (..), got (..){hint}")."""
+    check_array(owner, target, "target")
+    if tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(f"{owner}: expected {expected} shape {tuple(pred.shape)}, got {tuple(target.shape)}{hint}")
+    if is_gpu_array(target) != is_gpu_array(pred):
+        raise TypeError(f"{owner}: the target is on the {device_of(target).upper()} but the {pred_name} on the "
+                        f"{device_of(pred).upper()}; move it with ns.to_device(t, '{device_of(pred)}')")
+
+
 def _check_logits_and_labels(owner, logits, target):
     """logits: (B, K) floats, non-finite allowed (a NaN loss is what training reports); target: (B,) ints
     in [0, K) on the logits' device."""
@@ -194,13 +205,8 @@ class MSELoss(Loss):
             # class labels where MSE needs one target value per output
             raise TypeError(f"{self}: got class labels of shape {tuple(target.shape)} as the target, but MSE needs "
                             f"one value per output, shape {tuple(pred.shape)}: pass ns.one_hot(y, {pred.shape[1]})")
-        check_array(self, target, "target")
-        if tuple(pred.shape) != tuple(target.shape):
-            raise ValueError(f"{self}: expected a target of the prediction's shape {tuple(pred.shape)}, "
-                             f"got {tuple(target.shape)}; for class labels use ns.one_hot(y, num_classes)")
-        if is_gpu_array(target) != is_gpu_array(pred):
-            raise TypeError(f"{self}: the target is on the {device_of(target).upper()} but the prediction on the "
-                            f"{device_of(pred).upper()}; move it with ns.to_device(t, '{device_of(pred)}')")
+        _check_target_like(self, pred, target, "a target of the prediction's",
+                           "; for class labels use ns.one_hot(y, num_classes)", "prediction")
         return float(self._forward(pred, target))
 
     def _forward(self, pred, target):
@@ -280,13 +286,7 @@ class BCEWithLogitsLoss(Loss):
         """logits, target: (B, L) -> the mean loss (float)."""
         check_array(self, logits, "logits", finite=False)
         check_shape(self, logits, (None, None), "(B, num_labels)", "logits")
-        check_array(self, target, "target")
-        if tuple(target.shape) != tuple(logits.shape):
-            raise ValueError(f"{self}: expected targets of the logits' shape {tuple(logits.shape)} (one 0 or 1 "
-                             f"per label), got {tuple(target.shape)}")
-        if is_gpu_array(target) != is_gpu_array(logits):
-            raise TypeError(f"{self}: the targets are on the {device_of(target).upper()} but the logits on the "
-                            f"{device_of(logits).upper()}; move them with ns.to_device(t, '{device_of(logits)}')")
+        _check_target_like(self, logits, target, "targets of the logits'", " (one 0 or 1 per label)", "logits")
         for name in ("weight", "pos_weight"):
             w = getattr(self, name)
             if w is not None and w.shape[0] != logits.shape[1]:

@@ -139,22 +139,23 @@ def _in_group(group: BatchGroup, k: int, task):
 class Replicas:
     """The copies of a model that run parts 1, 2, ... of a split batch (part 0 is the model).
 
-    A copy is made again when the model's parameter arrays were replaced (``model.to``, a loaded
-    state of another dtype). Copies and deep copies of a model carry no replicas: they would share
-    nothing with the copy."""
+    A copy is made again when the model's parameter or buffer arrays were replaced (``model.to``, a
+    loaded state of another dtype). Copies and deep copies of a model carry no replicas: they would
+    share nothing with the copy."""
 
     def __init__(self):
         self._copies = []                 # [(model, parameters)]
+        self._shared = []                 # the model's arrays the copies were made to share
 
     def parts(self, model, ways: int) -> list:
         """[(model, parameters)] for ``ways`` parts: the model first, then its replicas."""
         params = model.parameters()
         arrays = [v.data for _, v in model.named_state()]
-        stale = len(self._copies) != ways - 1 or any(
-            len(mine) != len(arrays) or any(a is not b for a, b in zip(mine, arrays))
-            for mine in ([v.data for _, v in copy_.named_state()] for copy_, _ in self._copies))
+        stale = (len(self._copies) != ways - 1 or len(arrays) != len(self._shared)
+                 or any(a is not b for a, b in zip(arrays, self._shared)))
         if stale:
             self._copies = [_replica(model) for _ in range(ways - 1)]
+            self._shared = arrays
         for copy_, _ in self._copies:
             if copy_.training != model.training:
                 copy_.train(model.training)
@@ -164,7 +165,7 @@ class Replicas:
         return Replicas()
 
     def __getstate__(self):
-        return {"_copies": []}
+        return {"_copies": [], "_shared": []}
 
 
 def replicas_of(model) -> Replicas:

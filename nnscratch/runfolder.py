@@ -95,9 +95,9 @@ def check_out(folder: Path, overwrite: bool, flag: str = "--out"):
         raise UsageError(f"{flag} {folder}: {existing} is not writable (permission denied); choose another folder")
     if holds_run(folder):
         check_not_running(folder, f"{flag} {folder}")
-    if holds_run(folder) and not overwrite:
-        raise UsageError(f"{flag} {folder} already holds a run (status: {status(folder)}); continue it with "
-                         f"--resume {folder}, or add --overwrite to replace it")
+        if not overwrite:
+            raise UsageError(f"{flag} {folder} already holds a run (status: {status(folder)}); continue it with "
+                             f"--resume {folder}, or add --overwrite to replace it")
 
 
 def create(folder: Path, overwrite: bool, flag: str = "--out"):

@@ -114,7 +114,7 @@ class TrainStep:
             raise NonFiniteLoss(loss, applied=False)
         self.model.backward(self.loss_fn.backward(), need_input_grad=False)
         self._update()
-        return loss, _hits(logits, labels)
+        return loss, hits(logits, labels)
 
     def _update(self):
         """The optimizer's step on the gradients (clipped first, with ``max_grad_norm``), then zero_grad."""
@@ -166,13 +166,13 @@ class TrainStep:
             raise NonFiniteLoss(loss, applied=False)
         dp.gather_grads()
         self._update()
-        return loss, sum(_hits(logits, labels[cut]) for (logits, _), cut in zip(outs, cuts))
+        return loss, sum(hits(logits, labels[cut]) for (logits, _), cut in zip(outs, cuts))
 
     def __repr__(self):
         return f"TrainStep({type(self.model).__name__}, {self.loss_fn!r}, {self.optimizer!r})"
 
 
-def _hits(logits, labels):
+def hits(logits, labels):
     """How many rows of logits (B, K) have their largest value at the label (B,); for multi-label
     targets (B, K) of 0 and 1, the rows' shares of labels right (logit > 0 where the target is 1)
     summed, a float: divided by B, the mean per-label accuracy (MedMNIST's for these tasks)."""

@@ -32,12 +32,12 @@ from .checkpoint import generator_state, set_generator_state
 from .data import Dataset, batches, load, num_batches
 from .errors import CheckpointError, UsageError
 from .files import read_json_object, save_model, write_json, write_text
-from .interrupts import Interrupts, deferred_interrupts
+from .interrupts import Interrupts
 from .medmnist_info import SIZES, sized_name
 from .metrics import classification_report, medmnist_scores, multilabel_report
 from .progress import bars
 from .random import default_rng, manual_seed
-from .step import NonFiniteLoss, TrainStep
+from .step import NonFiniteLoss, TrainStep, hits
 
 EVAL_BATCH = 256
 
@@ -260,10 +260,7 @@ def evaluate_split(model, images, labels, loss_fn, target, batch_size: int = EVA
     for xb, yb in batches(images, labels, batch_size):
         logits = model(xb)
         total += loss_fn(logits, target(yb)) * len(yb)
-        if yb.ndim == 2:
-            correct += float(((logits > 0) == (yb > 0)).mean(axis=1).sum())
-        else:
-            correct += int((logits.argmax(axis=1) == yb).sum())
+        correct += hits(logits, yb)
     model.train()
     n = len(labels)
     return total / n, correct / n
@@ -629,13 +626,12 @@ def _describe(config, model, augment, device, parts, dataset, train_size) -> str
 def _stopped(run_dir, settings, model, best, history, config, dataset, result, log, where: str):
     """Ctrl-C: the checkpoint is written; the best weights so far go to model.npz, the status says where."""
     result.status = "interrupted"
-    with deferred_interrupts():
-        if best["state"] is not None:
-            model.load_state_dict(best["state"])
-            save_model(run_dir / "model.npz", model, _model_meta(config, dataset, best, settings))
-        settings.update(status="interrupted", stopped_at=where, epochs_done=len(history),
-                        finished=_dt.datetime.now().isoformat(timespec="seconds"))
-        write_json(run_dir / "config.json", settings)
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+        save_model(run_dir / "model.npz", model, _model_meta(config, dataset, best, settings))
+    settings.update(status="interrupted", stopped_at=where, epochs_done=len(history),
+                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
+    write_json(run_dir / "config.json", settings)
     saved = f"; the best weights so far (epoch {best['epoch']}) are in model.npz" if best["state"] is not None else ""
     log(f"interrupted at {where}: checkpoint saved{saved}. Continue with: python -m nnscratch.train "
         f"--resume {run_dir}")
@@ -683,10 +679,9 @@ def _finish(config, run_dir, model, best, history, train_seconds, xs, loss_fn, t
     if figures:
         write_figures(run_dir, history, report, title=config.preset or config.arch)
     check()
-    with deferred_interrupts():
-        settings.update(status="completed", epochs_done=len(history),
-                        finished=_dt.datetime.now().isoformat(timespec="seconds"))
-        write_json(run_dir / "config.json", settings)
+    settings.update(status="completed", epochs_done=len(history),
+                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
+    write_json(run_dir / "config.json", settings)
     result.metrics = report
     auc = "undefined" if report["auc"] is None else f"{report['auc']:.4f}"
     log(f"test accuracy {report['accuracy']:.4f} with the best-validation weights (epoch {best['epoch']}), "

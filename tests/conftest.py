@@ -6,6 +6,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import nnscratch as ns
+from nnscratch import data
+
+from synthetic import write_medmnist
 
 # numba compiles on first call, so the first example of a test can be slow: no deadline.
 settings.register_profile("default", deadline=None, max_examples=40,
@@ -13,6 +16,18 @@ settings.register_profile("default", deadline=None, max_examples=40,
 settings.register_profile("thorough", deadline=None, max_examples=300,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """A data folder holding tinymnist.npz (3 classes of 12 x 12 RGB images), searched alone: the
+    environment's data folder unset, HOME (~/.medmnist) inside tmp_path."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write_medmnist(d / "tinymnist.npz", classes=3, size=12, channels=3)
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return d
+
 
 requires_gpu = pytest.mark.skipif(not ns.gpu_available(),
                                   reason="no GPU: CuPy is not installed or sees no CUDA device")

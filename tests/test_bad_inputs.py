@@ -17,16 +17,6 @@ from nnscratch import data, demo, evaluate, reproduce, train, training
 from synthetic import write_medmnist
 
 
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    d = tmp_path / "data"
-    d.mkdir()
-    write_medmnist(d / "tinymnist.npz", classes=3, size=12, channels=3)
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    return d
-
-
 def train_cli(data_dir, *flags, dataset="tinymnist"):
     return train.main(["--dataset", dataset, "--data-dir", str(data_dir), "--quiet", "--arch", "mlnn",
                        "--hidden-size", "4", "--epochs", "1", *flags])

@@ -116,15 +116,11 @@ def test_an_undefined_auc_is_none_and_bad_input_is_refused():
         medmnist_scores("multi-label, binary-class", y, np.eye(3))
 
 
-def test_metrics_json_carries_medmnists_two_figures(tmp_path, monkeypatch):
+def test_metrics_json_carries_medmnists_two_figures(data_dir, tmp_path):
     import json
 
-    from nnscratch import data, evaluate, train
-    from synthetic import write_medmnist
-    d = tmp_path / "data"
-    d.mkdir()
-    write_medmnist(d / "tinymnist.npz", classes=3, size=12, channels=3)
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    from nnscratch import evaluate, train
+    d = data_dir
     out = tmp_path / "run"
     assert train.main(["--dataset", "tinymnist", "--data-dir", str(d), "--out", str(out), "--quiet", "--arch", "mlnn",
                        "--hidden-size", "8", "--epochs", "2"]) == 0
@@ -153,15 +149,13 @@ def test_sizes_name_medmnists_files_and_carry_their_md5():
 
 @pytest.mark.parametrize("arch,flags", [("cnn", []), ("resnet", ["--widths", "8", "16"] + ["--blocks", "1", "1"]),
                                         ("mlnn", ["--hidden-size", "16"])])
-def test_each_network_trains_on_64_pixel_images(arch, flags, tmp_path, monkeypatch):
+def test_each_network_trains_on_64_pixel_images(arch, flags, data_dir, tmp_path):
     import json
 
-    from nnscratch import data, train
+    from nnscratch import train
     from synthetic import write_medmnist
-    d = tmp_path / "data"
-    d.mkdir()
+    d = data_dir
     write_medmnist(d / "tinymnist_64.npz", classes=3, size=64, channels=3, n=(24, 8, 8))
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
     out = tmp_path / "run"
     assert train.main(["--dataset", "tinymnist", "--size", "64", "--data-dir", str(d), "--out", str(out), "--quiet",
                        "--arch", arch, "--epochs", "1", "--batch-size", "8", *flags]) == 0
@@ -175,15 +169,13 @@ def test_each_network_trains_on_64_pixel_images(arch, flags, tmp_path, monkeypat
 # ---- multi-label tasks end to end ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch,flags", [("mlnn", ["--hidden-size", "32"]), ("cnn", [])])
-def test_a_multi_label_set_trains_and_evaluates_end_to_end(arch, flags, tmp_path, monkeypatch):
+def test_a_multi_label_set_trains_and_evaluates_end_to_end(arch, flags, data_dir, tmp_path):
     import json
 
-    from nnscratch import data, evaluate, train
+    from nnscratch import evaluate, train
     from synthetic import write_multilabel
-    d = tmp_path / "data"
-    d.mkdir()
+    d = data_dir
     write_multilabel(d / "chesty.npz", labels=14, size=28)
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
     out = tmp_path / "run"
     assert train.main(["--dataset", "chesty", "--data-dir", str(d), "--out", str(out), "--quiet", "--arch", arch,
                        "--epochs", "4", "--batch-size", "16", "--lr", "0.003", "--class-weights", "balanced",
@@ -201,13 +193,11 @@ def test_a_multi_label_set_trains_and_evaluates_end_to_end(arch, flags, tmp_path
     assert (e["medmnist_acc"], e["medmnist_auc"]) == (m["medmnist_acc"], m["medmnist_auc"])
 
 
-def test_multi_label_refuses_losses_that_do_not_apply(tmp_path, monkeypatch, capsys):
-    from nnscratch import data, train
+def test_multi_label_refuses_losses_that_do_not_apply(data_dir, tmp_path, capsys):
+    from nnscratch import train
     from synthetic import write_multilabel
-    d = tmp_path / "data"
-    d.mkdir()
+    d = data_dir
     write_multilabel(d / "chesty.npz")
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
     assert train.main(["--dataset", "chesty", "--data-dir", str(d), "--out", str(tmp_path / "r"), "--quiet",
                        "--loss", "mse"]) == 2
     assert "binary cross-entropy per label" in capsys.readouterr().err

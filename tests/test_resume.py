@@ -48,16 +48,6 @@ def checkpoint_every_epoch(monkeypatch):
     monkeypatch.setattr(checkpoint.Writer, "ALWAYS_BELOW", float("inf"))
 
 
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    d = tmp_path / "data"
-    d.mkdir()
-    write_medmnist(d / "tinymnist.npz", classes=3, size=12, channels=3)
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    return d
-
-
 def train_cli(data_dir, out, *flags):
     return train.main(["--dataset", "tinymnist", "--data-dir", str(data_dir), "--out", str(out), "--quiet", *flags])
 

@@ -15,14 +15,10 @@ RUN_FILES = {"config.json", "history.json", "history.csv", "model.npz", "metrics
 
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    d = tmp_path / "data"
-    d.mkdir()
-    write_medmnist(d / "tinymnist.npz", classes=3, size=12, channels=3)
-    write_medmnist(d / "fourmnist.npz", classes=4, size=12, channels=3, seed=1)
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    return d
+def data_dir(data_dir):
+    """conftest's folder, with a 4-class file beside tinymnist."""
+    write_medmnist(data_dir / "fourmnist.npz", classes=4, size=12, channels=3, seed=1)
+    return data_dir
 
 
 def run_cli(data_dir, out, *flags):
