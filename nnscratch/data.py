@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .backend import get_array_module
+from . import stream
+from .backend import get_array_module, to_device
 from .errors import UsageError
 from .files import atomic_path
-from .medmnist_info import DATASETS, SIZES, DatasetInfo, sized_name
+from .medmnist_info import DATASETS, SIZES, TASK_FLAGS, DatasetInfo, sized_name
 from .progress import bars
 
 SPLITS = ("train", "val", "test")
@@ -240,6 +241,12 @@ class Dataset:
             present.update(np.unique(self.split(s).labels).tolist())
         return [k for k in range(self.num_classes) if k not in present]
 
+    @property
+    def streamed_from(self) -> str | None:
+        """The folder of the unpacked images read from disk a batch at a time, or None (in memory)."""
+        images = self.train.images
+        return str(images.path.parent) if stream.is_streamed(images) else None
+
     def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}: expected one of {', '.join(SPLITS)}")
@@ -253,22 +260,33 @@ def normalize(images: np.ndarray) -> np.ndarray:
 
 
 def load(name: str = "bloodmnist", data_dir=None, download: bool = True, progress: bool = True,
-         num_classes: int | None = None) -> Dataset:
+         num_classes: int | None = None, memory_budget: int | None = None, log=print,
+         task: str | None = None) -> Dataset:
     """Find (or fetch), verify and load a MedMNIST 2-D ``.npz``; see the module docstring. ``num_classes``
-    sets a custom file's class count (default: its largest label + 1)."""
+    and ``task`` set a custom file's class count (default: its largest label + 1) and task type;
+    ``memory_budget`` (bytes) as in :func:`load_file`."""
     name = resolve_name(name)
     path = fetch(name, data_dir, progress) if download else locate(name, data_dir)
     if path is None:
         raise DataError(f"no {name}.npz in {', '.join(map(str, search_dirs(data_dir)))}; "
                         f"run: python -m nnscratch.data fetch --dataset {name}")
-    return load_file(path, DATASETS.get(name), num_classes)
+    return load_file(path, DATASETS.get(name), num_classes, memory_budget, progress, log, task)
 
 
-def load_file(path, info: DatasetInfo | None = None, num_classes: int | None = None) -> Dataset:
+def load_file(path, info: DatasetInfo | None = None, num_classes: int | None = None,
+              memory_budget: int | None = None, progress: bool = True, log=print, task: str | None = None) -> Dataset:
     """Load and check one file. With ``info`` its MD5 must match; without, classes come from the labels
-    (``num_classes`` of them when given, every label then below it)."""
+    (``num_classes`` of them when given, every label then below it) and the task type is ``task`` (a
+    key of ``TASK_FLAGS``; default: multi-label for labels of several columns, else multi-class). Images that would take more than
+    ``memory_budget`` bytes as float32 (default: ``stream.default_budget()``) are unpacked into the
+    cache and streamed from disk (``stream.StreamedImages``); the rest are loaded into memory."""
     if info is not None and num_classes not in (None, len(info.labels)):
         raise DataError(f"--num-classes {num_classes}: {info.name} has {len(info.labels)} classes")
+    if task is not None and task not in TASK_FLAGS:
+        raise DataError(f"unknown task {task!r}: expected one of {', '.join(TASK_FLAGS)}")
+    if info is not None and task is not None and TASK_FLAGS[task] != info.task:
+        raise DataError(f"--task {task}: {info.name} is a {info.task} task (--task is for files of one's own)")
+    task = info.task if info is not None else TASK_FLAGS.get(task)
     path = Path(path)
     digest = md5sum(path)
     if info is not None and digest != info.md5:
@@ -276,16 +294,30 @@ def load_file(path, info: DatasetInfo | None = None, num_classes: int | None = N
                         f"not the official one; delete it and run: python -m nnscratch.data fetch --dataset {info.name}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            missing = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels") if f"{s}_{kind}" not in z.files]
+            if missing:
+                raise DataError(f"{path} lacks the arrays {', '.join(missing)} (a MedMNIST file has train/val/test "
+                                f"_images and _labels)")
+            members = [f"{s}_images.npy" for s in SPLITS]
+            streamed = stream.float_bytes(path, members) > (memory_budget or stream.default_budget())
+            arrays = {k: z[k] for k in z.files if not (streamed and k.endswith("_images"))}
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{path} is not a readable .npz file ({e})") from None
-    missing = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels") if f"{s}_{kind}" not in arrays]
-    if missing:
-        raise DataError(f"{path} lacks the arrays {', '.join(missing)} (a MedMNIST file has train/val/test "
-                        f"_images and _labels)")
+    if streamed:
+        log(f"{path.name}: its images take {stream.float_bytes(path, members) / 1e9:.1f} GB as float32, more than "
+            f"the memory budget of {(memory_budget or stream.default_budget()) / 1e9:.1f} GB (--memory-budget): "
+            f"read from disk a batch at a time")
+        try:
+            folder = stream.unpack(path, digest, members, progress=progress, log=log)
+            maps = {s: stream.StreamedImages(folder / f"{s}_images.npy", normalize) for s in SPLITS}
+        except ValueError as e:
+            raise DataError(f"{path}: an images array is not uint8 images ({e})") from None
+        arrays.update({f"{s}_images": maps[s]._map.array for s in SPLITS})
     raw_labels = {}
     columns = {arrays[f"{s}_labels"].shape[1] if arrays[f"{s}_labels"].ndim == 2 else 1 for s in SPLITS}
-    multi_label = (info.task.startswith("multi-label") if info is not None else max(columns) > 1)
+    multi_label = task.startswith("multi-label") if task is not None else max(columns) > 1
     if multi_label and len(columns) != 1:
         raise DataError(f"{path}: the splits' labels have different numbers of columns: {sorted(columns)}")
     for s in SPLITS:
@@ -326,27 +358,53 @@ def load_file(path, info: DatasetInfo | None = None, num_classes: int | None = N
         if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
             raise DataError(f"{path}: {s}_labels range from {labels.min()} to {labels.max()}, outside "
                             f"[0, {len(names)}) for {len(names)} classes")
-    splits = {s: Split(normalize(arrays[f"{s}_images"]), raw_labels[s]) for s in SPLITS}
-    task = info.task if info is not None else ("multi-label, binary-class" if multi_label else "multi-class")
+    splits = {s: Split(maps[s] if streamed else normalize(arrays[f"{s}_images"]), raw_labels[s]) for s in SPLITS}
+    task = task or ("multi-label, binary-class" if multi_label else "multi-class")
+    if task == "binary-class" and len(names) != 2:
+        raise DataError(f"{path}: a binary-class task has 2 classes, not {len(names)}")
     return Dataset(path.stem, path, digest, tuple(names), **splits, task=task)
 
 
-def batches(images, labels, batch_size: int, shuffle: bool = False, rng=None):
+def batches(images, labels, batch_size: int, shuffle: bool = False, rng=None, start: int = 0, device=None):
     """Yield (images[b], labels[b]) for consecutive index blocks b of ``batch_size``.
 
     With ``shuffle`` the order is a fresh permutation from ``rng`` (a seeded
-    ``numpy.random.Generator``) on every call, i.e. every epoch. The last,
-    partial batch is kept.
+    ``numpy.random.Generator``), drawn now: one per call, i.e. per epoch. The last,
+    partial batch is kept. Batches before ``start`` are skipped (a resumed epoch).
+    ``labels`` may be None (then so is each batch's). Images streamed from disk
+    (``stream.StreamedImages``) are read ahead in a background thread and, with
+    ``device``, moved there a batch at a time.
     """
-    n = len(labels)
+    n = len(images) if labels is None else len(labels)
     order = (rng if rng is not None else np.random.default_rng()).permutation(n) if shuffle else None
+    items = _batches(images, labels, batch_size, order, start)
+    if not stream.is_streamed(images):
+        return items
+    items = stream.prefetch(items)
+    if device is None:
+        return items
+    return ((to_device(x, device), None if y is None else to_device(y, device)) for x, y in items)
+
+
+def _batches(images, labels, batch_size: int, order, start: int):
+    n = len(images) if labels is None else len(labels)
     xp = get_array_module(images)
-    for start in range(0, n, batch_size):
-        if order is None:
-            yield images[start:start + batch_size], labels[start:start + batch_size]
-        else:
-            idx = xp.asarray(order[start:start + batch_size])    # indices live where the data lives
-            yield images[idx], labels[idx]
+    for s in range(start * batch_size, n, batch_size):
+        idx = slice(s, s + batch_size) if order is None else xp.asarray(order[s:s + batch_size])
+        yield images[idx], None if labels is None else labels[idx]    # indices live where the data lives
+
+
+def on_device(images, labels, device: str):
+    """(images, labels) moved to ``device``; streamed images (and their labels) stay on the host, their
+    batches moved one at a time (``batches(device=)``)."""
+    if stream.is_streamed(images):
+        return images, labels
+    return to_device(images, device), None if labels is None else to_device(labels, device)
+
+
+def head(images, n: int):
+    """The first ``n`` images, in memory or streamed."""
+    return images.limit(n) if stream.is_streamed(images) else images[:n]
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 from . import models
-from .backend import to_device
 from .cli import ArgumentParser, UsageError, run_cli
-from .data import SPLITS, load
+from .data import SPLITS, load, on_device
 from .errors import CheckpointError
 from .files import load_checkpoint, read_json_object, write_json
 from .metrics import format_report
@@ -42,7 +41,7 @@ def load_model(run_dir: Path):
 
 
 def evaluate(run_dir, split: str = "test", data_dir=None, dataset_name=None, device: str = "auto",
-             progress: bool = True, tta: bool = False) -> dict:
+             progress: bool = True, tta: bool = False, memory_budget: float | None = None) -> dict:
     """Metrics of the saved model on ``split``; writes the split's metrics and figures. With ``tta`` the
     probabilities are averaged over each image's 8 flips and quarter turns."""
     run_dir = Path(run_dir)
@@ -53,7 +52,11 @@ def evaluate(run_dir, split: str = "test", data_dir=None, dataset_name=None, dev
     if (run_dir / "config.json").is_file():
         config = read_json_object(run_dir / "config.json")
     name = dataset_name or meta.get("dataset") or config.get("dataset", "bloodmnist")
-    dataset = load(name, data_dir or config.get("data_dir"), progress=progress)
+    budget = None if memory_budget is None else int(memory_budget * 1e9)
+    dataset = load(name, data_dir or config.get("data_dir"), progress=progress, memory_budget=budget,
+                   # a file of one's own: the classes and task type it was trained with
+                   num_classes=None if dataset_name else config.get("num_classes"),
+                   task=None if dataset_name else config.get("task"))
     got = (dataset.channels, dataset.image_size, dataset.num_classes)
     want = (meta["in_channels"], meta["image_size"], meta["num_classes"])
     if got != want:
@@ -62,7 +65,7 @@ def evaluate(run_dir, split: str = "test", data_dir=None, dataset_name=None, dev
     device = resolve_device(device)
     model.to(device)
     part = dataset.split(split)
-    x = to_device(part.images, device)
+    x, _ = on_device(part.images, None, device)
     t0 = time.perf_counter()
     probs = predict(model, x, tta=tta, multi_label=dataset.multi_label)
     seconds = time.perf_counter() - t0
@@ -87,10 +90,16 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where to compute")
     p.add_argument("--tta", action="store_true", help="average the probabilities over each image's 8 flips and "
                    "quarter turns (test-time augmentation); writes metrics_<split>_tta.json")
+    p.add_argument("--memory-budget", type=float, metavar="GB",
+                   help="gigabytes the images may take in memory as float32; a larger set is read from disk a batch "
+                        "at a time (default: $NNSCRATCH_MEMORY_BUDGET, else a quarter of this machine's memory)")
     args = p.parse_args(argv)
 
     def body():
-        report = evaluate(args.run_dir, args.split, args.data_dir, args.dataset, args.device, tta=args.tta)
+        if args.memory_budget is not None and not args.memory_budget > 0:
+            raise UsageError(f"--memory-budget must be a positive number of GB, got {args.memory_budget}")
+        report = evaluate(args.run_dir, args.split, args.data_dir, args.dataset, args.device, tta=args.tta,
+                          memory_budget=args.memory_budget)
         print(format_report(report, f"{args.run_dir}: {report['dataset']} {args.split} split, "
                                     f"{report['num_samples']} images"))
         print(f"inference: {report['timing']['inference_images_per_second']:.0f} images/s on "

@@ -95,3 +95,8 @@ def sized_name(name: str, size: int) -> str:
 def short_label(name: str) -> str:
     """A label short enough for a plot axis: text before any parenthesis."""
     return name.split("(")[0].strip() or name
+
+
+# --task's names for MedMNIST's four task types (a custom file's; MedMNIST's sets have their own)
+TASK_FLAGS = {"multi-class": "multi-class", "binary-class": "binary-class",
+              "ordinal-regression": "ordinal-regression", "multi-label": "multi-label, binary-class"}

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from .cli import ArgumentParser, UsageError, run_cli
+from .medmnist_info import TASK_FLAGS
 from .training import AUGMENTS, LOSSES, OPTIMIZERS, PRESETS, SCHEDULERS, TrainConfig, TrainingDiverged, resume, run
 
 D = TrainConfig()   # the defaults, shown in --help
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"image size: MedMNIST+'s larger files <dataset>_<size>.npz (64, 128, 224 pixels), "
                         f"fetched like the 28-pixel ones; the networks size themselves to the images "
                         f"(default: {D.size})")
+    p.add_argument("--memory-budget", type=float, metavar="GB",
+                   help="gigabytes the images may take in memory (as float32, 4 bytes a pixel); a larger set is "
+                        "unpacked once into $NNSCRATCH_CACHE_DIR (default ~/.cache/nnscratch) and read from disk a "
+                        "batch at a time, in a background thread; the same results either way (default: "
+                        "$NNSCRATCH_MEMORY_BUDGET, else a quarter of this machine's memory)")
     p.add_argument("--data-dir", help="folder searched first for <dataset>.npz and downloaded to "
                    "(default: $NNSCRATCH_DATA_DIR, then ~/.medmnist)")
     p.add_argument("--out", help="run folder to write; one that holds a run is refused unless --overwrite "
@@ -105,10 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN",
                    help="continue the run in the folder RUN from its checkpoint (written every epoch and on "
                         "Ctrl-C), with its own settings: on the CPU it ends with the same bits as if it had not "
-                        "stopped. Only --epochs (to train longer, when no schedule spans the epochs), --data-dir "
-                        "and --quiet may be given with it (default: start a new run)")
+                        "stopped. Only --epochs (to train longer, when no schedule spans the epochs), --data-dir, "
+                        "--memory-budget and --quiet may be given with it (default: start a new run)")
     p.add_argument("--num-classes", type=int,
                    help="classes of a custom dataset file (default: its largest label + 1; MedMNIST's sets: "
+                        "their own)")
+    p.add_argument("--task", choices=list(TASK_FLAGS),
+                   help="a custom dataset file's task type, which sets its loss and MedMNIST's two metrics: "
+                        "binary-class scores the second class's probability, ordinal-regression is trained and "
+                        "scored as multi-class, multi-label trains one sigmoid per label column (default: "
+                        "multi-label when the labels have several columns, else multi-class; MedMNIST's sets: "
                         "their own)")
     p.add_argument("--limit-train", type=int, help="train on the first N training images only, for a quick look "
                    "(default: all)")
@@ -135,7 +147,7 @@ def config_from_args(args) -> TrainConfig:
 
 
 # with --resume, the flags that do not change what the run computes
-RESUME_FLAGS = ("epochs", "data_dir")
+RESUME_FLAGS = ("epochs", "data_dir", "memory_budget")
 
 
 def main(argv=None) -> int:
@@ -149,9 +161,10 @@ def main(argv=None) -> int:
                 if given:
                     flags = ", ".join("--" + k.replace("_", "-") for k in given)
                     raise UsageError(f"--resume continues {args.resume} with its own settings; {flags} would change "
-                                     f"what it computes (only --epochs, --data-dir and --quiet go with --resume). "
+                                     f"what it computes (only --epochs, --data-dir, --memory-budget and --quiet go with --resume). "
                                      f"To change settings, start a new run with --out")
-                result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, progress=not args.quiet)
+                result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, progress=not args.quiet,
+                                memory_budget=args.memory_budget)
             else:
                 result = run(config_from_args(args), progress=not args.quiet, overwrite=args.overwrite)
         except TrainingDiverged as e:

@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint, losses, lr_scheduler, models, optim, plots, runfolder
 from .augment import SYMMETRIES, Augment, dihedral
-from .backend import gpu_available, to_device, to_numpy
+from .backend import device_of, gpu_available, to_device, to_numpy
 from .checkpoint import generator_state, set_generator_state
-from .data import Dataset, batches, load, num_batches
+from .data import Dataset, batches, head, load, num_batches, on_device
 from .errors import CheckpointError, UsageError
 from .files import read_json_object, save_model, write_json, write_text
 from .interrupts import Interrupts
@@ -107,6 +107,8 @@ class TrainConfig:
     dropout: float = 0.0                # resnet: dropout before the last layer
     num_classes: int | None = None      # a custom dataset's classes (default: its largest label + 1)
     size: int = 28                      # MedMNIST+'s image size: reads <dataset>_<size>.npz above 28
+    task: str | None = None             # a custom file's task type (medmnist_info.TASK_FLAGS); None: inferred
+    memory_budget: float | None = None  # GB the images may take in memory, else streamed (stream.py); None: default
 
     def validate(self):
         """Raise UsageError for any setting out of range; fill in the architecture's batch size if none is set."""
@@ -129,6 +131,8 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}"),
             (self.label_smoothing == 0 or self.loss == "ce", "--label-smoothing needs --loss ce"),
             (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}"),
+            (self.memory_budget is None or (math.isfinite(self.memory_budget) and self.memory_budget > 0),
+             f"--memory-budget must be a positive number of GB, got {self.memory_budget}"),
             (self.augment in AUGMENTS, f"unknown --augment {self.augment!r}: expected one of {', '.join(AUGMENTS)}"),
             (self.translate >= 0, f"--translate must be >= 0 pixels, got {self.translate}"),
             (self.arch == "resnet" or (self.widths is None and self.blocks is None and self.dropout == 0),
@@ -242,8 +246,7 @@ def predict(model, images, batch_size: int = EVAL_BATCH, tta: bool = False, mult
     model.eval()
     out = []
     prob = losses.sigmoid if multi_label else losses.softmax
-    for s in range(0, len(images), batch_size):
-        xb = images[s:s + batch_size]
+    for xb, _ in batches(images, None, batch_size, device=_device(model)):
         if tta:
             probs = sum(prob(model(dihedral(xb, k))) for k in range(SYMMETRIES)) / SYMMETRIES
         else:
@@ -253,11 +256,17 @@ def predict(model, images, batch_size: int = EVAL_BATCH, tta: bool = False, mult
     return np.concatenate(out)
 
 
+def _device(model) -> str:
+    """Where the model's parameters are ("cpu" or "gpu")."""
+    params = model.parameters()
+    return device_of(params[0].data) if params else "cpu"
+
+
 def evaluate_split(model, images, labels, loss_fn, target, batch_size: int = EVAL_BATCH):
     """(mean loss, accuracy) over a whole split (multi-label: the mean per-label accuracy)."""
     model.eval()
     total, correct = 0.0, 0
-    for xb, yb in batches(images, labels, batch_size):
+    for xb, yb in batches(images, labels, batch_size, device=_device(model)):
         logits = model(xb)
         total += loss_fn(logits, target(yb)) * len(yb)
         correct += hits(logits, yb)
@@ -331,10 +340,11 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
 
 
 def resume(run_dir, epochs: int | None = None, dataset: Dataset | None = None, data_dir: str | None = None,
-           progress: bool = True, log=None, figures: bool = True) -> RunResult:
+           progress: bool = True, log=None, figures: bool = True, memory_budget: float | None = None) -> RunResult:
     """Continue the run in ``run_dir`` from its checkpoint with its own settings; on the CPU it ends with
     the bits the run would have had uninterrupted. ``epochs`` extends a run whose schedule does not
-    depend on its length; ``data_dir`` only says where its dataset file now is (the MD5 must match).
+    depend on its length; ``data_dir`` only says where its dataset file now is (the MD5 must match),
+    ``memory_budget`` (GB) whether its images are streamed from disk (the same numbers either way).
     A completed run is left as it is."""
     run_dir = Path(run_dir)
     log = log or print_now
@@ -372,6 +382,9 @@ def resume(run_dir, epochs: int | None = None, dataset: Dataset | None = None, d
         return RunResult(run_dir, ck.history, status="completed")
     if data_dir is not None:
         config.data_dir = data_dir
+    if memory_budget is not None:
+        config.memory_budget = memory_budget
+        config.validate()
     runfolder.remove_stale_temporaries(run_dir)
     return _train(config, run_dir, dataset, progress, log, figures, resumed=(ck, saved))
 
@@ -442,14 +455,15 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
     device = resolve_device(config.device)
     show = bars(progress)           # in a log file one line per epoch (``log``), no redraws
     if dataset is None:
+        budget = None if config.memory_budget is None else int(config.memory_budget * 1e9)
         dataset = load(sized_name(config.dataset, config.size), config.data_dir, progress=show,
-                       num_classes=config.num_classes)
+                       num_classes=config.num_classes, memory_budget=budget, log=log, task=config.task)
     _data_checks(config, dataset, saved, log)
 
     train, val, test = dataset.train, dataset.val, dataset.test
     x_train, y_train = train.images, train.labels
     if config.limit_train:
-        x_train, y_train = x_train[:config.limit_train], y_train[:config.limit_train]
+        x_train, y_train = head(x_train, config.limit_train), y_train[:config.limit_train]
     K = dataset.num_classes
     manual_seed(config.seed)
     model = _build_model(config, dataset)
@@ -457,7 +471,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
     augment, augment_rng = make_augment(config), np.random.default_rng([config.seed, 2])
     model.to(device)
     xs = {"train": (x_train, y_train), "val": (val.images, val.labels), "test": (test.images, test.labels)}
-    xs = {k: (to_device(x, device), to_device(y, device)) for k, (x, y) in xs.items()}
+    xs = {k: on_device(x, y, device) for k, (x, y) in xs.items()}
     loss_fn, target = make_loss(config, y_train, K, device)
     opt = make_optimizer(config, model)
     n_batches = num_batches(len(y_train), config.batch_size)
@@ -494,12 +508,12 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
                     epoch_start = generator_state(shuffle_rng)
                     skip, total, correct, seen = position.batch, position.loss_total, position.hits, position.seen
                     t0 = time.perf_counter() - position.seconds
-                    bar = tqdm(batches(*xs["train"], config.batch_size, shuffle=True, rng=shuffle_rng),
+                    # a resumed epoch draws the same order (same seed) and skips the batches trained before
+                    bar = tqdm(batches(*xs["train"], config.batch_size, shuffle=True, rng=shuffle_rng, start=skip,
+                                       device=device),
                                total=n_batches, initial=skip, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                                disable=not show, unit="batch")
-                    for b, (xb, yb) in enumerate(bar, start=1):
-                        if b <= skip:
-                            continue            # trained before the run was stopped (same order: same seed)
+                    for b, (xb, yb) in enumerate(bar, start=skip + 1):
                         if augment is not None:
                             xb = augment(xb, augment_rng)
                         try:
@@ -595,6 +609,7 @@ def _settings(config, saved, dataset, model, device, parts, train_size, position
                     "label_names": dataset.label_names, "channels": dataset.channels,
                     "image_size": dataset.image_size, "num_classes": dataset.num_classes,
                     "train_size": train_size, "val_size": len(dataset.val), "test_size": len(dataset.test),
+                    "images_streamed_from": dataset.streamed_from,
                     "normalization": "x / 255 scaled to [0, 1], then (x - 0.5) / 0.5",
                     "versions": versions(), "machine": machine(), "started": now, "command": command}
     else:

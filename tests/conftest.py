@@ -1,5 +1,8 @@
 """Shared test settings and helpers."""
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -16,6 +19,11 @@ settings.register_profile("default", deadline=None, max_examples=40,
 settings.register_profile("thorough", deadline=None, max_examples=300,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# sets unpacked for streaming (nnscratch/stream.py) go to a folder of this test session, not ~/.cache
+if "NNSCRATCH_CACHE_DIR" not in os.environ:
+    os.environ["NNSCRATCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="nnscratch-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["NNSCRATCH_CACHE_DIR"], True)
 
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):

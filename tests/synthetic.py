@@ -13,8 +13,9 @@ def make_images_labels(n, classes, size, channels, rng):
     return images, labels.reshape(-1, 1).astype(np.uint8)
 
 
-def write_medmnist(path, classes=3, size=12, channels=3, n=(60, 24, 30), seed=0, **overrides):
-    """Write a MedMNIST-format file; ``overrides`` replace or (with value None) drop arrays."""
+def write_medmnist(path, classes=3, size=12, channels=3, n=(60, 24, 30), seed=0, compressed=False, **overrides):
+    """Write a MedMNIST-format file (``compressed``: as MedMNIST's own, np.savez_compressed);
+    ``overrides`` replace or (with value None) drop arrays."""
     rng = np.random.default_rng(seed)
     arrays = {}
     for split, count in zip(("train", "val", "test"), n):
@@ -24,7 +25,7 @@ def write_medmnist(path, classes=3, size=12, channels=3, n=(60, 24, 30), seed=0,
             arrays.pop(k)
         else:
             arrays[k] = v
-    np.savez(path, **arrays)
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
     return path
 
 

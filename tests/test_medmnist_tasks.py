@@ -218,3 +218,44 @@ def test_multilabel_report_against_scikit_learn():
     assert r["auc"] == pytest.approx(skm.roc_auc_score(y, p, average="macro"))
     for j, c in enumerate(r["per_class"]):
         assert c["recall"] == pytest.approx(skm.recall_score(y[:, j], pred[:, j], zero_division=0))
+
+
+# ---- binary and ordinal tasks: a file of one's own with --task ---------------------------------------------
+
+@pytest.mark.parametrize("task,classes", [("binary-class", 2), ("ordinal-regression", 5), ("multi-class", 4)])
+def test_binary_ordinal_and_multi_class_files_train_and_score_as_medmnist_does(task, classes, data_dir, tmp_path):
+    import json
+
+    from nnscratch import evaluate, train
+    from synthetic import write_medmnist
+    d = data_dir
+    write_medmnist(d / "ownmnist.npz", classes=classes, size=16, channels=1, n=(80, 30, 40))
+    out = tmp_path / "run"
+    assert train.main(["--dataset", "ownmnist", "--data-dir", str(d), "--out", str(out), "--quiet", "--arch", "cnn",
+                       "--epochs", "3", "--batch-size", "16", "--task", task]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == task and len(m["per_class"]) == classes and "confusion_matrix" in m
+    if task == "binary-class":
+        # MedMNIST scores the positive class's probability alone, > 0.5: with two classes the arg-max's
+        # accuracy but for exact ties, and the positive class's one ROC AUC
+        assert m["medmnist_acc"] == pytest.approx(m["accuracy"], abs=1 / 40 + 1e-12)
+        assert m["medmnist_auc"] == pytest.approx(m["per_class"][1]["auc"], abs=1e-12)
+    else:
+        assert m["medmnist_acc"] == m["accuracy"] and m["medmnist_auc"] == pytest.approx(m["auc"], abs=1e-12)
+    assert m["medmnist_auc"] > 0.7
+    assert evaluate.main([str(out), "--data-dir", str(d)]) == 0        # the task comes from the run
+    e = json.loads((out / "metrics_test.json").read_text())
+    assert e["task"] == task and (e["medmnist_acc"], e["medmnist_auc"]) == (m["medmnist_acc"], m["medmnist_auc"])
+
+
+def test_task_flag_refusals_name_what_is_wrong(data_dir, tmp_path, capsys):
+    from nnscratch import data, train
+    from nnscratch.medmnist_info import DATASETS
+    from synthetic import write_medmnist
+    write_medmnist(data_dir / "threemnist.npz", classes=3)
+    assert train.main(["--dataset", "threemnist", "--data-dir", str(data_dir), "--quiet", "--task", "binary-class",
+                       "--out", str(tmp_path / "r")]) == 2
+    assert "a binary-class task has 2 classes, not 3" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(data.DataError, match="--task multi-label: bloodmnist is a multi-class task"):
+        data.load_file(data_dir / "threemnist.npz", DATASETS["bloodmnist"], task="multi-label")
