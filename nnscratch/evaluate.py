@@ -18,7 +18,7 @@ from .data import SPLITS, load, on_device
 from .errors import CheckpointError
 from .files import load_checkpoint, read_json_object, write_json
 from .metrics import format_report
-from .training import EVAL_BATCH, predict, report_for, resolve_device, write_figures
+from .training import eval_batch, predict, report_for, resolve_device, write_figures
 
 
 def load_model(run_dir: Path):
@@ -72,7 +72,7 @@ def evaluate(run_dir, split: str = "test", data_dir=None, dataset_name=None, dev
     report = report_for(dataset, part.labels, probs)
     report.update(split=split, dataset=dataset.name, best_epoch=meta.get("best_epoch"), tta=tta,
                   timing={"inference_seconds": seconds, "inference_images_per_second": len(part) / seconds,
-                          "inference_batch_size": EVAL_BATCH, "device": device})
+                          "inference_batch_size": eval_batch(x), "device": device})
     suffix = f"_{split}" + ("_tta" if tta else "")
     write_json(run_dir / f"metrics{suffix}.json", report)
     title = (config.get("preset") or meta["arch"]) + (", test-time augmentation" if tta else "")

@@ -39,7 +39,7 @@ from .progress import bars
 from .random import default_rng, manual_seed
 from .step import NonFiniteLoss, TrainStep, hits
 
-EVAL_BATCH = 256
+EVAL_BATCH = 256                # images a batch in evaluation, at 28 pixels; fewer of larger images (eval_batch)
 
 # --loss: "mse" is the squared error of the softmax probabilities, the setting in which the paper's
 # explanation of its weaker MSE runs (vanishing gradients) holds; "mse-logits" takes it on the raw logits.
@@ -239,14 +239,22 @@ def make_augment(config: TrainConfig):
     return augment if augment.active else None
 
 
-def predict(model, images, batch_size: int = EVAL_BATCH, tta: bool = False, multi_label: bool = False):
+def eval_batch(images) -> int:
+    """Images a batch in evaluation: EVAL_BATCH of 28 x 28 pixels, and as many pixels a batch of larger
+    images (at least 8), whose activations would otherwise take gigabytes (256 at 224 pixels: 1.6 GB
+    for one 32-channel map)."""
+    pixels = images.shape[2] * images.shape[3]
+    return max(8, EVAL_BATCH * 28 * 28 // pixels) if pixels > 28 * 28 else EVAL_BATCH
+
+
+def predict(model, images, batch_size: int | None = None, tta: bool = False, multi_label: bool = False):
     """Class probabilities (N, K) as a NumPy float32 array, in evaluation mode (``multi_label``: each
     label's own probability, the sigmoid of its logit). With ``tta`` each image's probabilities are the
     mean over its 8 flips and quarter turns (``augment.dihedral``)."""
     model.eval()
     out = []
     prob = losses.sigmoid if multi_label else losses.softmax
-    for xb, _ in batches(images, None, batch_size, device=_device(model)):
+    for xb, _ in batches(images, None, batch_size or eval_batch(images), device=_device(model)):
         if tta:
             probs = sum(prob(model(dihedral(xb, k))) for k in range(SYMMETRIES)) / SYMMETRIES
         else:
@@ -262,11 +270,11 @@ def _device(model) -> str:
     return device_of(params[0].data) if params else "cpu"
 
 
-def evaluate_split(model, images, labels, loss_fn, target, batch_size: int = EVAL_BATCH):
+def evaluate_split(model, images, labels, loss_fn, target, batch_size: int | None = None):
     """(mean loss, accuracy) over a whole split (multi-label: the mean per-label accuracy)."""
     model.eval()
     total, correct = 0.0, 0
-    for xb, yb in batches(images, labels, batch_size, device=_device(model)):
+    for xb, yb in batches(images, labels, batch_size or eval_batch(images), device=_device(model)):
         logits = model(xb)
         total += loss_fn(logits, target(yb)) * len(yb)
         correct += hits(logits, yb)
@@ -689,7 +697,7 @@ def _finish(config, run_dir, model, best, history, train_seconds, xs, loss_fn, t
         timing={"train_seconds_total": sum(train_seconds), "train_seconds_per_epoch": float(np.mean(train_seconds)),
                 "epoch_seconds_total": sum(h["seconds"] for h in history),
                 "inference_seconds": infer_s, "inference_images_per_second": len(test) / infer_s,
-                "inference_batch_size": EVAL_BATCH, "device": device})
+                "inference_batch_size": eval_batch(xs["test"][0]), "device": device})
     write_json(run_dir / "metrics.json", report)
     if figures:
         write_figures(run_dir, history, report, title=config.preset or config.arch)
