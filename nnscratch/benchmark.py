@@ -176,8 +176,7 @@ def markdown(context: dict) -> str:
     recipe = context["preset"] or context["recipe"]["arch"].upper()
     lines = [f"# MedMNIST benchmark: {recipe} at {size} pixels", "",
              f"Command: `{context['command']}`  ",
-             f"Date {context['date']}, {context['machine'].get('cpu', '')}, "
-             f"{context['wall_minutes']:.0f} minutes in all.", "",
+             f"Date {context['date']}, {context['machine'].get('cpu', '')}.", "",
              "ACC and AUC on each set's test split, as MedMNIST's evaluator defines them for the set's task "
              "(`metrics.medmnist_scores`), of the weights with the best validation accuracy. ResNet-18: "
              "MedMNIST v2 (Yang et al., Scientific Data 10:41, 2023), Table 3.", "",
@@ -195,8 +194,11 @@ def markdown(context: dict) -> str:
         else:
             ours, trained = ["", ""], f"skipped: {r['skipped']}"
         lines.append("| " + " | ".join([r["dataset"], r.get("task", ""), images, *ours, *published, trained]) + " |")
-    shown = {k: v for k, v in context["recipe"].items() if v not in (None, False, "none", 0, 0.0)
-             and k not in ("cuda_graphs", "device")}
+    settings = context["recipe"]
+    unused = {"cuda_graphs", "device"} | ({"momentum"} if settings["optimizer"] != "sgd" else set()) \
+        | ({"hidden_layers", "hidden_size"} if settings["arch"] != "mlnn" else set())
+    shown = {k: v for k, v in settings.items()
+             if (k == "seed" or v not in (None, False, "none", 0, 0.0)) and k not in unused}
     lines += ["", "Recipe: " + ", ".join(f"{k} {v}" for k, v in shown.items()) + ".", ""]
     return "\n".join(lines)
 

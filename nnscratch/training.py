@@ -641,7 +641,8 @@ def _describe(config, model, augment, device, parts, dataset, train_size) -> str
               f"augmented by {augment}" if augment else ""]
     extras = "".join(f", {e}" for e in extras if e)
     return (f"{config.preset or config.arch}: {config.arch.upper()} ({model.num_parameters():,} parameters), "
-            f"{config.optimizer} lr={config.lr:g}{extras}, loss {config.loss}, {config.epochs} epochs of batch "
+            f"{config.optimizer} lr={config.lr:g}{extras}, loss "
+            f"{'binary cross-entropy per label' if dataset.multi_label else config.loss}, {config.epochs} epochs of batch "
             f"{config.batch_size} on {device}{f' (split in {parts} parts, one thread each)' if parts > 1 else ''}; "
             f"{dataset.name}: {train_size} train / {len(dataset.val)} val / {len(dataset.test)} test")
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 
 import numpy as np
@@ -159,6 +160,37 @@ def test_a_partial_folder_of_a_killed_process_is_removed_and_a_damaged_copy_unpa
     lines.clear()
     data.load_file(big, memory_budget=TINY, log=lines.append)
     assert any("unpacked from a file with MD5 000" in line for line in lines)
+
+
+def test_a_process_killed_while_unpacking_leaves_a_partial_folder_the_next_load_removes(tmp_path, cache):
+    """A real SIGKILL half-way through unpacking (the copy slowed down so that the kill lands in it)."""
+    path = write_medmnist(tmp_path / "slowmnist.npz", classes=3, size=32, channels=3, n=(600, 50, 50),
+                          compressed=True)
+    script = textwrap.dedent(f"""
+        import time, zipfile
+        from nnscratch import data, stream
+        stream.CHUNK = 4096
+        real = zipfile.ZipExtFile.read
+        def slow(self, n=-1):
+            time.sleep(0.002)
+            return real(self, n)
+        zipfile.ZipExtFile.read = slow
+        data.load_file({str(path)!r}, memory_budget=1000, progress=False, log=lambda _: None)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    partial = None
+    for _ in range(3000):                        # up to 30 s for the copy to start
+        partial = next(iter((cache / "unpacked").glob("*.partial-*/train_images.npy")), None) \
+            if (cache / "unpacked").is_dir() else None
+        if partial is not None and partial.stat().st_size > 100_000:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert partial is not None and partial.exists(), "the kill did not land while unpacking"
+    ds = data.load_file(path, memory_budget=TINY, log=lambda _: None)
+    assert not partial.parent.exists() and not list((cache / "unpacked").glob("*.partial-*"))
+    assert np.array_equal(ds.train.images[0:600], data.load_file(path, memory_budget=1 << 30).train.images)
 
 
 def test_bad_budgets_and_cache_folders_get_one_line(big, cache, tmp_path, monkeypatch, capsys):
