@@ -22,6 +22,10 @@ import time
 
 import numpy as np
 
+# the two trees are imported as nnscratch_a and nnscratch_b: numba's disk cache would record those
+# module names beside the kernels, and a later plain import would fail to load them
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "nnscratch-ab-numba-cache"))
+
 
 def load(tree: str, name: str):
     """The package in ``tree``/nnscratch, imported under ``name``."""

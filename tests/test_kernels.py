@@ -558,7 +558,9 @@ def test_numba_sgd_computes_in_float32(shape, nesterov, first, seed):
     np.testing.assert_array_equal(p, want)
 
 
-# ---- Winograd F(2x2, 3x3) ----------------------------------------------------------------------------
+# ---- Winograd F(2x2, 3x3) and F(4x4, 3x3) --------------------------------------------------------------
+
+SIZES = st.sampled_from([2, 4])          # the output tile's side m: F(m x m, 3x3)
 
 @st.composite
 def winograd_case(draw):
@@ -570,13 +572,13 @@ def winograd_case(draw):
     return (draw(st.integers(1, 3)), draw(st.integers(1, 5)), H, W), draw(st.integers(1, 5)), pad, out_hw
 
 
-@given(winograd_case(), st.integers(0, 2**32 - 1))
-def test_reference_winograd_is_the_convolution_and_its_steps_are_adjoint(case, seed):
+@given(winograd_case(), SIZES, st.integers(0, 2**32 - 1))
+def test_reference_winograd_is_the_convolution_and_its_steps_are_adjoint(case, m, seed):
     shape, OC, p, out_hw = case
     rng = np.random.default_rng(seed)
     x, w, b = rng.standard_normal(shape), rng.standard_normal((OC, shape[1], 3, 3)), rng.standard_normal(OC)
-    tiles = reference.winograd_tiles(*out_hw)
-    V, U = reference.winograd_input(x, p, tiles), reference.winograd_weight(w)
+    tiles = reference.winograd_tiles(*out_hw, m)
+    V, U = reference.winograd_input(x, p, tiles, m=m), reference.winograd_weight(w, m)
     y = reference.winograd_output(V @ U, out_hw, tiles, b)
     expected = naive_conv(x, w, 1, p)[:, :, :out_hw[0], :out_hw[1]] + b[:, None, None]
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
@@ -584,35 +586,37 @@ def test_reference_winograd_is_the_convolution_and_its_steps_are_adjoint(case, s
     V2, M, G, U2 = (rng.standard_normal(a.shape) for a in (V, V @ U, y, U))
     for lhs, rhs in (((V * V2).sum(), (x * reference.winograd_grad_input(V2, shape, p, tiles)).sum()),
                      ((reference.winograd_output(M, out_hw, tiles) * G).sum(),
-                      (M * reference.winograd_grad_output(G, tiles)).sum()),
+                      (M * reference.winograd_grad_output(G, tiles, m=m)).sum()),
                      ((U * U2).sum(), (w * reference.winograd_weight_grad(U2)).sum())):
         assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
 
 
 @pytest.mark.usefixtures("thread_mode")
-@given(winograd_case(), DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
-def test_numba_winograd_transforms_equal_reference(case, dtype, layout, seed):
+@given(winograd_case(), SIZES, DTYPES, LAYOUTS, st.integers(0, 2**32 - 1))
+def test_numba_winograd_transforms_equal_reference(case, m, dtype, layout, seed):
     shape, OC, p, out_hw = case
     rng = np.random.default_rng(seed)
-    tol = 1e-5 if dtype == np.float32 else 1e-12
-    tiles = reference.winograd_tiles(*out_hw)
-    T = shape[0] * tiles[0] * tiles[1]
+    # F(4x4, 3x3)'s transforms multiply by up to 8 and add up to 6 terms a side: more rounding in float32
+    tol = (1e-5 if m == 2 else 1e-4) if dtype == np.float32 else 1e-12
+    tiles = reference.winograd_tiles(*out_hw, m)
+    T, K = shape[0] * tiles[0] * tiles[1], (m + 2) ** 2
     x = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal((OC, shape[1], 3, 3)).astype(dtype)
-    M, dU = rng.standard_normal((16, T, OC)).astype(dtype), rng.standard_normal((16, shape[1], OC)).astype(dtype)
-    dV = rng.standard_normal((16, T, shape[1])).astype(dtype)
+    M, dU = rng.standard_normal((K, T, OC)).astype(dtype), rng.standard_normal((K, shape[1], OC)).astype(dtype)
+    dV = rng.standard_normal((K, T, shape[1])).astype(dtype)
     g = rng.standard_normal((shape[0], OC) + tuple(out_hw)).astype(dtype)
     bias = rng.standard_normal(OC).astype(dtype)
-    pairs = [(cpu.winograd_input(in_layout(x, layout), p, tiles), reference.winograd_input(x, p, tiles)),
-             (cpu.winograd_weight(w), reference.winograd_weight(w)),
+    pairs = [(cpu.winograd_input(in_layout(x, layout), p, tiles, m=m), reference.winograd_input(x, p, tiles, m=m)),
+             (cpu.winograd_weight(w, m), reference.winograd_weight(w, m)),
              (cpu.winograd_weight_grad(dU), reference.winograd_weight_grad(dU)),
              (cpu.winograd_output(M, out_hw, tiles, bias), reference.winograd_output(M, out_hw, tiles, bias)),
-             (cpu.winograd_grad_output(in_layout(g, layout), tiles), reference.winograd_grad_output(g, tiles)),
+             (cpu.winograd_grad_output(in_layout(g, layout), tiles, m=m),
+              reference.winograd_grad_output(g, tiles, m=m)),
              (cpu.winograd_grad_input(dV, shape, p, tiles), reference.winograd_grad_input(dV, shape, p, tiles))]
     for got, expected in pairs:
         assert got.dtype == dtype and got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
-    out = np.full((16, T, shape[1]), np.nan, dtype)                  # into a given array, every element
+    out = np.full((K, T, shape[1]), np.nan, dtype)                   # into a given array, every element
     assert cpu.winograd_input(x, p, tiles, out=out) is out
     np.testing.assert_allclose(out, pairs[0][1], rtol=tol, atol=tol)
     assert cpu.channels_last(pairs[3][0]) or OC == 1                 # outputs are channels-last
@@ -644,26 +648,28 @@ def test_numba_winograd_with_fused_pooling_equals_reference_ties_included(B, TH,
 
 
 @pytest.mark.usefixtures("thread_mode")
-@given(winograd_case(), DTYPES, st.booleans(), st.integers(0, 2**32 - 1))
-def test_winograd_kernels_write_a_block_of_images_into_the_whole_batchs_arrays(case, dtype, pool, seed):
+@given(winograd_case(), SIZES, DTYPES, st.booleans(), st.integers(0, 2**32 - 1))
+def test_winograd_kernels_write_a_block_of_images_into_the_whole_batchs_arrays(case, m, dtype, pool, seed):
     """winograd_input/grad_output(_pool) with ``first_tile``, and the output transforms and
-    grad_input with ``out``, on images b0:b1 of a batch: the whole batch's result there, both twins."""
+    grad_input with ``out``, on images b0:b1 of a batch: the whole batch's result there, both twins
+    (the pooling inside the output transform with F(2x2, 3x3) only)."""
     shape, OC, p, out_hw = case
+    m = 2 if pool else m
     rng = np.random.default_rng(seed)
     B, C = shape[:2]
     b0 = int(rng.integers(0, B))
     b1 = int(rng.integers(b0 + 1, B + 1))
-    tiles = reference.winograd_tiles(*out_hw)
-    n = tiles[0] * tiles[1]
+    tiles = reference.winograd_tiles(*out_hw, m)
+    n, K = tiles[0] * tiles[1], (m + 2) ** 2
     t0, t1 = b0 * n, b1 * n
     x = rng.standard_normal(shape).astype(dtype)
-    M = rng.standard_normal((16, B * n, OC)).astype(dtype)
-    dV = rng.standard_normal((16, B * n, C)).astype(dtype)
+    M = rng.standard_normal((K, B * n, OC)).astype(dtype)
+    dV = rng.standard_normal((K, B * n, C)).astype(dtype)
     bias = rng.standard_normal(OC).astype(dtype)
     for k in (cpu, reference):
-        V = np.full((16, B * n, C), np.nan, dtype)
+        V = np.full((K, B * n, C), np.nan, dtype)
         k.winograd_input(x[b0:b1], p, tiles, out=V, first_tile=t0)
-        np.testing.assert_array_equal(V[:, t0:t1], k.winograd_input(x, p, tiles)[:, t0:t1])
+        np.testing.assert_array_equal(V[:, t0:t1], k.winograd_input(x, p, tiles, m=m)[:, t0:t1])
         assert np.isnan(V[:, :t0]).all() and np.isnan(V[:, t1:]).all()           # nothing else written
         dx = cpu.empty_nchw(shape, dtype, last=True)
         k.winograd_grad_input(dV[:, t0:t1].copy(), (b1 - b0,) + shape[1:], p, tiles, out=dx[b0:b1])
@@ -685,10 +691,10 @@ def test_winograd_kernels_write_a_block_of_images_into_the_whole_batchs_arrays(c
             k.winograd_output(M[:, t0:t1].copy(), out_hw, tiles, bias, out=out[b0:b1])
             np.testing.assert_array_equal(out[b0:b1], y[b0:b1])
             g = rng.standard_normal(y.shape).astype(dtype)
-            whole = k.winograd_grad_output(g, tiles)
+            whole = k.winograd_grad_output(g, tiles, m=m)
             dM = np.full(whole.shape, np.nan, dtype)
             k.winograd_grad_output(g[b0:b1], tiles, out=dM, first_tile=t0)
         np.testing.assert_array_equal(dM[:, t0:t1], whole[:, t0:t1])
         assert np.isnan(dM[:, :t0]).all() and np.isnan(dM[:, t1:]).all()
     with pytest.raises(ValueError, match="room for tiles"):
-        cpu.winograd_input(x, p, tiles, out=np.empty((16, B * n, C), dtype), first_tile=1)
+        cpu.winograd_input(x, p, tiles, out=np.empty((K, B * n, C), dtype), first_tile=1)

@@ -243,7 +243,7 @@ def _conv_step(layers, i, shape, device, buffers, exact):
             and hw[0] % 2 == 0 and hw[1] % 2 == 0):
         covered = [(k, layers[k]) for k in range(i, pool_at + 1)]
         return WinogradStep(covered, hw, buffers, pool=True, relu=pool_at == i + 2), pool_at + 1 - i
-    return WinogradStep([(i, conv)], hw, buffers), 1
+    return WinogradStep([(i, conv)], hw, buffers, m=4 if rules.on("winograd_4x4") else 2), 1
 
 
 def _folded_step(layers, i, shape, device, buffers):

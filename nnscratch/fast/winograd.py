@@ -1,9 +1,12 @@
-"""Winograd F(2x2, 3x3): a 3x3, stride-1 convolution in 2.25x fewer multiplications than im2col's.
+"""Winograd F(m x m, 3x3): a 3x3, stride-1 convolution in fewer multiplications than im2col's.
 
-Each 4x4 tile of the (padded) input gives a 2x2 tile of outputs: V = B^T d B transforms the input
-tile, U = G g G^T the 3x3 kernel, and y = A^T (U . V) A, where the 16 products U . V, summed over the
-input channels, are 16 matrix products: M[k] = V[k] @ U[k], V: (16, tiles, C), U: (16, C, OC).
-``kernels/reference.py`` writes out the transforms. The results equal im2col's up to rounding.
+Each (m + 2) x (m + 2) tile of the (padded) input gives an m x m tile of outputs: V = B^T d B
+transforms the input tile, U = G g G^T the 3x3 kernel, and y = A^T (U . V) A, where the K = (m + 2)^2
+products U . V, summed over the input channels, are K matrix products: M[k] = V[k] @ U[k], V: (K,
+tiles, C), U: (K, C, OC). ``kernels/reference.py`` writes out the transforms. F(2x2, 3x3) (m = 2, K =
+16) takes 2.25x fewer multiplications than im2col, F(4x4, 3x3) (m = 4, K = 36, the ``winograd_4x4``
+rule) 4x fewer and 1.78x fewer transformed values, with larger transforms that round more. The
+results equal im2col's up to rounding.
 
 With a 2x2, stride-2 MaxPool2d reading the convolution (``pool_into_winograd``), each 2x2 tile of
 outputs is one pooling window: the output transform writes only the windows' maxima (rectified, with
@@ -27,22 +30,25 @@ MIN_BLOCK_TILES = 8
 
 
 class WinogradStep(Step):
-    """Conv2d [+ ReLU] [+ MaxPool2d(2)] as Winograd F(2x2, 3x3) on the CPU.
+    """Conv2d [+ ReLU] [+ MaxPool2d(2)] as Winograd F(m x m, 3x3) on the CPU.
 
     out_hw: the (OH, OW) computed (the whole map, or the pixels a pooling reads); pool: whether the
-    step's last layer is a 2x2 max-pooling run inside the output transform, and relu whether a ReLU
-    sits between them."""
+    step's last layer is a 2x2 max-pooling run inside the output transform (m = 2 only: each tile is
+    one window), and relu whether a ReLU sits between them; m: the output tile's side, 2 or 4."""
 
-    def __init__(self, layers, out_hw: tuple, buffers, pool: bool = False, relu: bool = False):
+    def __init__(self, layers, out_hw: tuple, buffers, pool: bool = False, relu: bool = False, m: int = 2):
         super().__init__(layers)
-        self.out_hw, self.buffers, self.pool, self.relu = out_hw, buffers, pool, relu
-        self.tiles = winograd_tiles(*out_hw)
+        if pool and m != 2:
+            raise ValueError("WinogradStep: the pooling runs inside F(2x2, 3x3)'s output transform only")
+        self.out_hw, self.buffers, self.pool, self.relu, self.m = out_hw, buffers, pool, relu, m
+        self.points = (m + 2) ** 2               # K: the transform's values per tile and channel
+        self.tiles = winograd_tiles(*out_hw, m)
         self._cache = None
 
     def describe(self) -> str:
         what = ", 2x2 max-pooling" + (" of the ReLU" if self.relu else "") + " in its output transform"
-        return (super().describe() + f": Winograd F(2x2, 3x3) on {self.out_hw[0]}x{self.out_hw[1]} outputs"
-                + (what if self.pool else ""))
+        return (super().describe() + f": Winograd F({self.m}x{self.m}, 3x3) on {self.out_hw[0]}x{self.out_hw[1]} "
+                f"outputs" + (what if self.pool else ""))
 
     def owns_output(self, owned: bool) -> bool:
         return not self.pool                     # the pooled output is kept as the ReLU's mask / for argmax
@@ -52,7 +58,7 @@ class WinogradStep(Step):
         ``winograd_in_blocks`` on one core blocks whose transformed tiles fit the core's cache."""
         B, conv = x.shape[0], self.layer
         tiles = self.tiles[0] * self.tiles[1]
-        per_image = 16 * tiles * (conv.in_channels + conv.out_channels) * x.itemsize
+        per_image = self.points * tiles * (conv.in_channels + conv.out_channels) * x.itemsize
         size = max(-(-MIN_BLOCK_TILES // tiles), rules.WINOGRAD_BLOCK_BYTES // per_image)
         # (one input or output channel: the products have one column, which BLAS computes as a
         # matrix-vector product, rounded otherwise for few rows than for many)
@@ -65,28 +71,28 @@ class WinogradStep(Step):
         return blocks
 
     def _block_buffer(self, name: str, tiles: int, channels: int, like):
-        """A kept (16, tiles, channels) array for one block (the last, smaller block has its own)."""
-        return self.buffers.get(self.layer, f"{name} of {tiles} tiles", (16, tiles, channels), like)
+        """A kept (K, tiles, channels) array for one block (the last, smaller block has its own)."""
+        return self.buffers.get(self.layer, f"{name} of {tiles} tiles", (self.points, tiles, channels), like)
 
     def forward(self, x, owned: bool):
-        """forward as Winograd: V = input transform (16, T, C), U = weight transform (16, C, OC),
-        M = V[k] @ U[k] for the 16 k, y = output transform of M plus the bias; a block of images at a
+        """forward as Winograd: V = input transform (K, T, C), U = weight transform (K, C, OC),
+        M = V[k] @ U[k] for the K k, y = output transform of M plus the bias; a block of images at a
         time (``_blocks``), V kept whole for the weight gradient in training (in eval mode, a block's
         V only: backward, if it comes, computes V again)."""
         conv = self.layer
         conv.check_input(x)
         per_image = self.tiles[0] * self.tiles[1]
         T = x.shape[0] * per_image
-        U = kernels.winograd_weight(conv.weight.data)
+        U = kernels.winograd_weight(conv.weight.data, self.m)
         bias = None if conv.bias is None else conv.bias.data
         blocks = self._blocks(x)
         keep = conv.training or len(blocks) == 1
-        V = self.buffers.get(conv, "V", (16, T, conv.in_channels), x) if keep else None
+        V = self.buffers.get(conv, "V", (self.points, T, conv.in_channels), x) if keep else None
         self._v_holds_x = keep          # False once backward has written dV into V's buffer
         if len(blocks) == 1:
             kernels.winograd_input(x, conv.padding[0], self.tiles, out=V)
             # M's buffer is kept too; backward reuses it for dM, which has its shape
-            M = kernels.matmul(V, U, out=self.buffers.get(conv, "M", (16, T, conv.out_channels), x))
+            M = kernels.matmul(V, U, out=self.buffers.get(conv, "M", (self.points, T, conv.out_channels), x))
         B, OC = x.shape[0], conv.out_channels
         if self.pool:
             shape = (B, self.tiles[0], self.tiles[1], OC)
@@ -101,7 +107,7 @@ class WinogradStep(Step):
                     Vb = V[:, t0:t1]
                 else:
                     Vb = kernels.winograd_input(x[b0:b1], conv.padding[0], self.tiles,
-                                                out=self._block_buffer("V", t1 - t0, conv.in_channels, x))
+                                            out=self._block_buffer("V", t1 - t0, conv.in_channels, x))
                 M = kernels.matmul(Vb, U, out=self._block_buffer("M", t1 - t0, OC, x))
             if self.pool:
                 kernels.winograd_output_pool(M, self.tiles, bias, relu=self.relu,
@@ -128,11 +134,11 @@ class WinogradStep(Step):
         check_grad(self.layers[-1][1], grad, shape, x.dtype)
         T = x.shape[0] * self.tiles[0] * self.tiles[1]
         if not self._v_holds_x:         # a second backward after one forward, or eval mode: V again
-            V = self.buffers.get(conv, "V", (16, T, conv.in_channels), x)
+            V = self.buffers.get(conv, "V", (self.points, T, conv.in_channels), x)
             kernels.winograd_input(x, conv.padding[0], self.tiles, out=V)
             self._cache = (x, V, U, pooled)
             self._v_holds_x = True
-        dM = self.buffers.get(conv, "M", (16, T, conv.out_channels), x)
+        dM = self.buffers.get(conv, "M", (self.points, T, conv.out_channels), x)
         blocks = self._blocks(x) if need_input_grad else [(0, x.shape[0])]
         per_image = self.tiles[0] * self.tiles[1]
         # U^T copied: OpenBLAS multiplies a few rows by a transposed matrix with other roundings than

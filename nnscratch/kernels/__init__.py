@@ -112,23 +112,24 @@ def maxpool_backward(grad, argmax, x_shape, k, stride, out=None):
     return for_array(grad).maxpool_backward(grad, argmax, x_shape, k, stride, out)
 
 
-def winograd_input(x, padding, tiles, out=None, first_tile=0):
-    """x: (B, C, H, W) -> V: (16, B * TH * TW, C), Winograd F(2x2, 3x3)'s input transform of every tile
-    (``tiles`` = (TH, TW), reference.winograd_tiles); CPU only. Into ``out`` (16, T, C) if given, x's
-    tiles from tile ``first_tile`` on (a block of a larger batch)."""
-    return for_array(x).winograd_input(x, padding, tiles, out, first_tile)
+def winograd_input(x, padding, tiles, out=None, first_tile=0, m=2):
+    """x: (B, C, H, W) -> V: (a * a, B * TH * TW, C), a = m + 2, Winograd F(m x m, 3x3)'s input transform
+    of every tile (m = 2 or 4; ``tiles`` = (TH, TW), reference.winograd_tiles); CPU only. Into ``out``
+    (a * a, T, C) if given (its rows say m), x's tiles from tile ``first_tile`` on (a block of a larger
+    batch). The other Winograd kernels read m from their arrays' a * a rows."""
+    return for_array(x).winograd_input(x, padding, tiles, out, first_tile, m)
 
 
 def winograd_output(M, out_hw, tiles, bias=None, out=None):
-    """M: (16, B * TH * TW, OC) -> y: (B, OC, OH, OW), channels-last in memory, plus ``bias``; into
+    """M: (a * a, B * TH * TW, OC) -> y: (B, OC, OH, OW), channels-last in memory, plus ``bias``; into
     ``out`` (channels-last) if given."""
     return for_array(M).winograd_output(M, out_hw, tiles, bias, out)
 
 
-def winograd_grad_output(grad, tiles, out=None, first_tile=0):
-    """grad: (B, OC, OH, OW) -> dM: (16, B * TH * TW, OC), the adjoint of winograd_output; into ``out``
+def winograd_grad_output(grad, tiles, out=None, first_tile=0, m=2):
+    """grad: (B, OC, OH, OW) -> dM: (a * a, B * TH * TW, OC), the adjoint of winograd_output; into ``out``
     from tile ``first_tile`` on (as winograd_input)."""
-    return for_array(grad).winograd_grad_output(grad, tiles, out, first_tile)
+    return for_array(grad).winograd_grad_output(grad, tiles, out, first_tile, m)
 
 
 def winograd_output_pool(M, tiles, bias=None, relu=False, out=None):
@@ -146,18 +147,18 @@ def winograd_grad_output_pool(grad, argmax, tiles, rectified=None, out=None, fir
 
 
 def winograd_grad_input(dV, x_shape, padding, tiles, out=None):
-    """dV: (16, B * TH * TW, C) -> dx: (B, C, H, W), channels-last in memory: winograd_input's adjoint;
+    """dV: (a * a, B * TH * TW, C) -> dx: (B, C, H, W), channels-last in memory: winograd_input's adjoint;
     into ``out`` (channels-last) if given."""
     return for_array(dV).winograd_grad_input(dV, x_shape, padding, tiles, out)
 
 
-def winograd_weight(w):
-    """w: (OC, C, 3, 3) -> U: (16, C, OC), Winograd F(2x2, 3x3)'s weight transform."""
-    return for_array(w).winograd_weight(w)
+def winograd_weight(w, m=2):
+    """w: (OC, C, 3, 3) -> U: (a * a, C, OC), Winograd F(m x m, 3x3)'s weight transform."""
+    return for_array(w).winograd_weight(w, m)
 
 
 def winograd_weight_grad(dU):
-    """dU: (16, C, OC) -> dw: (OC, C, 3, 3), the adjoint of winograd_weight."""
+    """dU: (a * a, C, OC) -> dw: (OC, C, 3, 3), the adjoint of winograd_weight."""
     return for_array(dU).winograd_weight_grad(dU)
 
 

@@ -583,6 +583,198 @@ def _winograd_grad_input(dV, TH, TW, padding, dx):
                                 dx[b, yy, xx, c] += dd[s, c]
 
 
+# ---- Winograd F(4x4, 3x3) transforms, channels-last ----------------------------------------------------
+#
+# The same passes as F(2x2, 3x3)'s above over 6x6 blocks (tiles of 4x4 outputs overlap by 2 inputs),
+# each row of a transform (reference.WINOGRAD[4]) written out as one loop over C contiguous values of
+# arrays indexed whole (a view passed to a helper has unknown strides, and its loops were 2x slower).
+# The coefficients are of the arrays' dtype (an int literal would make numba compute in float64).
+
+@_twins
+def _wino4_input(x, TH, TW, padding, V, zero, t0):
+    # x: channels-last (B, H, W, C); V: (36, T, C) from tile t0 on: BT d B of each tile's 6x6 block d
+    B, H, W, C = x.shape
+    k2, k4, k5 = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
+    for b in prange(B):
+        d = np.empty((6, 6, C), dtype=x.dtype)              # the block, by column j then row r
+        m = np.empty((6, 6, C), dtype=x.dtype)              # BT d, by row i then column j
+        for ty in range(TH):
+            for tx in range(TW):
+                t = t0 + (b * TH + ty) * TW + tx
+                for r in range(6):
+                    yy = 4 * ty + r - padding
+                    for j in range(6):
+                        xx = 4 * tx + j - padding
+                        if 0 <= yy < H and 0 <= xx < W:
+                            for c in range(C):
+                                d[j, r, c] = x[b, yy, xx, c]
+                        else:
+                            for c in range(C):
+                                d[j, r, c] = zero
+                for j in range(6):                                 # BT d: rows combined, per column j
+                    for c in range(C):
+                        m[0, j, c] = k4 * d[j, 0, c] - k5 * d[j, 2, c] + d[j, 4, c]
+                    for c in range(C):
+                        m[1, j, c] = -k4 * d[j, 1, c] - k4 * d[j, 2, c] + d[j, 3, c] + d[j, 4, c]
+                    for c in range(C):
+                        m[2, j, c] = k4 * d[j, 1, c] - k4 * d[j, 2, c] - d[j, 3, c] + d[j, 4, c]
+                    for c in range(C):
+                        m[3, j, c] = -k2 * d[j, 1, c] - d[j, 2, c] + k2 * d[j, 3, c] + d[j, 4, c]
+                    for c in range(C):
+                        m[4, j, c] = k2 * d[j, 1, c] - d[j, 2, c] - k2 * d[j, 3, c] + d[j, 4, c]
+                    for c in range(C):
+                        m[5, j, c] = k4 * d[j, 1, c] - k5 * d[j, 3, c] + d[j, 5, c]
+                for i in range(6):                                 # (BT d) B: columns combined
+                    for c in range(C):
+                        V[6 * i, t, c] = k4 * m[i, 0, c] - k5 * m[i, 2, c] + m[i, 4, c]
+                    for c in range(C):
+                        V[6 * i + 1, t, c] = -k4 * m[i, 1, c] - k4 * m[i, 2, c] + m[i, 3, c] + m[i, 4, c]
+                    for c in range(C):
+                        V[6 * i + 2, t, c] = k4 * m[i, 1, c] - k4 * m[i, 2, c] - m[i, 3, c] + m[i, 4, c]
+                    for c in range(C):
+                        V[6 * i + 3, t, c] = -k2 * m[i, 1, c] - m[i, 2, c] + k2 * m[i, 3, c] + m[i, 4, c]
+                    for c in range(C):
+                        V[6 * i + 4, t, c] = k2 * m[i, 1, c] - m[i, 2, c] - k2 * m[i, 3, c] + m[i, 4, c]
+                    for c in range(C):
+                        V[6 * i + 5, t, c] = k4 * m[i, 1, c] - k5 * m[i, 3, c] + m[i, 5, c]
+
+
+@_twins
+def _wino4_output(M, TH, TW, bias, y):
+    # M: (36, B * TH * TW, OC); y: channels-last (B, OH, OW, OC) = AT M A + bias
+    B, OH, OW, OC = y.shape
+    k2, k4, k8 = M.dtype.type(2), M.dtype.type(4), M.dtype.type(8)
+    for b in prange(B):
+        h = np.empty((4, 6, OC), dtype=M.dtype)             # AT M, by row a then column j
+        r = np.empty((4, OC), dtype=M.dtype)                # one row a of AT M A
+        for ty in range(TH):
+            for tx in range(TW):
+                t = (b * TH + ty) * TW + tx
+                for j in range(6):                                 # AT M: rows combined, per column j
+                    for o in range(OC):
+                        h[0, j, o] = M[j, t, o] + M[6 + j, t, o] + M[12 + j, t, o] + M[18 + j, t, o] + M[24 + j, t, o]
+                    for o in range(OC):
+                        h[1, j, o] = M[6 + j, t, o] - M[12 + j, t, o] + k2 * M[18 + j, t, o] - k2 * M[24 + j, t, o]
+                    for o in range(OC):
+                        h[2, j, o] = M[6 + j, t, o] + M[12 + j, t, o] + k4 * M[18 + j, t, o] + k4 * M[24 + j, t, o]
+                    for o in range(OC):
+                        h[3, j, o] = M[6 + j, t, o] - M[12 + j, t, o] + k8 * M[18 + j, t, o] - k8 * M[24 + j, t, o] + M[30 + j, t, o]
+                for a in range(4):
+                    yy = 4 * ty + a
+                    if yy >= OH:
+                        continue
+                    for o in range(OC):
+                        r[0, o] = h[a, 0, o] + h[a, 1, o] + h[a, 2, o] + h[a, 3, o] + h[a, 4, o]
+                    for o in range(OC):
+                        r[1, o] = h[a, 1, o] - h[a, 2, o] + k2 * h[a, 3, o] - k2 * h[a, 4, o]
+                    for o in range(OC):
+                        r[2, o] = h[a, 1, o] + h[a, 2, o] + k4 * h[a, 3, o] + k4 * h[a, 4, o]
+                    for o in range(OC):
+                        r[3, o] = h[a, 1, o] - h[a, 2, o] + k8 * h[a, 3, o] - k8 * h[a, 4, o] + h[a, 5, o]
+                    for e in range(4):
+                        xx = 4 * tx + e
+                        if xx < OW:
+                            for o in range(OC):
+                                y[b, yy, xx, o] = r[e, o] + bias[o]
+
+
+@_twins
+def _wino4_grad_output(g, TH, TW, dM, zero, t0):
+    # g: channels-last (B, OH, OW, OC); dM: (36, T, OC) from tile t0 on: A q AT of each tile's 4x4
+    # gradient q (zeros past the map)
+    B, OH, OW, OC = g.shape
+    k2, k4, k8 = g.dtype.type(2), g.dtype.type(4), g.dtype.type(8)
+    for b in prange(B):
+        q = np.empty((4, 4, OC), dtype=g.dtype)              # the gradient, by column e then row a
+        h = np.empty((6, 4, OC), dtype=g.dtype)              # A q, by row i then column e
+        for ty in range(TH):
+            for tx in range(TW):
+                t = t0 + (b * TH + ty) * TW + tx
+                for a in range(4):
+                    for e in range(4):
+                        yy, xx = 4 * ty + a, 4 * tx + e
+                        if yy < OH and xx < OW:
+                            for o in range(OC):
+                                q[e, a, o] = g[b, yy, xx, o]
+                        else:
+                            for o in range(OC):
+                                q[e, a, o] = zero
+                for e in range(4):                                 # A q: rows, per column e
+                    for o in range(OC):
+                        h[0, e, o] = q[e, 0, o]
+                    for o in range(OC):
+                        h[1, e, o] = q[e, 0, o] + q[e, 1, o] + q[e, 2, o] + q[e, 3, o]
+                    for o in range(OC):
+                        h[2, e, o] = q[e, 0, o] - q[e, 1, o] + q[e, 2, o] - q[e, 3, o]
+                    for o in range(OC):
+                        h[3, e, o] = q[e, 0, o] + k2 * q[e, 1, o] + k4 * q[e, 2, o] + k8 * q[e, 3, o]
+                    for o in range(OC):
+                        h[4, e, o] = q[e, 0, o] - k2 * q[e, 1, o] + k4 * q[e, 2, o] - k8 * q[e, 3, o]
+                    for o in range(OC):
+                        h[5, e, o] = q[e, 3, o]
+                for i in range(6):                                 # (A q) AT: columns
+                    for o in range(OC):
+                        dM[6 * i, t, o] = h[i, 0, o]
+                    for o in range(OC):
+                        dM[6 * i + 1, t, o] = h[i, 0, o] + h[i, 1, o] + h[i, 2, o] + h[i, 3, o]
+                    for o in range(OC):
+                        dM[6 * i + 2, t, o] = h[i, 0, o] - h[i, 1, o] + h[i, 2, o] - h[i, 3, o]
+                    for o in range(OC):
+                        dM[6 * i + 3, t, o] = h[i, 0, o] + k2 * h[i, 1, o] + k4 * h[i, 2, o] + k8 * h[i, 3, o]
+                    for o in range(OC):
+                        dM[6 * i + 4, t, o] = h[i, 0, o] - k2 * h[i, 1, o] + k4 * h[i, 2, o] - k8 * h[i, 3, o]
+                    for o in range(OC):
+                        dM[6 * i + 5, t, o] = h[i, 3, o]
+
+
+@_twins
+def _wino4_grad_input(dV, TH, TW, padding, dx):
+    # dV: (36, B * TH * TW, C); dx: channels-last (B, H, W, C), each tile's BT^T dV BT added in
+    B, H, W, C = dx.shape
+    k2, k4, k5 = dV.dtype.type(2), dV.dtype.type(4), dV.dtype.type(5)
+    for b in prange(B):
+        dx[b] = 0
+        h = np.empty((6, 6, C), dtype=dV.dtype)              # BT^T dV, by row r then column j
+        dd = np.empty((6, C), dtype=dV.dtype)                # one row r of BT^T dV BT
+        for ty in range(TH):
+            for tx in range(TW):
+                t = (b * TH + ty) * TW + tx
+                for j in range(6):                                 # BT^T dV: rows, per column j
+                    for c in range(C):
+                        h[0, j, c] = k4 * dV[j, t, c]
+                    for c in range(C):
+                        h[1, j, c] = -k4 * dV[6 + j, t, c] + k4 * dV[12 + j, t, c] - k2 * dV[18 + j, t, c] + k2 * dV[24 + j, t, c] + k4 * dV[30 + j, t, c]
+                    for c in range(C):
+                        h[2, j, c] = -k5 * dV[j, t, c] - k4 * dV[6 + j, t, c] - k4 * dV[12 + j, t, c] - dV[18 + j, t, c] - dV[24 + j, t, c]
+                    for c in range(C):
+                        h[3, j, c] = dV[6 + j, t, c] - dV[12 + j, t, c] + k2 * dV[18 + j, t, c] - k2 * dV[24 + j, t, c] - k5 * dV[30 + j, t, c]
+                    for c in range(C):
+                        h[4, j, c] = dV[j, t, c] + dV[6 + j, t, c] + dV[12 + j, t, c] + dV[18 + j, t, c] + dV[24 + j, t, c]
+                    for c in range(C):
+                        h[5, j, c] = dV[30 + j, t, c]
+                for r in range(6):
+                    yy = 4 * ty + r - padding
+                    if yy < 0 or yy >= H:
+                        continue
+                    for c in range(C):
+                        dd[0, c] = k4 * h[r, 0, c]
+                    for c in range(C):
+                        dd[1, c] = -k4 * h[r, 1, c] + k4 * h[r, 2, c] - k2 * h[r, 3, c] + k2 * h[r, 4, c] + k4 * h[r, 5, c]
+                    for c in range(C):
+                        dd[2, c] = -k5 * h[r, 0, c] - k4 * h[r, 1, c] - k4 * h[r, 2, c] - h[r, 3, c] - h[r, 4, c]
+                    for c in range(C):
+                        dd[3, c] = h[r, 1, c] - h[r, 2, c] + k2 * h[r, 3, c] - k2 * h[r, 4, c] - k5 * h[r, 5, c]
+                    for c in range(C):
+                        dd[4, c] = h[r, 0, c] + h[r, 1, c] + h[r, 2, c] + h[r, 3, c] + h[r, 4, c]
+                    for c in range(C):
+                        dd[5, c] = h[r, 5, c]
+                    for s in range(6):
+                        xx = 4 * tx + s - padding
+                        if 0 <= xx < W:
+                            for c in range(C):
+                                dx[b, yy, xx, c] += dd[s, c]
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _winograd_weight(wt, U):
     # wt: the weight as (C, 3, 3, OC); U: (16, C, OC) = G w GT per channel pair, G's rows (1, 0, 0),
@@ -631,8 +823,10 @@ def _winograd_weight_grad(dU, dw):
                 dw[o, c, 2, j] = (t[1, j] + t[2, j]) * half + t[3, j]
 
 
-def winograd_weight(w):
+def winograd_weight(w, m: int = 2):
     """Twin of reference.winograd_weight."""
+    if m == 4:                      # F(4x4, 3x3): a small product, done as the reference does it
+        return reference.winograd_weight(w, 4)
     U = np.empty((16, w.shape[1], w.shape[0]), dtype=w.dtype)
     _winograd_weight(np.ascontiguousarray(w.transpose(1, 2, 3, 0)), U)
     return U
@@ -640,26 +834,34 @@ def winograd_weight(w):
 
 def winograd_weight_grad(dU):
     """Twin of reference.winograd_weight_grad."""
+    if dU.shape[0] == 36:           # F(4x4, 3x3): a small product, done as the reference does it
+        return reference.winograd_weight_grad(dU)
     dw = np.empty((dU.shape[2], dU.shape[1], 3, 3), dtype=dU.dtype)
     _winograd_weight_grad(np.ascontiguousarray(dU), dw)
     return dw
 
 
-def winograd_input(x, padding: int, tiles: tuple, out=None, first_tile: int = 0):
+def winograd_input(x, padding: int, tiles: tuple, out=None, first_tile: int = 0, m: int = 2):
     """Twin of reference.winograd_input."""
     B, C, H, W = x.shape
     TH, TW = tiles
-    V = np.empty((16, B * TH * TW, C), dtype=x.dtype) if out is None else out
+    m = m if out is None else reference.winograd_size(out.shape[0])
+    V = np.empty(((m + 2) ** 2, B * TH * TW, C), dtype=x.dtype) if out is None else out
     _check_tiles(V, first_tile, B * TH * TW)
+    if m == 4:
+        _wino4_input(V.shape[0] * B * TH * TW * C, _as_channels_last(x), TH, TW, padding, V, x.dtype.type(0),
+                     first_tile)
+        return V
     _winograd_input(16 * B * TH * TW * C, _as_channels_last(x), TH, TW, padding, V, x.dtype.type(0), first_tile)
     return V
+
 
 
 def _check_tiles(V, first_tile: int, count: int):
     """A (16, T, C) array that holds ``count`` tiles from ``first_tile`` on, contiguous (the kernels
     index it as such)."""
     if not V.flags.c_contiguous or not 0 <= first_tile <= V.shape[1] - count:
-        raise ValueError(f"winograd: out must be a contiguous (16, T, C) array with room for tiles "
+        raise ValueError(f"winograd: out must be a contiguous ({V.shape[0]}, T, C) array with room for tiles "
                          f"{first_tile}..{first_tile + count - 1}, got shape {V.shape}")
 
 
@@ -682,25 +884,32 @@ def _output_args(M, tiles: tuple, bias):
     return np.ascontiguousarray(M), M.shape[1] // (tiles[0] * tiles[1]), OC, bias
 
 
-def _grad_output_buffer(grad, tiles: tuple, out):
-    """``out``, or a new dM (16, B * TH * TW, OC) for the output gradient ``grad`` (B, OC, ...)."""
+def _grad_output_buffer(grad, tiles: tuple, out, m: int = 2):
+    """``out``, or a new dM (a * a, B * TH * TW, OC) for the output gradient ``grad`` (B, OC, ...)."""
     B, OC = grad.shape[:2]
-    return np.empty((16, B * tiles[0] * tiles[1], OC), dtype=grad.dtype) if out is None else out
+    return np.empty(((m + 2) ** 2, B * tiles[0] * tiles[1], OC), dtype=grad.dtype) if out is None else out
 
 
 def winograd_output(M, out_hw: tuple, tiles: tuple, bias=None, out=None):
     """Twin of reference.winograd_output (``out``: a channels-last (B, OC, OH, OW) array to write into)."""
     M, B, OC, bias = _output_args(M, tiles, bias)
     y = _channels_last_out(out, (B, out_hw[0], out_hw[1], OC), M.dtype)
-    _winograd_output(y.size, M, tiles[0], tiles[1], bias, y)
+    if M.shape[0] == 36:
+        _wino4_output(y.size, M, tiles[0], tiles[1], bias, y)
+    else:
+        _winograd_output(y.size, M, tiles[0], tiles[1], bias, y)
     return y.transpose(0, 3, 1, 2)
 
 
-def winograd_grad_output(grad, tiles: tuple, out=None, first_tile: int = 0):
+def winograd_grad_output(grad, tiles: tuple, out=None, first_tile: int = 0, m: int = 2):
     """Twin of reference.winograd_grad_output."""
-    dM = _grad_output_buffer(grad, tiles, out)
+    dM = _grad_output_buffer(grad, tiles, out, m)
     count = grad.shape[0] * tiles[0] * tiles[1]
     _check_tiles(dM, first_tile, count)
+    if dM.shape[0] == 36:
+        _wino4_grad_output(36 * count * grad.shape[1], _as_channels_last(grad), tiles[0], tiles[1], dM,
+                           grad.dtype.type(0), first_tile)
+        return dM
     _winograd_grad_output(16 * count * grad.shape[1], _as_channels_last(grad), tiles[0], tiles[1], dM,
                           grad.dtype.type(0), first_tile)
     return dM
@@ -733,6 +942,9 @@ def winograd_grad_input(dV, x_shape: tuple, padding: int, tiles: tuple, out=None
     """Twin of reference.winograd_grad_input (``out``: a channels-last (B, C, H, W) array to write into)."""
     B, C, H, W = x_shape
     dx = _channels_last_out(out, (B, H, W, C), dV.dtype)
+    if dV.shape[0] == 36:
+        _wino4_grad_input(dx.size, np.ascontiguousarray(dV), tiles[0], tiles[1], padding, dx)
+        return dx.transpose(0, 3, 1, 2)
     _winograd_grad_input(dx.size, np.ascontiguousarray(dV), tiles[0], tiles[1], padding, dx)
     return dx.transpose(0, 3, 1, 2)
 

@@ -112,63 +112,88 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int, out=None
     return dx
 
 
-# ---- Winograd F(2x2, 3x3): a 3x3, stride-1 convolution with 2.25x fewer multiplications -------------
+# ---- Winograd F(m x m, 3x3): a 3x3, stride-1 convolution with fewer multiplications ------------------
 #
-# Lavin & Gray (2016): each 2x2 block ("tile") of output pixels is computed from the 4x4 block of
-# padded input around it as Y = AT [(G g GT) * (BT d B)] A, with * elementwise over the 16 positions.
-# Summed over the input channels, the 16 elementwise products become 16 matrix products:
-#   V[k] (tiles, C) = the input transform of every tile and channel, k = 4 * row + column,
+# Lavin & Gray (2016): each m x m block ("tile") of output pixels is computed from the a x a block
+# (a = m + 2) of padded input around it as Y = AT [(G g GT) * (BT d B)] A, with * elementwise over the
+# a * a positions. Summed over the input channels, the elementwise products become a * a matrix products:
+#   V[k] (tiles, C) = the input transform of every tile and channel, k = a * row + column,
 #   U[k] (C, OC)    = the weight transform,
-#   M[k] = V[k] @ U[k], and the output transform of M gives the 2x2 outputs of each tile.
-# 4 x 4 x C x OC multiplications per tile instead of 9 x 4 x C x OC. The backward pass is the adjoint
-# of each step: the output gradient's transform (adjoint of the output transform), dU = V^T dM for the
-# weight, dV = dM U^T for the input, and the input transform's adjoint, which adds each tile's 4x4
-# block back into the (overlapping) input. Tiles are numbered (b, ty, tx) row-major; an odd output
-# size gets a last, half-used tile (its extra outputs are not written; their gradient is zero).
-WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
-WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
-WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+#   M[k] = V[k] @ U[k], and the output transform of M gives the m x m outputs of each tile.
+# F(2x2, 3x3): 16 multiplications per 4 outputs (2.25x fewer than 9 each); F(4x4, 3x3): 36 per 16
+# (4x fewer), with larger transforms whose fractions (G's sixths and twenty-fourths) round more.
+# The backward pass is the adjoint of each step: the output gradient's transform (adjoint of the
+# output transform), dU = V^T dM for the weight, dV = dM U^T for the input, and the input transform's
+# adjoint, which adds each tile's a x a block back into the (overlapping) input. Tiles are numbered
+# (b, ty, tx) row-major; an output size that m does not divide gets a last, part-used tile (its
+# extra outputs are not written; their gradient is zero). The tile size m is read from the arrays
+# where it can be (V and M have a * a rows) and given as ``m`` where not.
+WINOGRAD = {
+    2: dict(BT=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+            G=[[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
+            AT=[[1, 1, 1, 0], [0, 1, -1, -1]]),
+    4: dict(BT=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+            G=[[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+               [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+            AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
+}
+WINOGRAD = {m: {k: np.array(v, dtype=np.float64) for k, v in d.items()} for m, d in WINOGRAD.items()}
+WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT = (WINOGRAD[2][k] for k in ("BT", "G", "AT"))
 
 
-def winograd_tiles(OH: int, OW: int) -> tuple:
-    """(TH, TW): 2x2 output tiles per column and row covering an OH x OW output map."""
-    return (OH + 1) // 2, (OW + 1) // 2
+def winograd_size(points: int) -> int:
+    """The output tile's side m of a transform with ``points`` = (m + 2)^2 rows (16 -> 2, 36 -> 4)."""
+    m = {16: 2, 36: 4}.get(points)
+    if m is None:
+        raise ValueError(f"Winograd: {points} transform points is neither F(2x2, 3x3)'s 16 nor F(4x4, 3x3)'s 36")
+    return m
 
 
-def winograd_input(x, padding: int, tiles: tuple, out=None, first_tile: int = 0):
-    """x: (B, C, H, W) -> V: (16, B * TH * TW, C), the input transform BT d B of every tile's 4x4 block
-    of the zero-padded input (rows and columns 2 * ty ... 2 * ty + 3 of it, and likewise for tx).
-    Given ``out`` (16, T, C), x's tiles go to out[:, first_tile:first_tile + B * TH * TW] (a block of
-    images' tiles in a larger batch's array)."""
+def winograd_tiles(OH: int, OW: int, m: int = 2) -> tuple:
+    """(TH, TW): m x m output tiles per column and row covering an OH x OW output map."""
+    return -(-OH // m), -(-OW // m)
+
+
+def winograd_input(x, padding: int, tiles: tuple, out=None, first_tile: int = 0, m: int = 2):
+    """x: (B, C, H, W) -> V: (a * a, B * TH * TW, C), a = m + 2, the input transform BT d B of every
+    tile's a x a block of the zero-padded input (rows m * ty ... m * ty + a - 1 of it, and likewise for
+    tx). Given ``out`` (a * a, T, C) (its rows say m), x's tiles go to out[:, first_tile:first_tile +
+    B * TH * TW] (a block of images' tiles in a larger batch's array)."""
     B, C, H, W = x.shape
     TH, TW = tiles
-    d = _padded_tiles(x, padding, tiles)                                   # (4, 4, B, TH, TW, C)
-    V = np.einsum("ir,rsbyxc,js->ijbyxc", WINOGRAD_BT, d, WINOGRAD_BT).reshape(16, B * TH * TW, C)
+    m = m if out is None else winograd_size(out.shape[0])
+    BT = WINOGRAD[m]["BT"]
+    d = _padded_tiles(x, padding, tiles, m)                                # (a, a, B, TH, TW, C)
+    V = np.einsum("ir,rsbyxc,js->ijbyxc", BT, d, BT).reshape(len(BT) ** 2, B * TH * TW, C)
     if out is None:
         return V.astype(x.dtype)
     out[:, first_tile:first_tile + V.shape[1]] = V
     return out
 
 
-def _padded_tiles(x, padding, tiles):
-    """The 4x4 input block of every tile: (4, 4, B, TH, TW, C), zeros outside the input."""
+def _padded_tiles(x, padding, tiles, m):
+    """The a x a input block of every tile: (a, a, B, TH, TW, C), zeros outside the input."""
     B, C, H, W = x.shape
     TH, TW = tiles
-    xp = np.zeros((B, max(2 * TH + 2, H + padding), max(2 * TW + 2, W + padding), C), dtype=np.float64)
+    a = m + 2
+    xp = np.zeros((B, max(m * TH + 2, H + padding), max(m * TW + 2, W + padding), C), dtype=np.float64)
     xp[:, padding:padding + H, padding:padding + W] = x.transpose(0, 2, 3, 1)
-    return np.stack([np.stack([xp[:, r:r + 2 * TH:2, s:s + 2 * TW:2] for s in range(4)]) for r in range(4)])
+    return np.stack([np.stack([xp[:, r:r + m * TH:m, s:s + m * TW:m] for s in range(a)]) for r in range(a)])
 
 
 def winograd_output(M, out_hw: tuple, tiles: tuple, bias=None, out=None):
-    """M: (16, B * TH * TW, OC) -> y: (B, OC, OH, OW) (channels-last in memory): each tile's 2x2
+    """M: (a * a, B * TH * TW, OC) -> y: (B, OC, OH, OW) (channels-last in memory): each tile's m x m
     outputs AT M A, the rows and columns past out_hw = (OH, OW) left out; plus ``bias`` (OC,);
     written into ``out`` if given."""
     TH, TW = tiles
     OH, OW = out_hw
     OC = M.shape[2]
+    m = winograd_size(M.shape[0])
+    AT = WINOGRAD[m]["AT"]
     B = M.shape[1] // (TH * TW)
-    m = M.astype(np.float64).reshape(4, 4, B, TH, TW, OC)
-    y = np.einsum("ai,ijbyxo,cj->byaxco", WINOGRAD_AT, m, WINOGRAD_AT).reshape(B, 2 * TH, 2 * TW, OC)
+    mm = M.astype(np.float64).reshape(m + 2, m + 2, B, TH, TW, OC)
+    y = np.einsum("ai,ijbyxo,cj->byaxco", AT, mm, AT).reshape(B, m * TH, m * TW, OC)
     y = y[:, :OH, :OW]
     if bias is not None:
         y = y + bias
@@ -183,15 +208,17 @@ def _into(out, a):
     return out
 
 
-def winograd_grad_output(grad, tiles: tuple, out=None, first_tile: int = 0):
-    """grad: (B, OC, OH, OW) -> dM: (16, B * TH * TW, OC), the adjoint of winograd_output (no bias);
-    into ``out`` if given, from tile ``first_tile`` on (as winograd_input)."""
+def winograd_grad_output(grad, tiles: tuple, out=None, first_tile: int = 0, m: int = 2):
+    """grad: (B, OC, OH, OW) -> dM: (a * a, B * TH * TW, OC), the adjoint of winograd_output (no bias);
+    into ``out`` if given (its rows say m), from tile ``first_tile`` on (as winograd_input)."""
     B, OC, OH, OW = grad.shape
     TH, TW = tiles
-    g = np.zeros((B, 2 * TH, 2 * TW, OC))
+    m = m if out is None else winograd_size(out.shape[0])
+    AT = WINOGRAD[m]["AT"]
+    g = np.zeros((B, m * TH, m * TW, OC))
     g[:, :OH, :OW] = grad.transpose(0, 2, 3, 1)
-    g = g.reshape(B, TH, 2, TW, 2, OC)
-    dM = np.einsum("ai,byaxco,cj->ijbyxo", WINOGRAD_AT, g, WINOGRAD_AT).reshape(16, B * TH * TW, OC)
+    g = g.reshape(B, TH, m, TW, m, OC)
+    dM = np.einsum("ai,byaxco,cj->ijbyxo", AT, g, AT).reshape((m + 2) ** 2, B * TH * TW, OC)
     if out is None:
         return dM.astype(grad.dtype)
     out[:, first_tile:first_tile + dM.shape[1]] = dM
@@ -199,9 +226,9 @@ def winograd_grad_output(grad, tiles: tuple, out=None, first_tile: int = 0):
 
 
 def winograd_output_pool(M, tiles: tuple, bias=None, relu: bool = False, out=None):
-    """winograd_output of the whole tile grid, then maxpool_forward(k=2, stride=2, relu): every tile is
-    one pooling window. -> (pooled, argmax), (B, OC, TH, TW) each; written into ``out`` = (pooled,
-    argmax) if given."""
+    """F(2x2, 3x3)'s winograd_output of the whole tile grid, then maxpool_forward(k=2, stride=2, relu):
+    every tile is one pooling window. -> (pooled, argmax), (B, OC, TH, TW) each; written into ``out`` =
+    (pooled, argmax) if given."""
     y = winograd_output(M, (2 * tiles[0], 2 * tiles[1]), tiles, bias)
     pooled, argmax = maxpool_forward(y, 2, 2, relu=relu)
     if out is None:
@@ -218,33 +245,37 @@ def winograd_grad_output_pool(grad, argmax, tiles: tuple, rectified=None, out=No
 
 
 def winograd_grad_input(dV, x_shape: tuple, padding: int, tiles: tuple, out=None):
-    """dV: (16, B * TH * TW, C) -> dx: (B, C, H, W) (channels-last in memory), the adjoint of
-    winograd_input: each tile's B dV BT added into its 4x4 block, the padding dropped; written into
+    """dV: (a * a, B * TH * TW, C) -> dx: (B, C, H, W) (channels-last in memory), the adjoint of
+    winograd_input: each tile's B dV BT added into its a x a block, the padding dropped; written into
     ``out`` if given."""
     B, C, H, W = x_shape
     TH, TW = tiles
-    dd = np.einsum("ir,ijbyxc,js->rsbyxc", WINOGRAD_BT, dV.astype(np.float64).reshape(4, 4, B, TH, TW, C),
-                   WINOGRAD_BT)
-    dxp = np.zeros((B, max(2 * TH + 2, H + padding), max(2 * TW + 2, W + padding), C))
-    for r in range(4):
-        for s in range(4):
-            dxp[:, r:r + 2 * TH:2, s:s + 2 * TW:2] += dd[r, s]
+    m = winograd_size(dV.shape[0])
+    a, BT = m + 2, WINOGRAD[m]["BT"]
+    dd = np.einsum("ir,ijbyxc,js->rsbyxc", BT, dV.astype(np.float64).reshape(a, a, B, TH, TW, C), BT)
+    dxp = np.zeros((B, max(m * TH + 2, H + padding), max(m * TW + 2, W + padding), C))
+    for r in range(a):
+        for s in range(a):
+            dxp[:, r:r + m * TH:m, s:s + m * TW:m] += dd[r, s]
     dx = np.ascontiguousarray(dxp[:, padding:padding + H, padding:padding + W].astype(dV.dtype))
     return _into(out, dx.transpose(0, 3, 1, 2))
 
 
-def winograd_weight(w):
-    """w: (OC, C, 3, 3) -> U: (16, C, OC), the weight transform G g GT of every (out, in) channel pair."""
+def winograd_weight(w, m: int = 2):
+    """w: (OC, C, 3, 3) -> U: (a * a, C, OC), the weight transform G g GT of every (out, in) channel pair."""
     OC, C = w.shape[:2]
-    u = np.tensordot(np.tensordot(WINOGRAD_G, w, axes=([1], [2])), WINOGRAD_G, axes=([3], [1]))  # (4, OC, C, 4)
-    return np.ascontiguousarray(u.transpose(0, 3, 2, 1).reshape(16, C, OC).astype(w.dtype))
+    G = WINOGRAD[m]["G"]
+    u = np.tensordot(np.tensordot(G, w, axes=([1], [2])), G, axes=([3], [1]))      # (a, OC, C, a)
+    return np.ascontiguousarray(u.transpose(0, 3, 2, 1).reshape(len(G) ** 2, C, OC).astype(w.dtype))
 
 
 def winograd_weight_grad(dU):
-    """dU: (16, C, OC) -> dw: (OC, C, 3, 3), the adjoint of winograd_weight."""
-    _, C, OC = dU.shape
-    d = np.tensordot(WINOGRAD_G, dU.reshape(4, 4, C, OC), axes=([0], [0]))       # (3, 4, C, OC): i, b, c, o
-    d = np.tensordot(d, WINOGRAD_G, axes=([1], [0]))                                # (3, C, OC, 3): i, c, o, j
+    """dU: (a * a, C, OC) -> dw: (OC, C, 3, 3), the adjoint of winograd_weight."""
+    K, C, OC = dU.shape
+    m = winograd_size(K)
+    G = WINOGRAD[m]["G"]
+    d = np.tensordot(G, dU.reshape(m + 2, m + 2, C, OC), axes=([0], [0]))          # (3, a, C, OC): i, b, c, o
+    d = np.tensordot(d, G, axes=([1], [0]))                                         # (3, C, OC, 3): i, c, o, j
     return np.ascontiguousarray(d.transpose(2, 1, 0, 3).astype(dU.dtype))
 
 
