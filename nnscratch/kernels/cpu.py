@@ -776,6 +776,41 @@ def _wino4_grad_input(dV, TH, TW, padding, dx):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
+def _wino4_weight(wt, G, U):
+    # wt: the weight as (C, 3, 3, OC); U: (36, C, OC) = G w GT per channel pair; G (6, 3) in wt's dtype
+    C, OC = wt.shape[0], wt.shape[3]
+    t = np.empty((6, 3, OC), dtype=wt.dtype)             # G w: rows combined, per column j
+    for c in range(C):
+        for a in range(6):
+            for j in range(3):
+                for o in range(OC):
+                    t[a, j, o] = G[a, 0] * wt[c, 0, j, o] + G[a, 1] * wt[c, 1, j, o] + G[a, 2] * wt[c, 2, j, o]
+        for a in range(6):
+            for b in range(6):
+                for o in range(OC):
+                    U[6 * a + b, c, o] = G[b, 0] * t[a, 0, o] + G[b, 1] * t[a, 1, o] + G[b, 2] * t[a, 2, o]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _wino4_weight_grad(dU, G, dw):
+    # the adjoint of _wino4_weight: dw (C, 3, 3, OC) = GT dU G per channel pair
+    C, OC = dU.shape[1], dU.shape[2]
+    t = np.empty((6, 3, OC), dtype=dU.dtype)             # dU G: columns combined, per row a
+    for c in range(C):
+        for a in range(6):
+            for j in range(3):
+                for o in range(OC):
+                    t[a, j, o] = (G[0, j] * dU[6 * a, c, o] + G[1, j] * dU[6 * a + 1, c, o]
+                                  + G[2, j] * dU[6 * a + 2, c, o] + G[3, j] * dU[6 * a + 3, c, o]
+                                  + G[4, j] * dU[6 * a + 4, c, o] + G[5, j] * dU[6 * a + 5, c, o])
+        for i in range(3):
+            for j in range(3):
+                for o in range(OC):
+                    dw[c, i, j, o] = (G[0, i] * t[0, j, o] + G[1, i] * t[1, j, o] + G[2, i] * t[2, j, o]
+                                      + G[3, i] * t[3, j, o] + G[4, i] * t[4, j, o] + G[5, i] * t[5, j, o])
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def _winograd_weight(wt, U):
     # wt: the weight as (C, 3, 3, OC); U: (16, C, OC) = G w GT per channel pair, G's rows (1, 0, 0),
     # (1, 1, 1) / 2, (1, -1, 1) / 2, (0, 0, 1). Inner loops over OC contiguous values, one store each
@@ -825,8 +860,10 @@ def _winograd_weight_grad(dU, dw):
 
 def winograd_weight(w, m: int = 2):
     """Twin of reference.winograd_weight."""
-    if m == 4:                      # F(4x4, 3x3): a small product, done as the reference does it
-        return reference.winograd_weight(w, 4)
+    if m == 4:
+        U = np.empty((36, w.shape[1], w.shape[0]), dtype=w.dtype)
+        _wino4_weight(np.ascontiguousarray(w.transpose(1, 2, 3, 0)), reference.WINOGRAD[4]["G"].astype(w.dtype), U)
+        return U
     U = np.empty((16, w.shape[1], w.shape[0]), dtype=w.dtype)
     _winograd_weight(np.ascontiguousarray(w.transpose(1, 2, 3, 0)), U)
     return U
@@ -834,8 +871,10 @@ def winograd_weight(w, m: int = 2):
 
 def winograd_weight_grad(dU):
     """Twin of reference.winograd_weight_grad."""
-    if dU.shape[0] == 36:           # F(4x4, 3x3): a small product, done as the reference does it
-        return reference.winograd_weight_grad(dU)
+    if dU.shape[0] == 36:
+        dw = np.empty((dU.shape[1], 3, 3, dU.shape[2]), dtype=dU.dtype)
+        _wino4_weight_grad(np.ascontiguousarray(dU), reference.WINOGRAD[4]["G"].astype(dU.dtype), dw)
+        return np.ascontiguousarray(dw.transpose(3, 0, 1, 2))
     dw = np.empty((dU.shape[2], dU.shape[1], 3, 3), dtype=dU.dtype)
     _winograd_weight_grad(np.ascontiguousarray(dU), dw)
     return dw
