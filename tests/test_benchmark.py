@@ -29,7 +29,7 @@ def test_the_table_has_a_row_per_set_trained_or_skipped_with_the_reason(data_dir
     assert "no dermamnist.npz in" in derma["skipped"] and "medmnist_acc" not in derma
     assert derma["published"]["resnet18_28"] == {"acc": 0.735, "auc": 0.917}
     md = (tmp_path / "bench.md").read_text()
-    assert f"| tinymnist | multi-class | 60 / 24 / 30 | **{tiny['medmnist_acc']:.3f}** |" in md
+    assert f"| tinymnist | multi-class | 60 / 24 / 30 | **{tiny['medmnist_acc']:.4f}** |" in md
     assert "| dermamnist |  |  |  |  | 0.735 | 0.917 | 0.754 | 0.920 | skipped: no dermamnist.npz" in md
     assert table["recipe"]["arch"] == "mlnn" and table["size"] == 28
 
