@@ -31,9 +31,9 @@ from .training import RunResult, TrainingDiverged, machine, resume, run, version
 
 ALL = tuple(PUBLISHED_RESNET18)          # MedMNIST's twelve 2-D sets, in its tables' order
 OWN_FLAGS = ("--dataset", "--out", "--resume", "--overwrite")   # set per run by the benchmark itself
-# settings that do not change what a run computes (a kept run may differ in these), and num_classes,
-# which config.json records as the data set's count, not as the flag
-NOT_RECIPE = ("out", "data_dir", "memory_budget", "dataset", "num_classes")
+# settings that do not change what a run computes (a kept run may differ in these): the preset's name
+# (its values are compared), and num_classes, which config.json records as the data set's count
+NOT_RECIPE = ("out", "data_dir", "memory_budget", "dataset", "num_classes", "preset")
 
 
 def build_parser() -> ArgumentParser:
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         context = {"command": " ".join(["python -m nnscratch.benchmark"] + argv),
                    "date": _dt.date.today().isoformat(), "wall_minutes": (time.perf_counter() - start) / 60,
                    "machine": machine(), "versions": versions(), "size": recipe.size,
-                   "recipe": {k: v for k, v in asdict(recipe).items() if k not in NOT_RECIPE + ("preset",)},
+                   "recipe": {k: v for k, v in asdict(recipe).items() if k not in NOT_RECIPE},
                    "preset": recipe.preset, "rows": rows}
         write_json(out.parent / f"{out.name}.json", context)
         write_text(out.parent / f"{out.name}.md", markdown(context))

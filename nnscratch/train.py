@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
                    help=f"the paper's six configurations, or resnet-bloodmnist, the ResNet's recipe (AdamW with "
                         f"weight decay 0.05, one-cycle schedule up to lr 0.01, label smoothing 0.1, flips and quarter "
-                        f"turns, 30 epochs of batch 128; chosen on the validation split, docs/beyond.md): "
+                        f"turns, 45 epochs of batch 128; chosen on the validation split, docs/beyond.md): "
                         f"{presets} (default: none)")
     p.add_argument("--optimizer", choices=list(OPTIMIZERS),
                    help=f"adam, sgd with momentum, or adamw (Adam with decoupled weight decay) (default: {D.optimizer})")

@@ -96,13 +96,13 @@ def test_preset_sets_the_papers_values_and_flags_override():
     assert train.config_from_args(parser.parse_args([])).arch == "mlnn"
     c = train.config_from_args(parser.parse_args(["--preset", "resnet-bloodmnist"]))
     assert (c.arch, c.optimizer, c.lr, c.weight_decay, c.scheduler, c.label_smoothing, c.augment, c.epochs,
-            c.batch_size) == ("resnet", "adamw", 1e-2, 0.05, "onecycle", 0.1, "dihedral", 30, 128)
+            c.batch_size) == ("resnet", "adamw", 1e-2, 0.05, "onecycle", 0.1, "dihedral", 45, 128)
     # the preset is the recipe the study chose (benches/select_resnet_recipe.py), nothing more or less
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
     from select_resnet_recipe import COMMON, RECIPES
-    chosen = {**COMMON, **RECIPES["long"], "loss": "ce"}
+    chosen = {**COMMON, **RECIPES["long45"], "loss": "ce"}
     assert {k: getattr(c, k) for k in chosen} == chosen
 
 
