@@ -24,10 +24,10 @@ from pathlib import Path
 
 from . import checkpoint, runfolder, train
 from .cli import ArgumentParser, UsageError, run_cli
-from .data import DataError, load
+from .data import DataError
 from .files import read_json_object, write_json, write_text
 from .medmnist_info import PUBLISHED_RESNET18, sized_name
-from .training import RunResult, TrainingDiverged, machine, resume, run, versions
+from .training import RunResult, TrainingDiverged, load_data, machine, resume, run, versions
 
 ALL = tuple(PUBLISHED_RESNET18)          # MedMNIST's twelve 2-D sets, in its tables' order
 OWN_FLAGS = ("--dataset", "--out", "--resume", "--overwrite")   # set per run by the benchmark itself
@@ -110,15 +110,13 @@ def _one(name: str, recipe, out: Path, args) -> tuple[dict, bool]:
     sized = sized_name(name, recipe.size)
     row = {"dataset": name, "file": f"{sized}.npz", "published": _published(name)}
     quiet = args.quiet
+    config = replace(recipe, dataset=name, out=str(out / "runs" / sized))
     try:
-        dataset = load(sized, recipe.data_dir, download=args.fetch, progress=not quiet,
-                       num_classes=recipe.num_classes, task=recipe.task,
-                       memory_budget=None if recipe.memory_budget is None else int(recipe.memory_budget * 1e9))
+        dataset = load_data(config, progress=not quiet, download=args.fetch)
     except DataError as e:
         reason = str(e).splitlines()[0]
         print(f"{name}: skipped: {reason}", file=sys.stderr)
         return dict(row, skipped=reason), False
-    config = replace(recipe, dataset=name, out=str(out / "runs" / sized))
     trained_on = min(len(dataset.train), recipe.limit_train or len(dataset.train))
     row.update(task=dataset.task, images=[trained_on, len(dataset.val), len(dataset.test)])
     print(f"{name}: {dataset.task}, {len(dataset.train):,} training images of {dataset.channels} x "

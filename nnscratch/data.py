@@ -299,22 +299,22 @@ def load_file(path, info: DatasetInfo | None = None, num_classes: int | None = N
                 raise DataError(f"{path} lacks the arrays {', '.join(missing)} (a MedMNIST file has train/val/test "
                                 f"_images and _labels)")
             members = [f"{s}_images.npy" for s in SPLITS]
-            streamed = stream.float_bytes(path, members) > (memory_budget or stream.default_budget())
+            need, budget = stream.float_bytes(path, members), memory_budget or stream.default_budget()
+            streamed = need > budget
             arrays = {k: z[k] for k in z.files if not (streamed and k.endswith("_images"))}
     except DataError:
         raise
     except Exception as e:
         raise DataError(f"{path} is not a readable .npz file ({e})") from None
     if streamed:
-        log(f"{path.name}: its images take {stream.float_bytes(path, members) / 1e9:.1f} GB as float32, more than "
-            f"the memory budget of {(memory_budget or stream.default_budget()) / 1e9:.1f} GB (--memory-budget): "
-            f"read from disk a batch at a time")
+        log(f"{path.name}: its images take {need / 1e9:.1f} GB as float32, more than the memory budget of "
+            f"{budget / 1e9:.1f} GB (--memory-budget): read from disk a batch at a time")
         try:
             folder = stream.unpack(path, digest, members, progress=progress, log=log)
             maps = {s: stream.StreamedImages(folder / f"{s}_images.npy", normalize) for s in SPLITS}
         except ValueError as e:
             raise DataError(f"{path}: an images array is not uint8 images ({e})") from None
-        arrays.update({f"{s}_images": maps[s]._map.array for s in SPLITS})
+        arrays.update({f"{s}_images": maps[s].raw for s in SPLITS})
     raw_labels = {}
     columns = {arrays[f"{s}_labels"].shape[1] if arrays[f"{s}_labels"].ndim == 2 else 1 for s in SPLITS}
     multi_label = task.startswith("multi-label") if task is not None else max(columns) > 1
@@ -377,7 +377,7 @@ def batches(images, labels, batch_size: int, shuffle: bool = False, rng=None, st
     """
     n = len(images) if labels is None else len(labels)
     order = (rng if rng is not None else np.random.default_rng()).permutation(n) if shuffle else None
-    items = _batches(images, labels, batch_size, order, start)
+    items = _batches(images, labels, n, batch_size, order, start)
     if not stream.is_streamed(images):
         return items
     items = stream.prefetch(items)
@@ -386,8 +386,7 @@ def batches(images, labels, batch_size: int, shuffle: bool = False, rng=None, st
     return ((to_device(x, device), None if y is None else to_device(y, device)) for x, y in items)
 
 
-def _batches(images, labels, batch_size: int, order, start: int):
-    n = len(images) if labels is None else len(labels)
+def _batches(images, labels, n: int, batch_size: int, order, start: int):
     xp = get_array_module(images)
     for s in range(start * batch_size, n, batch_size):
         idx = slice(s, s + batch_size) if order is None else xp.asarray(order[s:s + batch_size])

@@ -50,18 +50,22 @@ def owner(folder: Path) -> int | None:
         return None
     if pid == os.getpid():
         return None
+    return pid if live_python_process(pid) else None
+
+
+def live_python_process(pid: int) -> bool:
+    """Whether the process ``pid`` on this machine still runs (and, where /proc says, runs Python: an id
+    may have been reused since the process that wrote it down ended)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:             # alive, another user's
-        return pid
-    try:                                # the id may have been reused since: a Python process, at least?
-        if b"python" not in Path(f"/proc/{pid}/cmdline").read_bytes().lower():
-            return None
+        return True
+    try:
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes().lower()
     except OSError:
-        pass
-    return pid
+        return True
 
 
 def check_not_running(folder: Path, what: str):

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .errors import UsageError
 from .progress import bars
+from .runfolder import live_python_process
 
 CACHE_ENV = "NNSCRATCH_CACHE_DIR"
 BUDGET_ENV = "NNSCRATCH_MEMORY_BUDGET"
@@ -147,19 +148,9 @@ def _remove_abandoned(folder: Path):
     """Partial folders of this set left by processes that no longer run (killed while unpacking)."""
     for partial in folder.parent.glob(f"{folder.name}.partial-*"):
         pid = partial.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and live_python_process(int(pid)):
             continue
         shutil.rmtree(partial, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def header(path) -> tuple[tuple, int]:
@@ -217,6 +208,11 @@ class StreamedImages:
 
     def __len__(self) -> int:
         return self.n
+
+    @property
+    def raw(self) -> np.ndarray:
+        """The mapped uint8 images, all of the file's (N, H, W) or (N, H, W, C)."""
+        return self._map.array
 
     def __repr__(self) -> str:
         return f"StreamedImages({self.path}, shape={self.shape})"

@@ -456,6 +456,14 @@ def _generators(model, shuffle_rng, augment_rng) -> dict:
     return gens
 
 
+def load_data(config: TrainConfig, progress: bool = True, log=print, download: bool = True) -> Dataset:
+    """The data set a run's settings name: ``config.dataset`` at ``config.size`` from ``config.data_dir``,
+    with its class count, task type and memory budget (GB)."""
+    budget = None if config.memory_budget is None else int(config.memory_budget * 1e9)
+    return load(sized_name(config.dataset, config.size), config.data_dir, download=download, progress=progress,
+                num_classes=config.num_classes, memory_budget=budget, log=log, task=config.task)
+
+
 def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, figures: bool, create=None,
            resumed=None) -> RunResult:
     """The run itself: fresh (``create`` makes the folder once the data and the model are known to
@@ -464,9 +472,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
     device = resolve_device(config.device)
     show = bars(progress)           # in a log file one line per epoch (``log``), no redraws
     if dataset is None:
-        budget = None if config.memory_budget is None else int(config.memory_budget * 1e9)
-        dataset = load(sized_name(config.dataset, config.size), config.data_dir, progress=show,
-                       num_classes=config.num_classes, memory_budget=budget, log=log, task=config.task)
+        dataset = load_data(config, progress=show, log=log)
     _data_checks(config, dataset, saved, log)
 
     train, val, test = dataset.train, dataset.val, dataset.test
