@@ -365,6 +365,23 @@ def maxpool_backward(grad, argmax, x_shape: tuple, k: int, stride: int, out=None
 # so it assumes they may alias). Each tile's intermediate rows live in
 # a small per-image buffer.
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _block(x, b, top, left, d, zero):
+    # d (n, n, C) = image b's n x n block of the channels-last x (B, H, W, C) from row ``top`` and column
+    # ``left`` on, zeros outside it (the padding, or the rows and columns past a map)
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    for r in range(d.shape[0]):
+        yy = top + r
+        for j in range(d.shape[1]):
+            xx = left + j
+            if 0 <= yy < H and 0 <= xx < W:
+                for c in range(C):
+                    d[r, j, c] = x[b, yy, xx, c]
+            else:
+                for c in range(C):
+                    d[r, j, c] = zero
+
+
 @_twins
 def _winograd_input(x, TH, TW, padding, V, zero, t0):
     # x: channels-last input (B, H, W, C); V: (16, T, C), x's tiles written from tile t0 on; zero: 0 in
@@ -377,16 +394,7 @@ def _winograd_input(x, TH, TW, padding, V, zero, t0):
         for ty in range(TH):
             for tx in range(TW):
                 t = t0 + (b * TH + ty) * TW + tx
-                for r in range(4):
-                    yy = 2 * ty + r - padding
-                    for j in range(4):
-                        xx = 2 * tx + j - padding
-                        if 0 <= yy < H and 0 <= xx < W:
-                            for c in range(C):
-                                d[r, j, c] = x[b, yy, xx, c]
-                        else:
-                            for c in range(C):
-                                d[r, j, c] = zero
+                _block(x, b, 2 * ty - padding, 2 * tx - padding, d, zero)
                 for j in range(4):
                     for c in range(C):
                         m[0, j, c] = d[0, j, c] - d[2, j, c]
@@ -469,20 +477,12 @@ def _winograd_grad_output(g, TH, TW, dM, zero, t0):
     # on; zero: 0 in g's dtype
     B, OH, OW, OC = g.shape
     for b in prange(B):
-        q = np.zeros((2, 2, OC), dtype=g.dtype)              # the tile's 2x2 gradients, 0 past the map
+        q = np.empty((2, 2, OC), dtype=g.dtype)              # the tile's 2x2 gradients, 0 past the map
         h = np.empty((4, 2, OC), dtype=g.dtype)              # A g: rows, per column
         for ty in range(TH):
             for tx in range(TW):
                 t = t0 + (b * TH + ty) * TW + tx
-                for a in range(2):
-                    for e in range(2):
-                        yy, xx = 2 * ty + a, 2 * tx + e
-                        if yy < OH and xx < OW:
-                            for o in range(OC):
-                                q[a, e, o] = g[b, yy, xx, o]
-                        else:
-                            for o in range(OC):
-                                q[a, e, o] = zero
+                _block(g, b, 2 * ty, 2 * tx, q, zero)
                 _winograd_tile_grad(q, h, dM, t)
 
 
@@ -596,34 +596,25 @@ def _wino4_input(x, TH, TW, padding, V, zero, t0):
     B, H, W, C = x.shape
     k2, k4, k5 = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
     for b in prange(B):
-        d = np.empty((6, 6, C), dtype=x.dtype)              # the block, by column j then row r
+        d = np.empty((6, 6, C), dtype=x.dtype)              # the block
         m = np.empty((6, 6, C), dtype=x.dtype)              # BT d, by row i then column j
         for ty in range(TH):
             for tx in range(TW):
                 t = t0 + (b * TH + ty) * TW + tx
-                for r in range(6):
-                    yy = 4 * ty + r - padding
-                    for j in range(6):
-                        xx = 4 * tx + j - padding
-                        if 0 <= yy < H and 0 <= xx < W:
-                            for c in range(C):
-                                d[j, r, c] = x[b, yy, xx, c]
-                        else:
-                            for c in range(C):
-                                d[j, r, c] = zero
+                _block(x, b, 4 * ty - padding, 4 * tx - padding, d, zero)
                 for j in range(6):                                 # BT d: rows combined, per column j
                     for c in range(C):
-                        m[0, j, c] = k4 * d[j, 0, c] - k5 * d[j, 2, c] + d[j, 4, c]
+                        m[0, j, c] = k4 * d[0, j, c] - k5 * d[2, j, c] + d[4, j, c]
                     for c in range(C):
-                        m[1, j, c] = -k4 * d[j, 1, c] - k4 * d[j, 2, c] + d[j, 3, c] + d[j, 4, c]
+                        m[1, j, c] = -k4 * d[1, j, c] - k4 * d[2, j, c] + d[3, j, c] + d[4, j, c]
                     for c in range(C):
-                        m[2, j, c] = k4 * d[j, 1, c] - k4 * d[j, 2, c] - d[j, 3, c] + d[j, 4, c]
+                        m[2, j, c] = k4 * d[1, j, c] - k4 * d[2, j, c] - d[3, j, c] + d[4, j, c]
                     for c in range(C):
-                        m[3, j, c] = -k2 * d[j, 1, c] - d[j, 2, c] + k2 * d[j, 3, c] + d[j, 4, c]
+                        m[3, j, c] = -k2 * d[1, j, c] - d[2, j, c] + k2 * d[3, j, c] + d[4, j, c]
                     for c in range(C):
-                        m[4, j, c] = k2 * d[j, 1, c] - d[j, 2, c] - k2 * d[j, 3, c] + d[j, 4, c]
+                        m[4, j, c] = k2 * d[1, j, c] - d[2, j, c] - k2 * d[3, j, c] + d[4, j, c]
                     for c in range(C):
-                        m[5, j, c] = k4 * d[j, 1, c] - k5 * d[j, 3, c] + d[j, 5, c]
+                        m[5, j, c] = k4 * d[1, j, c] - k5 * d[3, j, c] + d[5, j, c]
                 for i in range(6):                                 # (BT d) B: columns combined
                     for c in range(C):
                         V[6 * i, t, c] = k4 * m[i, 0, c] - k5 * m[i, 2, c] + m[i, 4, c]
@@ -685,33 +676,25 @@ def _wino4_grad_output(g, TH, TW, dM, zero, t0):
     B, OH, OW, OC = g.shape
     k2, k4, k8 = g.dtype.type(2), g.dtype.type(4), g.dtype.type(8)
     for b in prange(B):
-        q = np.empty((4, 4, OC), dtype=g.dtype)              # the gradient, by column e then row a
+        q = np.empty((4, 4, OC), dtype=g.dtype)              # the gradient, 0 past the map
         h = np.empty((6, 4, OC), dtype=g.dtype)              # A q, by row i then column e
         for ty in range(TH):
             for tx in range(TW):
                 t = t0 + (b * TH + ty) * TW + tx
-                for a in range(4):
-                    for e in range(4):
-                        yy, xx = 4 * ty + a, 4 * tx + e
-                        if yy < OH and xx < OW:
-                            for o in range(OC):
-                                q[e, a, o] = g[b, yy, xx, o]
-                        else:
-                            for o in range(OC):
-                                q[e, a, o] = zero
+                _block(g, b, 4 * ty, 4 * tx, q, zero)
                 for e in range(4):                                 # A q: rows, per column e
                     for o in range(OC):
-                        h[0, e, o] = q[e, 0, o]
+                        h[0, e, o] = q[0, e, o]
                     for o in range(OC):
-                        h[1, e, o] = q[e, 0, o] + q[e, 1, o] + q[e, 2, o] + q[e, 3, o]
+                        h[1, e, o] = q[0, e, o] + q[1, e, o] + q[2, e, o] + q[3, e, o]
                     for o in range(OC):
-                        h[2, e, o] = q[e, 0, o] - q[e, 1, o] + q[e, 2, o] - q[e, 3, o]
+                        h[2, e, o] = q[0, e, o] - q[1, e, o] + q[2, e, o] - q[3, e, o]
                     for o in range(OC):
-                        h[3, e, o] = q[e, 0, o] + k2 * q[e, 1, o] + k4 * q[e, 2, o] + k8 * q[e, 3, o]
+                        h[3, e, o] = q[0, e, o] + k2 * q[1, e, o] + k4 * q[2, e, o] + k8 * q[3, e, o]
                     for o in range(OC):
-                        h[4, e, o] = q[e, 0, o] - k2 * q[e, 1, o] + k4 * q[e, 2, o] - k8 * q[e, 3, o]
+                        h[4, e, o] = q[0, e, o] - k2 * q[1, e, o] + k4 * q[2, e, o] - k8 * q[3, e, o]
                     for o in range(OC):
-                        h[5, e, o] = q[e, 3, o]
+                        h[5, e, o] = q[3, e, o]
                 for i in range(6):                                 # (A q) AT: columns
                     for o in range(OC):
                         dM[6 * i, t, o] = h[i, 0, o]
