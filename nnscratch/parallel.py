@@ -49,16 +49,17 @@ def parts_for(model, batch: int, workers: int | None) -> int:
     original layer. So does a model with dropout, or with batch norm in training whose parts could not
     pool their statistics (``BatchGroup``, where the planner runs every batch norm), whose results
     would depend on the split; ``workers`` is then ignored."""
-    convolutional = False
+    convolutional, synced = False, None
     for m in model.modules():
         own = vars(m)
         if "forward" in own or "backward" in own:
             return 1
         # (whether the planner pools batch norm's statistics is asked only of a model that has one in
         # training: this runs on every plan lookup)
+        if isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training and synced is None:
+            synced = execution.batch_norm_synced(model)         # once: it walks the whole model
         if (isinstance(m, Dropout) and m.training and m.p > 0
-                or isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training
-                and not execution.batch_norm_synced(model)):
+                or isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training and not synced):
             # the parts would draw their dropout masks in another order than the whole batch, and
             # batch statistics over a part are not the batch's unless the parts pool them
             # (``BatchGroup``): split, the model would compute something else

@@ -424,6 +424,33 @@ def test_batchnorm_kernels_equal_the_reference_in_both_layouts(B, C, H, W, relu,
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 6), st.integers(1, 6), st.booleans(), st.booleans(),
+       st.sampled_from([np.float32, np.float64]), SEEDS)
+def test_batchnorm_backward_from_the_input_has_the_bits_of_the_kept_xhat(B, C, H, W, relu, last, dtype, seed):
+    # BatchNormStep keeps x and the mean instead of writing xhat out: both kernels' backward passes,
+    # recomputing xhat, must give exactly what they give from the forward pass's xhat
+    from nnscratch.kernels import cpu, reference
+    rng = np.random.default_rng(seed)
+    B = 2 if B * H * W < 2 else B
+    x = (rng.standard_normal((B, H, W, C) if last else (B, C, H, W)) * 2 + 1).astype(dtype)
+    x = x.transpose(0, 3, 1, 2) if last else x
+    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    for k in (cpu, reference):
+        y, xhat, mean, var = k.batchnorm_forward(x, w, b, 1e-5, relu)
+        y2, none, mean2, var2 = k.batchnorm_forward(x, w, b, 1e-5, relu, keep_xhat=False)
+        assert none is None
+        np.testing.assert_array_equal(y2, y)
+        inv_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+        mask = (y if relu else None, b if relu else None)
+        kept = k.batchnorm_backward(g, xhat, w, inv_std, *mask)
+        again = k.batchnorm_backward(g, None, w, inv_std, *mask, x=x, mean=mean)
+        for u, v in zip(again, kept):
+            assert u.dtype == v.dtype
+            np.testing.assert_array_equal(u, v)
+
+
 def test_the_batchnorm_step_moves_the_running_statistics_as_the_layer_does():
     from nnscratch.fast.norm import BatchNormStep
     x = np.random.default_rng(0).standard_normal((4, 3, 6, 6))

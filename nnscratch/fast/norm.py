@@ -55,14 +55,16 @@ class BatchNormStep(Step):
             def pool(n_part, mean, var):
                 pooled[0], mean, var = pool_statistics(group[0].exchange(group[1], (n_part, mean, var)))
                 return mean, var
-        y, xhat, mean, var = kernels.batchnorm_forward(x, weight, bias, bn.eps, self.relu, pool)
+        # xhat is not written out: backward recomputes it from x (which nobody else writes) and the
+        # mean, the same bits, so the forward pass writes one map where it wrote two
+        y, _, mean, var = kernels.batchnorm_forward(x, weight, bias, bn.eps, self.relu, pool, keep_xhat=False)
         n = pooled[0]
         # the parts of a split batch share the running statistics' arrays (parallel._replica) and
         # computed the same pooled mean and variance: the first part moves them, once
         if bn.track_running_stats and (group is None or group[1] == 0):
             bn.update_running_stats(mean.astype(dt), var.astype(dt), n)
         inv_std = (1 / np.sqrt(var + bn.eps)).astype(dt)
-        self._cache, self._fixed = (xhat, weight, bias, inv_std, y if self.relu else None), False
+        self._cache, self._fixed = (x, mean, weight, bias, inv_std, y if self.relu else None), False
         return y
 
     def _fixed_statistics(self, x, weight, bias):
@@ -102,14 +104,14 @@ class BatchNormStep(Step):
             raise no_forward(self.layer)
         if self._fixed:
             return self._fixed_backward(grad, need_input_grad)
-        xhat, weight, bias, inv_std, y = self._cache
-        check_grad(self.layers[-1][1], grad, xhat.shape, xhat.dtype)
+        x, mean, weight, bias, inv_std, y = self._cache
+        check_grad(self.layers[-1][1], grad, x.shape, x.dtype)
         group, pool = parallel.batch_group(), None
         if group is not None:
             def pool(n_part, sums):
                 parts = group[0].exchange(group[1], (n_part, sums))
                 return sum(p[0] for p in parts), sum(p[1] for p in parts)
-        dx, dweight, dbias = kernels.batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool)
+        dx, dweight, dbias = kernels.batchnorm_backward(grad, None, weight, inv_std, y, bias, pool, x=x, mean=mean)
         bn = self.layer
         if bn.affine:
             bn.weight.grad += dweight

@@ -172,11 +172,12 @@ def add_bias_checked(y, b, relu=False) -> bool:
     return for_array(y).add_bias_checked(y, b, relu)
 
 
-def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None):
+def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None, keep_xhat: bool = True):
     """x: (B, C, H, W) -> (y, xhat, mean, var): batch norm with the batch's statistics (mean and var
     (C,) float64, var biased), y rectified with ``relu``; y and xhat in x's memory layout. ``pool``:
-    for a part of a split batch, (n, mean, var) of the part -> (mean, var) of the whole batch."""
-    return for_array(x).batchnorm_forward(x, weight, bias, eps, relu, pool)
+    for a part of a split batch, (n, mean, var) of the part -> (mean, var) of the whole batch. Without
+    ``keep_xhat``, xhat is None and not written (one pass less: backward recomputes it from x)."""
+    return for_array(x).batchnorm_forward(x, weight, bias, eps, relu, pool, keep_xhat)
 
 
 def scale_shift(x, scale, shift, relu: bool = False):
@@ -184,11 +185,12 @@ def scale_shift(x, scale, shift, relu: bool = False):
     return for_array(x).scale_shift(x, scale, shift, relu)
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None):
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None, x=None, mean=None):
     """-> (dx, dweight, dbias) of batchnorm_forward, the gradient masked by y > 0 when y (the rectified
     output) is given; with ``bias`` too, the mask may be recomputed from xhat (the same bits). ``pool``:
-    for a part of a split batch, (n, this part's [dbias, dweight]) -> the whole batch's (n, sums)."""
-    return for_array(grad).batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool)
+    for a part of a split batch, (n, this part's [dbias, dweight]) -> the whole batch's (n, sums).
+    xhat None: recomputed from the forward pass's input ``x`` and ``mean`` as batchnorm_forward did."""
+    return for_array(grad).batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool, x, mean)
 
 
 def relu_forward(x, inplace: bool = False):

@@ -1108,13 +1108,15 @@ def _bn_sums(a, shift, chunks, out):
 
 
 @_twins
-def _bn_apply(x, mean, inv_std, w, b, relu, zero, xhat, y):
-    # xhat = (x - mean) * inv_std; y = w * xhat + b (rectified with relu), row by row
+def _bn_apply(x, mean, inv_std, w, b, relu, store, zero, xhat, y):
+    # xhat = (x - mean) * inv_std (written out with ``store``); y = w * xhat + b (rectified with relu),
+    # row by row
     N, C = x.shape
     for i in prange(N):
         for c in range(C):
             h = (x[i, c] - mean[c]) * inv_std[c]
-            xhat[i, c] = h
+            if store:
+                xhat[i, c] = h
             v = w[c] * h + b[c]
             y[i, c] = (zero if v < zero else v) if relu else v
 
@@ -1130,15 +1132,17 @@ def _bn_scale_shift(x, scale, shift, relu, zero, y):
 
 
 @_twins
-def _bn_grad_sums(g, xhat, w, b, masked, chunks, zero, out):
+def _bn_grad_sums(g, xs, mean, inv_std, from_x, w, b, masked, chunks, zero, out):
     # out[k, 0, c] = sum of g', out[k, 1, c] = sum of g' * xhat over chunk k, where g' = g, or with
-    # ``masked`` g where the forward pass's y = w * xhat + b was > 0 (recomputed: the same bits as y)
+    # ``masked`` g where the forward pass's y = w * xhat + b was > 0 (recomputed: the same bits as y).
+    # xs is xhat, or with ``from_x`` the layer's input x, and xhat = (x - mean) * inv_std is
+    # recomputed as _bn_apply computed it (the same bits)
     N, C = g.shape
     for k in prange(chunks):
         acc = np.zeros((2, C), dtype=np.float64)
         for i in range(k * N // chunks, (k + 1) * N // chunks):
             for c in range(C):
-                h = xhat[i, c]
+                h = (xs[i, c] - mean[c]) * inv_std[c] if from_x else xs[i, c]
                 v = g[i, c] if (not masked or w[c] * h + b[c] > zero) else zero
                 acc[0, c] += v
                 acc[1, c] += v * h
@@ -1146,12 +1150,12 @@ def _bn_grad_sums(g, xhat, w, b, masked, chunks, zero, out):
 
 
 @_twins
-def _bn_grad_input(g, xhat, w, b, masked, scale, n, dbias, dweight, zero, dx):
-    # dx = scale * (n * g' - dbias - xhat * dweight), row by row
+def _bn_grad_input(g, xs, mean, inv_std, from_x, w, b, masked, scale, n, dbias, dweight, zero, dx):
+    # dx = scale * (n * g' - dbias - xhat * dweight), row by row (xs, from_x: as in _bn_grad_sums)
     N, C = g.shape
     for i in prange(N):
         for c in range(C):
-            h = xhat[i, c]
+            h = (xs[i, c] - mean[c]) * inv_std[c] if from_x else xs[i, c]
             v = g[i, c] if (not masked or w[c] * h + b[c] > zero) else zero
             dx[i, c] = scale[c] * (n * v - dbias[c] - h * dweight[c])
 
@@ -1162,12 +1166,12 @@ def _rows(a):
     return flat.reshape(-1, a.shape[1]) if layout == "cl" else None
 
 
-def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None):
+def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None, keep_xhat: bool = True):
     """Twin of reference.batchnorm_forward for a channels-last (B, C, H, W) x: two passes (the sums for
     mean and variance, then xhat and y in one), every row of C values contiguous."""
     rows = _rows(x) if x.ndim == 4 else None
     if rows is None:
-        return reference.batchnorm_forward(x, weight, bias, eps, relu, pool)
+        return reference.batchnorm_forward(x, weight, bias, eps, relu, pool, keep_xhat)
     n, C, dt = rows.shape[0], rows.shape[1], x.dtype
     parts = np.empty((BN_CHUNKS, 2, C), dtype=np.float64)
     shift = rows[0].copy()
@@ -1178,9 +1182,11 @@ def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None
     if pool is not None:
         mean, var = pool(n, mean, var)
     inv_std = (1 / np.sqrt(var + eps)).astype(dt)
-    xhat, y = np.empty_like(rows), np.empty_like(rows)
-    _bn_apply(rows.size, rows, mean.astype(dt), inv_std, weight, bias, relu, dt.type(0), xhat, y)
-    return _shaped(y.reshape(-1), x.shape, "cl"), _shaped(xhat.reshape(-1), x.shape, "cl"), mean, var
+    y = np.empty_like(rows)
+    xhat = np.empty_like(rows) if keep_xhat else y          # (unwritten without keep_xhat)
+    _bn_apply(rows.size, rows, mean.astype(dt), inv_std, weight, bias, relu, keep_xhat, dt.type(0), xhat, y)
+    return (_shaped(y.reshape(-1), x.shape, "cl"), _shaped(xhat.reshape(-1), x.shape, "cl") if keep_xhat else None,
+            mean, var)
 
 
 def scale_shift(x, scale, shift, relu: bool = False):
@@ -1193,21 +1199,25 @@ def scale_shift(x, scale, shift, relu: bool = False):
     return _shaped(y.reshape(-1), x.shape, "cl")
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None):
-    """Twin of reference.batchnorm_backward for channels-last xhat: two passes, the sums, then dx; a
-    gradient in another layout is copied into xhat's first. Given ``bias`` as well as y, the ReLU's
-    mask is recomputed from xhat (y = weight * xhat + bias, the same bits) instead of read from y."""
-    xrows = _rows(xhat)
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None, x=None, mean=None):
+    """Twin of reference.batchnorm_backward for channels-last xhat (or x): two passes, the sums, then dx;
+    a gradient in another layout is copied into xhat's first. Given ``bias`` as well as y, the ReLU's
+    mask is recomputed from xhat (y = weight * xhat + bias, the same bits) instead of read from y; given
+    x and mean instead of xhat, xhat is recomputed in both passes as the forward pass computed it."""
+    from_x = xhat is None
+    saved = x if from_x else xhat
+    xrows = _rows(saved)
     if xrows is None or (y is not None and bias is None):
-        return reference.batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool)
+        return reference.batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool, x, mean)
     grows = _rows(grad)
     if grows is None:
         grows = _as_channels_last(grad).reshape(-1, grad.shape[1])
-    n, C, dt = xrows.shape[0], xrows.shape[1], xhat.dtype
+    n, C, dt = xrows.shape[0], xrows.shape[1], saved.dtype
     masked = y is not None
     b = bias if masked else weight          # unread without the mask; any (C,) array of the dtype will do
+    mean = mean.astype(dt) if from_x else weight        # (unread without from_x)
     parts = np.empty((BN_CHUNKS, 2, C), dtype=np.float64)
-    _bn_grad_sums(grows.size, grows, xrows, weight, b, masked, BN_CHUNKS, dt.type(0), parts)
+    _bn_grad_sums(grows.size, grows, xrows, mean, inv_std, from_x, weight, b, masked, BN_CHUNKS, dt.type(0), parts)
     sums = parts.sum(axis=0)
     dbias, dweight = sums.astype(dt)
     total_bias, total_weight = dbias, dweight
@@ -1216,9 +1226,9 @@ def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None
         total_bias, total_weight = sums.astype(dt)
     scale = (weight * inv_std / dt.type(n)).astype(dt)
     dx = np.empty_like(xrows)
-    _bn_grad_input(grows.size, grows, xrows, weight, b, masked, scale, dt.type(n), total_bias, total_weight,
-                   dt.type(0), dx)
-    return _shaped(dx.reshape(-1), xhat.shape, "cl"), dweight, dbias
+    _bn_grad_input(grows.size, grows, xrows, mean, inv_std, from_x, weight, b, masked, scale, dt.type(n), total_bias,
+                   total_weight, dt.type(0), dx)
+    return _shaped(dx.reshape(-1), saved.shape, "cl"), dweight, dbias
 
 
 # ---- optimizer updates: one fused pass over the flattened arrays instead of NumPy's ~8 ----------

@@ -310,11 +310,12 @@ def relu_backward(grad, y):
 
 # ---- batch normalization in training, per channel of a (B, C, H, W) array ---------------------
 
-def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None):
+def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None, keep_xhat: bool = True):
     """x: (B, C, H, W) -> (y, xhat, mean, var), with the batch's statistics per channel (over B, H, W):
     mean, var (biased), xhat = (x - mean) / sqrt(var + eps), y = weight * xhat + bias, rectified with
     ``relu`` (a ReLU after the layer, fused in). mean and var: (C,) float64. ``pool``, for a part of a
-    split batch: (n, mean, var) of this part -> (mean, var) of the whole batch."""
+    split batch: (n, mean, var) of this part -> (mean, var) of the whole batch. Without ``keep_xhat``
+    xhat is None (the backward pass recomputes it from x and mean)."""
     axes, shape = (0, 2, 3), (1, -1, 1, 1)
     mean = x.mean(axis=axes, dtype=np.float64)
     var = ((x.astype(np.float64) - mean.reshape(shape)) ** 2).mean(axis=axes)
@@ -326,7 +327,7 @@ def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None
     y = xhat * weight.reshape(shape) + bias.reshape(shape)
     if relu:
         relu_forward(y, inplace=True)
-    return y, xhat, mean, var
+    return y, xhat if keep_xhat else None, mean, var
 
 
 def scale_shift(x, scale, shift, relu: bool = False):
@@ -337,10 +338,11 @@ def scale_shift(x, scale, shift, relu: bool = False):
     return relu_forward(y, inplace=True) if relu else y
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None):
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None, x=None, mean=None):
     """The backward pass of batchnorm_forward: grad, xhat, y: (B, C, H, W); weight, inv_std: (C,) ->
     (dx, dweight, dbias). Given the rectified ``y``, the gradient passes only where y > 0 (the fused ReLU);
-    ``bias`` (the layer's) lets a kernel recompute that mask from xhat instead of reading y.
+    ``bias`` (the layer's) lets a kernel recompute that mask from xhat instead of reading y. xhat may be
+    None, given the layer's input x and the batch's ``mean`` instead: xhat = (x - mean) * inv_std.
 
         g = grad (masked),  dbias = sum(g),  dweight = sum(g * xhat),  n = B * H * W,
         dx = weight * inv_std / n * (n * g - dbias - xhat * dweight)    (sums per channel)
@@ -350,6 +352,8 @@ def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None
     parts' gradients are added up afterwards).
     """
     axes, shape = (0, 2, 3), (1, -1, 1, 1)
+    if xhat is None:
+        xhat = (x - mean.reshape(shape).astype(x.dtype)) * inv_std.reshape(shape)
     g = grad if y is None else grad * (y > 0)
     dbias = g.sum(axis=axes)
     dweight = (g * xhat).sum(axis=axes)
