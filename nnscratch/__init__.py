@@ -7,7 +7,7 @@
     loss = loss_fn(model(x), y)                  # x: (B, 3, 28, 28) float32, y: (B,) int
     model.backward(loss_fn.backward()); opt.step(); opt.zero_grad()
 """
-from . import data, fast, init, kernels, lr_scheduler, models
+from . import data, distributed, fast, init, kernels, lr_scheduler, models
 from .augment import Augment
 from .backend import get_array_module, gpu_available, to_device, to_numpy
 from .clip import clip_grad_norm_
@@ -30,6 +30,6 @@ __all__ = [
     "BatchNorm1d", "BatchNorm2d", "Dropout", "AvgPool2d", "AdaptiveAvgPool2d", "Residual",
     "Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss", "SoftmaxMSELoss", "one_hot", "Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler", "clip_grad_norm_", "Augment",
     "TrainStep", "NonFiniteLoss", "save_model", "load_checkpoint", "CheckpointError",
-    "models", "init", "kernels", "data", "fast", "plan", "set_execution", "get_execution", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
+    "models", "init", "kernels", "data", "fast", "distributed", "plan", "set_execution", "get_execution", "manual_seed", "gradcheck", "GradcheckError", "GradcheckResult",
     "get_array_module", "gpu_available", "to_device", "to_numpy",
 ]

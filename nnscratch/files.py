@@ -7,6 +7,7 @@ interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import tempfile
@@ -19,9 +20,27 @@ from .backend import to_numpy
 from .errors import CheckpointError, UsageError
 
 
+_DISCARD = contextvars.ContextVar("nnscratch_discard_writes", default=False)
+
+
+@contextlib.contextmanager
+def discarding():
+    """Within this block (in this thread) every file written through ``atomic_path`` goes nowhere: the
+    ranks of an MPI job other than rank 0 run the same training and write nothing."""
+    token = _DISCARD.set(True)
+    try:
+        yield
+    finally:
+        _DISCARD.reset(token)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
+    Inside ``discarding()``, the path is the null device and nothing is created or replaced."""
+    if _DISCARD.get():
+        yield Path(os.devnull)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

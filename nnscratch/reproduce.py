@@ -4,7 +4,8 @@
     python -m nnscratch.reproduce --report-only [--out docs/results]
 
 Trains MLNN-Test1..3 and CNN-Test1..3 exactly as Tables 1 and 2 set them, each seed
-into its own run folder under OUT/runs/, then writes OUT.md (docs/results.md by
+into its own run folder under OUT/runs/ (under ``mpiexec -n N``, the runs are shared out
+over the N ranks, each run in one process, and rank 0 writes the report), then writes OUT.md (docs/results.md by
 default) with the table, the targets, the comparison with the paper and the
 figures in OUT/. What the report says of the reproduction (command, date, machine)
 is kept in OUT/reproduction.json, so that --report-only can redraw the report and
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import checkpoint, runfolder
+from . import checkpoint, distributed, runfolder
 from .cli import ArgumentParser, UsageError, run_cli
 from .data import load
 from .files import read_json_object, write_json
@@ -59,8 +60,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def body():
+        distributed.init()
         if args.report_only:
-            return redraw(Path(args.out))
+            return redraw(Path(args.out)) if distributed.is_main() else 0
         if args.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
         if any(s < 0 for s in args.seeds):
@@ -76,25 +78,20 @@ def main(argv=None) -> int:
         dataset = load(args.dataset, args.data_dir, progress=not args.quiet)
         jobs = [(c, s) for c in args.configs for s in args.seeds]
         start = time.perf_counter()
-        bar = tqdm(jobs, desc="reproduction", unit="run", disable=not bars(not args.quiet), position=0)
-        for c, s in bar:
-            bar.set_description(f"reproduction: {c} seed {s}")
-            config = TrainConfig(**PRESETS[c], preset=c, epochs=args.epochs, seed=s, device=device,
-                                 batch_size=args.batch_size, dataset=args.dataset, data_dir=args.data_dir,
-                                 workers=args.workers, out=str(runs_dir / f"{c}-seed{s}"))
-            try:
-                result = _run_or_continue(config, dataset, args, log=tqdm.write)
-            except TrainingDiverged as e:
-                tqdm.write(f"{c} seed {s}: {e}")
-                continue
-            if result.status == "interrupted":
-                bar.close()
+        interrupted = _train_runs(jobs[distributed.rank()::distributed.world_size()], dataset, device, runs_dir,
+                                  args, show=distributed.is_main())
+        # every rank's runs done (or stopped): the ranks agree, and rank 0 writes the report
+        if distributed.sum_in_rank_order([interrupted])[0] > 0:
+            if distributed.is_main():
                 print("interrupted: run the same command again to continue where it stopped", file=sys.stderr)
-                return 130
+            return 130
+        if not distributed.is_main():
+            return 0
         context = {
             "command": " ".join(["python -m nnscratch.reproduce"] + (sys.argv[1:] if argv is None else list(argv))),
             "date": _dt.date.today().isoformat(), "wall_minutes": (time.perf_counter() - start) / 60,
             "machine": machine(), "versions": versions(), "device": device, "seeds": args.seeds,
+            "ranks": distributed.world_size(),
             "epochs": args.epochs, "dataset": dataset.name, "md5": dataset.md5,
             "num_classes": dataset.num_classes,
             "batch_size": batch_text(args.batch_size),
@@ -109,6 +106,28 @@ def main(argv=None) -> int:
 
 
 CONTEXT_FILE = "reproduction.json"
+
+
+def _train_runs(jobs: list, dataset, device: str, runs_dir: Path, args, show: bool) -> bool:
+    """Train (or keep, or continue) the runs of ``jobs`` [(configuration, seed)], each in this process
+    alone (an MPI job's rank trains its share of them); True when Ctrl-C stopped one."""
+    bar = tqdm(jobs, desc="reproduction", unit="run", disable=not (show and bars(not args.quiet)), position=0)
+    log = tqdm.write if show else (lambda *a, **k: None)
+    with distributed.alone():
+        for c, s in bar:
+            bar.set_description(f"reproduction: {c} seed {s}")
+            config = TrainConfig(**PRESETS[c], preset=c, epochs=args.epochs, seed=s, device=device,
+                                 batch_size=args.batch_size, dataset=args.dataset, data_dir=args.data_dir,
+                                 workers=args.workers, out=str(runs_dir / f"{c}-seed{s}"))
+            try:
+                result = _run_or_continue(config, dataset, args, log=log)
+            except TrainingDiverged as e:
+                log(f"{c} seed {s}: {e}")
+                continue
+            if result.status == "interrupted":
+                bar.close()
+                return True
+    return False
 
 
 def _run_or_continue(config: TrainConfig, dataset, args, log):

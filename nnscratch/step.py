@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from . import parallel
+from . import distributed, execution, parallel
 from .backend import is_gpu_array
 from .clip import clip_grad_norm_
 from .cuda_graphs import GraphedSteps, RecordingFailed
@@ -53,13 +53,16 @@ class TrainStep:
     ``MIN_PART`` images; 1 runs the batch whole. Ignored on a GPU.
     max_grad_norm: when given, the gradients are clipped to this global norm before the optimizer
     steps (``ns.clip_grad_norm_``); on a GPU the steps then run op by op (the norm is read on the host).
+    distributed: as one rank of an MPI job (``ns.distributed``): every rank passes the same global
+    batch, computes the gradient of its share (``distributed.shard``) and the ranks' gradients are
+    summed before the update; default: when ``ns.distributed.init()`` joined a job of 2 or more.
     """
 
     WARMUP = 1            # ordinary steps per input shape before recording: kernels compiled, state made
     MIN_PART = parallel.MIN_PART     # images per part at least when ``workers`` is left to choose
 
     def __init__(self, model, loss_fn, optimizer, target=None, graph: bool = True, workers: int | None = None,
-                 max_grad_norm: float | None = None):
+                 max_grad_norm: float | None = None, distributed: bool | None = None):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.target = target if target is not None else (lambda y: y)
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -72,9 +75,13 @@ class TrainStep:
         self._graphs = GraphedSteps(model, loss_fn, optimizer, self.target)
         self._seen = {}                   # graph key -> ordinary steps run so far
         self.replays = 0                  # steps served by a graph (for benches and tests)
+        self.distributed = distributed
+        self._gradient_sum, self._broadcast = None, False
 
     def __call__(self, x, labels):
         """x: the model's input (B, ...); labels: (B,) ints -> (loss: float, correct: int)."""
+        if self.distributed or (self.distributed is None and distributed.active()):
+            return self._ranks(x, labels)
         if not is_gpu_array(x):
             ways = self._ways(x)
             if ways > 1:
@@ -143,22 +150,30 @@ class TrainStep:
             self._losses_of = id(self.loss_fn)
         return [self.loss_fn] + self._losses
 
-    def _split(self, x, labels, ways: int):
-        """The step on ``ways`` parts of the batch at once (see the module notes)."""
+    def _check_labels(self, x, labels):
         B = x.shape[0]
         if np.ndim(labels) < 1 or np.shape(labels)[0] != B:     # before the parts see halves of them
             raise ValueError(f"{self}: expected labels of shape (B,) = ({B},) for a batch of {B} images, "
                              f"got shape {tuple(np.shape(labels))}")
+
+    def _shares(self, target, cuts) -> list:
+        """Each slice's share of the batch's loss: its rows' share, or of the loss's sample weights
+        (a class-weighted loss is a weighted mean over the batch)."""
+        weights = self.loss_fn._sample_weights(target)
+        if weights is None:
+            B = cuts[-1].stop
+            return [(cut.stop - cut.start) / B for cut in cuts]
+        weights = np.asarray(weights, dtype=np.float64)
+        total = weights.sum()
+        return [float(weights[cut].sum() / total) for cut in cuts]
+
+    def _split(self, x, labels, ways: int):
+        """The step on ``ways`` parts of the batch at once (see the module notes)."""
+        self._check_labels(x, labels)
         dp = parallel.DataParallel(self.model, ways)
         target = self.target(labels)
-        weights = self.loss_fn._sample_weights(target)
-        cuts = parallel.cuts(B, ways)
-        if weights is None:
-            shares = [(cut.stop - cut.start) / B for cut in cuts]
-        else:
-            weights = np.asarray(weights, dtype=np.float64)
-            total = weights.sum()
-            shares = [float(weights[cut].sum() / total) for cut in cuts]
+        cuts = parallel.cuts(x.shape[0], ways)
+        shares = self._shares(target, cuts)
         outs = dp.step(x, target, cuts, self._loss_copies(ways), shares)
         loss = sum(share * part_loss for share, (_, part_loss) in zip(shares, outs))
         if not np.isfinite(loss):
@@ -167,6 +182,57 @@ class TrainStep:
         dp.gather_grads()
         self._update()
         return loss, sum(hits(logits, labels[cut]) for (logits, _), cut in zip(outs, cuts))
+
+    # ---- one rank of an MPI job (distributed.py) ---------------------------------------------
+
+    def _ranks(self, x, labels):
+        """The step as rank r of the job: x, labels are the global batch (the same on every rank);
+        rank r computes the loss of its rows and the gradient of its share of the batch's loss, and
+        the ranks' gradients are summed (the same bits on all) before the same update everywhere.
+        The loss is checked, summed across the ranks, before anything changes."""
+        if is_gpu_array(x):
+            raise NotImplementedError(f"{self}: ranks on GPUs (NCCL) are not built yet; run the job's ranks on "
+                                      f"the CPU (--device cpu)")
+        self._check_labels(x, labels)
+        B, size = x.shape[0], distributed.world_size()
+        if B < size:
+            raise ValueError(f"{self}: a batch of {B} images cannot be shared among {size} ranks; give batches "
+                             f"of at least {size} images")
+        if not self._broadcast:          # the same start everywhere (a user's model, a resumed run)
+            distributed.broadcast_state(self.model)
+            self._warn_unsynced_batch_norm()
+            self._broadcast = True
+        target = self.target(labels)
+        cuts = parallel.cuts(B, size)
+        shares = self._shares(target, cuts)
+        me = cuts[distributed.rank()]
+        with parallel.whole_batches(), distributed.synced():
+            with np.errstate(over="ignore", invalid="ignore"):      # a diverging step is reported below
+                logits = self.model(x[me])
+                loss = self.loss_fn(logits, target[me])
+            correct = hits(logits, labels[me])
+            loss, correct = distributed.sum_in_rank_order([shares[distributed.rank()] * loss, correct])
+            if not np.isfinite(loss):
+                raise NonFiniteLoss(float(loss), applied=False)
+            # this rank's share of the batch's mean loss, before backward: batch norm's backward sums
+            # across the ranks then add gradients of one loss
+            grad = self.loss_fn.backward()
+            grad *= shares[distributed.rank()]
+            self.model.backward(grad, need_input_grad=False)
+        if self._gradient_sum is None:
+            self._gradient_sum = distributed.GradientSum()
+        self._gradient_sum(self.optimizer.params)
+        self._update()
+        return float(loss), (float(correct) if np.ndim(labels) == 2 else int(round(correct)))
+
+    def _warn_unsynced_batch_norm(self):
+        from .layers import BatchNorm1d, BatchNorm2d
+        if (any(isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.training for m in self.model.modules())
+                and not execution.batch_norm_synced(self.model)):
+            warnings.warn(f"{self}: some batch norm runs outside the planner's batch-norm steps (a BatchNorm1d, "
+                          f"one nested in a custom module, or the rules off), and normalizes each rank's share "
+                          f"by its own statistics: the job computes something other than one process",
+                          RuntimeWarning, stacklevel=3)
 
     def __repr__(self):
         return f"TrainStep({type(self.model).__name__}, {self.loss_fn!r}, {self.optimizer!r})"

@@ -83,6 +83,14 @@ class blas_threads:
             lib[1](self._before)
 
 
+def set_blas_threads(n: int):
+    """From now on OpenBLAS uses ``n`` threads (a rank of an MPI job sharing a machine's cores with
+    others); without a reachable OpenBLAS nothing changes."""
+    lib = _openblas()
+    if lib is not None:
+        lib[1](int(n))
+
+
 # Set where a batch must run whole (see parallel.py): inside every task of run_parallel, so that a part
 # never splits again, and in TrainStep's unsplit step (its ``workers=1`` means one model, whole batch)
 _WHOLE = contextvars.ContextVar("nnscratch_whole_batch", default=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, checkpoint, losses, lr_scheduler, models, optim, plots, runfolder
+from . import __version__, checkpoint, distributed, files, losses, lr_scheduler, models, optim, plots, runfolder
 from .augment import SYMMETRIES, Augment, dihedral
 from .backend import device_of, gpu_available, to_device, to_numpy
 from .checkpoint import generator_state, set_generator_state
@@ -255,6 +255,7 @@ def predict(model, images, batch_size: int | None = None, tta: bool = False, mul
     model.eval()
     out = []
     prob = losses.sigmoid if multi_label else losses.softmax
+    images, _, whole = _my_rows(images, None)
     for xb, _ in batches(images, None, batch_size or eval_batch(images), device=_device(model)):
         if tta:
             probs = sum(prob(model(dihedral(xb, k))) for k in range(SYMMETRIES)) / SYMMETRIES
@@ -262,7 +263,18 @@ def predict(model, images, batch_size: int | None = None, tta: bool = False, mul
             probs = prob(model(xb))
         out.append(to_numpy(probs))
     model.train()
-    return np.concatenate(out)
+    mine = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return mine if whole else distributed.gather_rows(mine)
+
+
+def _my_rows(images, labels):
+    """(images, labels, whole): in an MPI job, this rank's shard of an in-memory split (each rank
+    evaluates its rows; the callers gather or sum the results), else the whole split (whole=True; a
+    split streamed from disk is evaluated whole on every rank)."""
+    if not distributed.active() or not hasattr(images, "strides"):
+        return images, labels, True
+    rows = distributed.shard(len(images))
+    return images[rows], None if labels is None else labels[rows], False
 
 
 def _device(model) -> str:
@@ -274,13 +286,16 @@ def _device(model) -> str:
 def evaluate_split(model, images, labels, loss_fn, target, batch_size: int | None = None):
     """(mean loss, accuracy) over a whole split (multi-label: the mean per-label accuracy)."""
     model.eval()
+    n = len(labels)
     total, correct = 0.0, 0
+    images, labels, whole = _my_rows(images, labels)
     for xb, yb in batches(images, labels, batch_size or eval_batch(images), device=_device(model)):
         logits = model(xb)
         total += loss_fn(logits, target(yb)) * len(yb)
         correct += hits(logits, yb)
     model.train()
-    n = len(labels)
+    if not whole:                       # the ranks' shards' sums, added in rank order on every rank
+        total, correct = distributed.sum_in_rank_order([total, correct])
     return total / n, correct / n
 
 
@@ -344,6 +359,7 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     log = log or print_now
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     runfolder.check_out(run_dir, overwrite)
+    distributed.barrier()               # every rank has looked before rank 0 creates the folder
     return _train(config, run_dir, dataset, progress, log, figures,
                   create=lambda: runfolder.create(run_dir, overwrite))
 
@@ -394,7 +410,9 @@ def resume(run_dir, epochs: int | None = None, dataset: Dataset | None = None, d
     if memory_budget is not None:
         config.memory_budget = memory_budget
         config.validate()
-    runfolder.remove_stale_temporaries(run_dir)
+    if distributed.is_main():
+        runfolder.remove_stale_temporaries(run_dir)
+    distributed.barrier()               # every rank has read the folder before rank 0 writes to it
     return _train(config, run_dir, dataset, progress, log, figures, resumed=(ck, saved))
 
 
@@ -467,7 +485,29 @@ def load_data(config: TrainConfig, progress: bool = True, log=print, download: b
 def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, figures: bool, create=None,
            resumed=None) -> RunResult:
     """The run itself: fresh (``create`` makes the folder once the data and the model are known to
-    work) or ``resumed`` = (checkpoint, saved config.json)."""
+    work) or ``resumed`` = (checkpoint, saved config.json). As one rank of an MPI job other than rank 0
+    (``distributed``), the same computation with nothing printed and no file written."""
+    if not distributed.is_main():
+        with files.discarding():
+            return _train_here(config, run_dir, dataset, False, _silent, False,
+                               create=None if create is None else (lambda: None), resumed=resumed)
+    return _train_here(config, run_dir, dataset, progress, log, figures, create, resumed)
+
+
+def _silent(*args, **kwargs):
+    pass
+
+
+def _stop_agreed(stop) -> bool:
+    """Whether to stop here: Ctrl-C on this process, or, in an MPI job, on any rank (every rank asks at
+    the same points, so that all stop at the same batch)."""
+    if not distributed.active():
+        return bool(stop.requested)
+    return bool(distributed.sum_in_rank_order([1.0 if stop.requested else 0.0])[0] > 0)
+
+
+def _train_here(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, figures: bool, create=None,
+                resumed=None) -> RunResult:
     ck, saved = resumed if resumed else (None, None)
     device = resolve_device(config.device)
     show = bars(progress)           # in a log file one line per epoch (``log``), no redraws
@@ -508,10 +548,15 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
     else:
         create()
 
-    parts = step.parts_for(config.batch_size) if device == "cpu" else 1
+    # (an MPI job's ranks each run their share of a batch whole: one rank per core)
+    parts = step.parts_for(config.batch_size) if device == "cpu" and not distributed.active() else 1
     settings = _settings(config, saved, dataset, model, device, parts, len(y_train), position)
     write_json(run_dir / "config.json", settings)
     log(_describe(config, model, augment, device, parts, dataset, len(y_train)))
+    if distributed.active():
+        log(f"{distributed.world_size()} ranks (MPI), each with its share of every batch: "
+            + ", ".join(f"rank {p['rank']} pid {p['pid']} on {p['host']}"
+                        for p in (settings["resumed"][-1] if saved else settings).get("ranks", [])))
     log(f"run folder: {run_dir}" + (f" (resumed after epoch {position.epoch}"
                                      + (f", batch {position.batch}" if position.batch else "") + ")" if ck else ""))
 
@@ -542,7 +587,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
                         bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
                         if per_batch:
                             scheduler.step()
-                        if stop.requested and b < n_batches:
+                        if _stop_agreed(stop) and b < n_batches:
                             bar.close()
                             position = checkpoint.Position(epoch - 1, b, total, correct, seen, time.perf_counter() - t0)
                             generators_now = dict(writer.states(), shuffle=epoch_start)
@@ -562,11 +607,12 @@ def _train(config: TrainConfig, run_dir: Path, dataset, progress: bool, log, fig
                     log(f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc "
                         f"{row['train_acc']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  {row['seconds']:.1f}s")
                     _write_history(run_dir, history)
-                    if writer.due() or epoch == config.epochs or stop.requested:
+                    stopping = _stop_agreed(stop)
+                    if writer.due() or epoch == config.epochs or stopping:
                         writer.write(position, history, best, train_seconds)
                     settings["epochs_done"] = epoch
                     write_json(run_dir / "config.json", settings)
-                    if stop.requested and epoch < config.epochs:
+                    if stopping and epoch < config.epochs:
                         raise _Stopped(f"the end of epoch {epoch}")
                 if not history:
                     raise UsageError("no epoch to train")   # cannot happen: --epochs >= 1
@@ -614,11 +660,15 @@ def _restore(ck, run_dir, model, opt, scheduler, generators: dict):
 
 def _settings(config, saved, dataset, model, device, parts, train_size, position) -> dict:
     """What config.json records: every setting and where the run comes from (a new run), or the saved
-    record with this resumption added; status "running"."""
+    record with this resumption added; status "running". An MPI job's ranks are listed (rank, host,
+    pid), and each resumption records its world size."""
     now = _dt.datetime.now().isoformat(timespec="seconds")
+    processes = distributed.processes()         # (a collective: every rank calls it)
     command = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
     if saved is None:
         settings = {**asdict(config), "device_used": device, "parts_per_batch": parts,
+                    "world_size": distributed.world_size(),
+                    **({"ranks": processes} if distributed.active() else {}),
                     "num_parameters": model.num_parameters(),
                     "dataset_file": str(dataset.path), "dataset_md5": dataset.md5,
                     "label_names": dataset.label_names, "channels": dataset.channels,
@@ -634,6 +684,9 @@ def _settings(config, saved, dataset, model, device, parts, train_size, position
                                                             "machine": machine()}]
         for key in ("stopped_at", "error", "finished"):
             settings.pop(key, None)
+        settings["resumed"][-1]["world_size"] = distributed.world_size()
+        if distributed.active():
+            settings["resumed"][-1]["ranks"] = processes
     settings.update(status="running", epochs_done=position.epoch, pid=os.getpid(), host=socket.gethostname())
     return settings
 
@@ -682,7 +735,7 @@ def _finish(config, run_dir, model, best, history, train_seconds, xs, loss_fn, t
     metrics and figures; the status "completed" last. Ctrl-C here stops before the next file (the
     checkpoint of the last epoch is written: --resume does this again)."""
     def check():
-        if stop.requested:
+        if _stop_agreed(stop):
             raise _Stopped("the final evaluation")
     last_test_acc = evaluate_split(model, *xs["test"], loss_fn, target)[1]
     check()

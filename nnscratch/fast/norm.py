@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels, parallel
+from .. import distributed, kernels, parallel
 from ..checks import check_grad, no_forward
 from .steps import Step
 
@@ -28,7 +28,9 @@ class BatchNormStep(Step):
 
     In a part of a split batch (``parallel.batch_group``) the parts pool their statistics, and in the
     backward pass their gradient sums, so that each computes what the whole batch would: the sums
-    meet once per layer each way (``parallel.BatchGroup``)."""
+    meet once per layer each way (``parallel.BatchGroup``). The ranks of an MPI job pool theirs the
+    same way inside ``TrainStep``'s step (``distributed.synced``), all-gathered and added in rank
+    order, so that every rank computes the same numbers."""
 
     def __init__(self, layers, relu: bool):
         super().__init__(layers)
@@ -41,8 +43,8 @@ class BatchNormStep(Step):
         bn.check_input(x)
         C = bn.num_features
         n = x.size // C
-        group = parallel.batch_group()
-        if n < 2 and group is None:
+        group, ranks = parallel.batch_group(), distributed.batch_norm_synced_now()
+        if n < 2 and group is None and not ranks:
             return self._as_layers(x)           # the layer's own error (one value per channel)
         dt = x.dtype
         weight = bn.weight.data if bn.affine else np.ones(C, dt)
@@ -54,6 +56,11 @@ class BatchNormStep(Step):
         if group is not None:
             def pool(n_part, mean, var):
                 pooled[0], mean, var = pool_statistics(group[0].exchange(group[1], (n_part, mean, var)))
+                return mean, var
+        elif ranks:
+            def pool(n_part, mean, var):
+                every = distributed.gather_in_rank_order(np.concatenate([[n_part], mean, var]))
+                pooled[0], mean, var = pool_statistics([(int(e[0]), e[1:C + 1], e[C + 1:]) for e in every])
                 return mean, var
         # xhat is not written out: backward recomputes it from x (which nobody else writes) and the
         # mean, the same bits, so the forward pass writes one map where it wrote two
@@ -111,6 +118,10 @@ class BatchNormStep(Step):
             def pool(n_part, sums):
                 parts = group[0].exchange(group[1], (n_part, sums))
                 return sum(p[0] for p in parts), sum(p[1] for p in parts)
+        elif distributed.batch_norm_synced_now():
+            def pool(n_part, sums):
+                every = distributed.gather_in_rank_order(np.concatenate([[n_part], sums.reshape(-1)]))
+                return sum(int(e[0]) for e in every), sum(e[1:].reshape(sums.shape) for e in every)
         dx, dweight, dbias = kernels.batchnorm_backward(grad, None, weight, inv_std, y, bias, pool, x=x, mean=mean)
         bn = self.layer
         if bn.affine:

@@ -1,0 +1,122 @@
+"""Data parallelism over MPI (nnscratch.distributed): jobs of 2 ranks started with mpiexec.
+
+The jobs are in tests/mpi_jobs.py. mpiexec and mpi4py come with the test extra (MPICH's wheel), so
+CI runs these; without them the tests are skipped, saying why.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnscratch import distributed
+from nnscratch.errors import UsageError
+
+import mpi_jobs
+from synthetic import write_medmnist
+
+HERE = Path(__file__).resolve().parent
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+
+needs_mpi = pytest.mark.skipif(MPIEXEC is None or not HAVE_MPI4PY,
+                               reason="needs mpiexec and mpi4py: pip install -e '.[mpi]'")
+
+
+def mpiexec(*args, ranks=2, timeout=120):
+    """``mpiexec -n ranks python tests/mpi_jobs.py args...`` -> CompletedProcess (output captured)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(HERE / "mpi_jobs.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def relative_difference(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
+
+
+# ---- without a launcher ----------------------------------------------------------------------------
+
+def test_a_plain_process_is_a_world_of_one():
+    assert distributed.init() == 1
+    assert (distributed.rank(), distributed.world_size(), distributed.active(), distributed.is_main()) == (0, 1, False,
+                                                                                                        True)
+    assert distributed.shard(10) == slice(0, 10)
+    flat = np.arange(5, dtype=np.float32)
+    assert distributed.allreduce_sum(flat) is flat and flat.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(distributed.sum_in_rank_order([1.5, 2]), [1.5, 2])
+
+
+def test_a_launcher_without_mpi4py_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)            # import mpi4py fails
+    with pytest.raises(UsageError, match=r"pip install -e '\.\[mpi\]'"):
+        distributed.init()
+
+
+# ---- jobs of two ranks ------------------------------------------------------------------------------
+
+@needs_mpi
+def test_two_ranks_compute_what_one_process_computes(tmp_path):
+    # four steps of the CNN, a ResNet (batch norm pooled across the ranks) and the MLNN on global
+    # batches of 37 images (shares of 18 and 19), against the same steps in this process
+    done = mpiexec("steps", tmp_path)
+    assert done.returncode == 0, done.stderr
+    job = np.load(tmp_path / "params.npz")
+    assert int(job["world"]) == 2
+    assert bool(job["ranks_equal"]), "the ranks' parameters differ: their sums were not the same bits"
+    for name in mpi_jobs.NETWORKS:
+        alone = mpi_jobs.steps(name)
+        for key, value in alone.items():
+            assert relative_difference(value, job[f"{name}/{key}"]) < 1e-5, f"{name} {key}"
+    # and they moved: a job that trained nothing would pass the comparison above only by accident
+    assert relative_difference(mpi_jobs.network("cnn")[0].state_dict()["0.weight"], job["cnn/0.weight"]) > 1e-4
+
+
+@needs_mpi
+def test_under_mpiexec_only_rank_0_writes_and_the_run_resumes_with_one_process(tmp_path):
+    write_medmnist(tmp_path / "tinymnist.npz", classes=3, size=12, channels=3, n=(61, 25, 31))
+    flags = ["--dataset", "tinymnist", "--arch", "resnet", "--widths", "4", "8", "--blocks", "1", "1",
+             "--batch-size", "16", "--optimizer", "adamw", "--lr", "0.01", "--augment", "dihedral", "--quiet"]
+    out = tmp_path / "run"
+    done = mpiexec("train", out, tmp_path, *flags, "--epochs", "1")
+    assert done.returncode == 0, done.stderr
+    wrote = dict(line.split(" ", 2)[1:] for line in done.stdout.splitlines() if line.startswith("WROTE "))
+    assert set(wrote) == {"0", "1"}, done.stdout + done.stderr
+    assert json.loads(wrote["1"]) == [] and len(json.loads(wrote["0"])) > 5
+    assert done.stdout.count("epoch   1/1") == 1                  # one rank prints
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and [r["rank"] for r in config["ranks"]] == [0, 1]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]       # no temporary left behind
+    # the checkpoint of 2 ranks continues in 1 process: the run a 2-rank job trains in one go
+    from nnscratch import train
+    assert train.main(["--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    again = tmp_path / "again"
+    assert mpiexec("train", again, tmp_path, *flags, "--epochs", "2").returncode == 0
+    resumed, whole = (json.loads((d / "history.json").read_text()) for d in (out, again))
+    for a, b in zip(resumed, whole):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert json.loads((out / "config.json").read_text())["resumed"][-1]["world_size"] == 1
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode", ["raise", "kill"])
+def test_a_rank_that_fails_ends_the_job_within_seconds(mode):
+    t0 = time.monotonic()
+    done = mpiexec("fault", mode, timeout=60)
+    assert done.returncode != 0
+    assert time.monotonic() - t0 < 30
+    if mode == "raise":                 # the line names the rank and its error
+        assert "rank 1 of 2: RuntimeError: a fault injected by the test" in done.stderr
+    else:                               # mpiexec names the dead process (its pid and host)
+        assert "BAD TERMINATION" in done.stdout + done.stderr
