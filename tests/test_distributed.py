@@ -56,6 +56,15 @@ def test_a_plain_process_is_a_world_of_one():
     np.testing.assert_array_equal(distributed.sum_in_rank_order([1.5, 2]), [1.5, 2])
 
 
+@pytest.mark.parametrize("variable", distributed._SIZE_VARS)
+def test_each_launchers_environment_is_recognised(variable, monkeypatch):
+    for name in distributed._SIZE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.launched_size() == 1
+    monkeypatch.setenv(variable, "3")
+    assert distributed.launched_size() == 3
+
+
 def test_a_launcher_without_mpi4py_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "2")
     monkeypatch.setitem(sys.modules, "mpi4py", None)            # import mpi4py fails
