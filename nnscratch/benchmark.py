@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import checkpoint, runfolder, train
+from . import checkpoint, distributed, runfolder, train
 from .cli import ArgumentParser, UsageError, run_cli
 from .data import DataError
 from .files import read_json_object, write_json, write_text
@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     args, recipe_flags = build_parser().parse_known_args(argv)
 
     def body():
+        distributed.refuse_launcher("python -m nnscratch.benchmark")
         own = [f for f in recipe_flags if f.split("=")[0] in OWN_FLAGS]
         if own:
             raise UsageError(f"{own[0].split('=')[0]} is set by the benchmark for each set (--datasets names the "

@@ -28,7 +28,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .errors import CheckpointError
-from .files import META_KEY, atomic_path
+from .files import META_KEY, atomic_path, discarded
 
 FILE = "checkpoint.npz"
 FORMAT = 1
@@ -73,6 +73,8 @@ def set_generator_state(rng: np.random.Generator, state: dict):
 def save(path, model, optimizer, scheduler, generators: dict, position: Position, history: list, best: dict,
          train_seconds: list):
     """Write the checkpoint (see the module notes) atomically to ``path``."""
+    if discarded():
+        return
     arrays = {f"model/{name}": to_numpy(v.data) for name, v in model.named_state()}
     best_in_file = best["state"] is not None and not (best["epoch"] == position.epoch and position.batch == 0)
     if best_in_file:

@@ -97,6 +97,13 @@ def _share_cores(comm):
         numba.set_num_threads(min(per_rank, numba.config.NUMBA_NUM_THREADS))
 
 
+def refuse_launcher(command: str):
+    """A UsageError for a command that runs in one process, started by mpiexec/srun with several."""
+    if launched_size() > 1:
+        raise UsageError(f"{command} runs in one process; start it without mpiexec (python -m nnscratch.train and "
+                         f"python -m nnscratch.reproduce are the commands that run as a job of several)")
+
+
 def active() -> bool:
     """Whether this process is one of several ranks of a job (and not inside ``alone()``)."""
     return _world() is not None

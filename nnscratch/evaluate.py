@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import models
+from . import distributed, models
 from .cli import ArgumentParser, UsageError, run_cli
 from .data import SPLITS, load, on_device
 from .errors import CheckpointError
@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def body():
+        distributed.refuse_launcher("python -m nnscratch.evaluate")
         if args.memory_budget is not None and not args.memory_budget > 0:
             raise UsageError(f"--memory-budget must be a positive number of GB, got {args.memory_budget}")
         report = evaluate(args.run_dir, args.split, args.data_dir, args.dataset, args.device, tta=args.tta,

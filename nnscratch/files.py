@@ -37,9 +37,15 @@ def discarding():
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
-    Inside ``discarding()``, the path is the null device and nothing is created or replaced."""
+    Inside ``discarding()`` the writers below return before writing; any other caller gets a
+    temporary file outside ``path``'s folder, removed afterwards, and nothing there is replaced."""
     if _DISCARD.get():
-        yield Path(os.devnull)
+        fd, tmp = tempfile.mkstemp(prefix="nnscratch-discarded.", suffix=".tmp")
+        os.close(fd)
+        try:
+            yield Path(tmp)
+        finally:
+            os.unlink(tmp)
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +67,14 @@ def _umask() -> int:
     return mask
 
 
+def discarded() -> bool:
+    """Whether writes are being discarded here (``discarding()``)."""
+    return _DISCARD.get()
+
+
 def write_text(path, text: str):
+    if discarded():
+        return
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -87,6 +100,8 @@ META_KEY = "__meta__"
 
 def save_model(path, model, meta: dict):
     """Write ``model``'s weights and buffers and ``meta`` (what rebuilds it: arch, sizes, labels) to one .npz."""
+    if discarded():
+        return
     arrays = {name: to_numpy(v.data) for name, v in model.named_state()}
     arrays[META_KEY] = np.array(json.dumps(meta, default=_jsonable))
     with atomic_path(path) as tmp:

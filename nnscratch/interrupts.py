@@ -28,6 +28,9 @@ class Interrupts:
 
     def _handler(self, signum, frame):
         self.requested += 1
+        from . import distributed
+        if not distributed.is_main():       # mpiexec passes Ctrl-C to every rank: rank 0 says it once
+            return
         if self.requested == 1:
             print(f"\n{self.message}", file=sys.stderr, flush=True)
         else:

@@ -11,13 +11,16 @@ matplotlib.use("Agg")   # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .files import atomic_path  # noqa: E402
+from .files import atomic_path, discarded  # noqa: E402
 from .medmnist_info import short_label  # noqa: E402
 
 COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "precision": "#4c72b0", "recall": "#dd8452"}
 
 
 def _save(fig, path):
+    if discarded():
+        plt.close(fig)
+        return
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)

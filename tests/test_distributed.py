@@ -5,6 +5,7 @@ CI runs these; without them the tests are skipped, saying why.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,17 @@ def test_each_launchers_environment_is_recognised(variable, monkeypatch):
     assert distributed.launched_size() == 3
 
 
+@pytest.mark.parametrize("command", ["evaluate", "benchmark"])
+def test_the_one_process_commands_refuse_a_launcher_with_one_line(command, monkeypatch, capsys, tmp_path):
+    import importlib
+    monkeypatch.setenv("PMI_SIZE", "2")
+    main = importlib.import_module(f"nnscratch.{command}").main
+    argv = [str(tmp_path)] if command == "evaluate" else ["--datasets", "bloodmnist", "--out", str(tmp_path / "b")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "without mpiexec" in err
+
+
 def test_a_launcher_without_mpi4py_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "2")
     monkeypatch.setitem(sys.modules, "mpi4py", None)            # import mpi4py fails
@@ -99,9 +111,11 @@ def test_under_mpiexec_only_rank_0_writes_and_the_run_resumes_with_one_process(t
     out = tmp_path / "run"
     done = mpiexec("train", out, tmp_path, *flags, "--epochs", "1")
     assert done.returncode == 0, done.stderr
-    wrote = dict(line.split(" ", 2)[1:] for line in done.stdout.splitlines() if line.startswith("WROTE "))
+    wrote = {rank: json.loads(paths) for rank, paths in re.findall(r"WROTE (\d) (\[[^\]]*\])", done.stdout)}
     assert set(wrote) == {"0", "1"}, done.stdout + done.stderr
-    assert json.loads(wrote["1"]) == [] and len(json.loads(wrote["0"])) > 5
+    assert wrote["1"] == []
+    assert {Path(p).name for p in wrote["0"]} >= {"run", "config.json", "model.npz", "checkpoint.npz", "metrics.json",
+                                                  "confusion_matrix.png"}
     assert done.stdout.count("epoch   1/1") == 1                  # one rank prints
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and [r["rank"] for r in config["ranks"]] == [0, 1]
@@ -116,6 +130,27 @@ def test_under_mpiexec_only_rank_0_writes_and_the_run_resumes_with_one_process(t
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
     assert json.loads((out / "config.json").read_text())["resumed"][-1]["world_size"] == 1
+
+
+@needs_mpi
+def test_ctrl_c_stops_every_rank_at_the_same_batch_with_a_checkpoint(tmp_path):
+    import signal
+    write_medmnist(tmp_path / "tinymnist.npz", classes=3, size=12, channels=3, n=(61, 25, 31))
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    job = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "nnscratch.train", "--dataset", "tinymnist",
+                            "--data-dir", str(tmp_path), "--out", str(out), "--arch", "cnn", "--batch-size", "8",
+                            "--epochs", "500", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=env)
+    t0 = time.monotonic()
+    while not (out / "history.json").exists() and time.monotonic() - t0 < 60 and job.poll() is None:
+        time.sleep(0.1)
+    job.send_signal(signal.SIGINT)                  # mpiexec passes it to both ranks
+    stdout, stderr = job.communicate(timeout=60)
+    assert job.returncode == 130, stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["status"] == "interrupted" and (out / "checkpoint.npz").is_file()
+    assert stderr.count("stopping after this batch") == 1      # said once, by rank 0
 
 
 @needs_mpi
