@@ -154,6 +154,49 @@ def test_rules_that_keep_the_bits_keep_them(small_winograd, case, rule):
     np.testing.assert_array_equal(x, kept)                    # the caller's input is never overwritten
 
 
+@st.composite
+def residual_case(draw):
+    """A small residual network: a stem, 1-3 blocks each Residual(body, shortcut) then ReLU (basic blocks
+    with identity or projection shortcuts and stride 1 or 2, a body that returns its input, a body of
+    one ReLU), global pooling, Linear; odd sizes included."""
+    B, C = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(3, 9)), draw(st.integers(3, 9))
+    if B * H * W < 2:
+        B = 2
+    ch = draw(st.integers(1, 4))
+    layers = [ns.Conv2d(C, ch, 3, padding=1, dtype=np.float64, rng=0), ns.BatchNorm2d(ch, dtype=np.float64),
+              ns.ReLU()]
+    h, w = H, W
+    for k in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["basic", "basic", "empty", "relu"]))
+        if kind == "empty":
+            layers.append(ns.Sequential(ns.Residual(ns.Sequential()), ns.ReLU()))
+        elif kind == "relu":
+            layers.append(ns.Sequential(ns.Residual(ns.Sequential(ns.ReLU())), ns.ReLU()))
+        else:
+            out, stride = draw(st.integers(1, 4)), draw(st.sampled_from([1, 2]))
+            if B * ((h + 1) // stride) * ((w + 1) // stride) < 2:
+                stride = 1
+            layers.append(ns.models.basic_block(ch, out, stride, dtype=np.float64, rng=k + 1))
+            ch, h, w = out, (h - 1) // stride + 1, (w - 1) // stride + 1
+    layers += [ns.AdaptiveAvgPool2d(1), ns.Flatten(), ns.Linear(ch, 3, dtype=np.float64, rng=9)]
+    return ns.Sequential(*layers), (B, C, H, W), draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(residual_case())
+def test_residual_relu_keeps_the_bits_and_the_callers_input(case):
+    model, shape, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    kept = x.copy()
+    g = rng.standard_normal((shape[0], 3))
+    on, off = _pass(model, x, g), _pass(model, x, g, residual_relu=False)
+    _assert_same(on, off, exact=True)
+    np.testing.assert_array_equal(x, kept)
+    _assert_same(on, _pass(model, x, g, reference=True), exact=False)
+
+
 @settings(max_examples=15, deadline=None)
 @given(cnn_case())
 def test_planned_models_pass_gradcheck(small_winograd, case):

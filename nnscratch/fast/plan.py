@@ -15,6 +15,7 @@ class Plan:
         self.key_text, self.steps, self.stand_in = key_text, steps, stand_in
         self.buffers, self.first_layer = buffers, first_layer
         self._ran = []
+        self.output_owned = False       # whether nobody but the plan holds the last forward's output
 
     def forward(self, x):
         """The steps in order. The first checks the input fully; the others are fed by the step before
@@ -44,6 +45,7 @@ class Plan:
                     x = step.forward(x, owned)
                 owned = step.owns_output(owned)
                 ran.append(step)
+        self.output_owned = owned and x is not x0
         return x
 
     def backward(self, grad, need_input_grad: bool = True):

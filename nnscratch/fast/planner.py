@@ -11,15 +11,15 @@ import weakref
 
 import numpy as np
 
-from .. import kernels, parallel
+from .. import kernels, memory, parallel
 from ..backend import is_gpu_array
 from ..layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear,
-                      MaxPool2d, ReLU, Sequential)
+                      MaxPool2d, ReLU, Residual, Sequential)
 from . import rules
 from .buffers import Buffers
 from .norm import BatchNormStep, FoldedConvStep
 from .plan import Plan
-from .steps import Im2colStep, LayerStep, LinearStep, PoolStep, ReluStep
+from .steps import Im2colStep, LayerStep, LinearStep, PoolStep, ReluStep, ResidualReluStep
 from .winograd import WinogradStep
 
 
@@ -168,6 +168,8 @@ class SplitPlan:
 def build(model, x, buffers) -> Plan:
     """The rules, applied in one pass over the layers (x's shape followed through the known ones)."""
     layers, device = model.layers, "gpu" if is_gpu_array(x) else "cpu"
+    if device == "cpu" and rules.on("keep_freed_memory"):
+        memory.keep_freed_memory()
     shape = tuple(x.shape) if hasattr(x, "shape") else None
     steps, stand_in, seen_params = [], None, False
     i, n = 0, len(layers)
@@ -191,6 +193,8 @@ def build(model, x, buffers) -> Plan:
                     stand_in = len(steps)
         elif exact(i, ReLU):
             step, used = ReluStep([(i, layer)], in_place=rules.on("relu_in_place")), 1
+        elif exact(i, Residual) and exact(i + 1, ReLU) and device == "cpu" and rules.on("residual_relu"):
+            step, used = ResidualReluStep([(i, layer), (i + 1, layers[i + 1])]), 2
         elif (exact(i, Conv2d) and exact(i + 1, BatchNorm2d) and not layers[i + 1].training
               and layers[i + 1].track_running_stats and layers[i + 1].num_features == layer.out_channels
               and device == "cpu" and kernels.cpu_kernels() == "numba" and rules.on("batchnorm_into_conv")):

@@ -34,6 +34,10 @@ RULES = {
     "pool_into_winograd": True,
     # A ReLU overwrites its input when the layer before created it and nobody else holds it. Same bits.
     "relu_in_place": True,
+    # A Residual then a ReLU (a ResNet block's end): the sum and the ReLU in one pass over the body's
+    # output (when its plan holds it alone), and the input gradient's sum over the masked gradient,
+    # which both branches are done with: no new map either way. Same bits.
+    "residual_relu": True,
     # When the first layer with parameters is a Linear with a bias (after Flatten only), its bias pass
     # reports non-finite values, and the input is read for NaN and inf only then. Same bits.
     "input_check_in_bias": True,
@@ -55,6 +59,10 @@ RULES = {
     # ... and the ReLU after such a BatchNorm2d in its last forward pass (and its mask in the backward
     # pass's). Same bits as the kernels then ReLU.
     "relu_into_batchnorm": True,
+    # On the CPU, glibc's malloc is told (once per process, when the first plan is built) to keep freed
+    # blocks up to 32 MB for reuse instead of handing them back to the kernel: the next step's maps
+    # then cost no page faults (nnscratch/memory.py; NNSCRATCH_KEEP_MEMORY=0 says no). Same bits.
+    "keep_freed_memory": True,
     # A CPU batch of a convolutional network is split into one part per core, each run by its own replica
     # of the model on one thread (see nnscratch/parallel.py): in training (batch-norm steps pool their
     # statistics across the parts; the gradients are summed) and in inference (each image is computed

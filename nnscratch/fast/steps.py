@@ -59,6 +59,57 @@ class LayerStep(Step):
         pass
 
 
+class ResidualReluStep(Step):
+    """Residual then ReLU (``residual_relu``): y = max(body(x) + shortcut(x), 0) in one pass, written
+    over the body's output when its plan says nobody else holds it (no new map, no second pass for
+    the ReLU); in backward the input gradient's sum g_body + g_short written over the masked
+    gradient g, which both branches have finished with. The same bits as the two layers."""
+
+    def __init__(self, layers):
+        super().__init__(layers)
+        self._cache = None
+
+    def forward(self, x, owned: bool):
+        from .. import execution
+        res = self.layer
+        y = res.body.forward(x)
+        s = x if res.shortcut is None else res.shortcut.forward(x)
+        res.check_shapes(y, s)
+        plan = execution.last_plan(res.body) if hasattr(res.body, "layers") else None
+        mine = (plan is not None and getattr(plan, "output_owned", False) and y is not x and y is not s
+                and y.dtype == s.dtype and y.flags.writeable)
+        out = kernels.add_relu(y, s, out=y if mine else None)
+        res._ran = True
+        self._cache = out
+        return out
+
+    def owns_output(self, owned: bool) -> bool:
+        return False                        # the output is the ReLU's mask
+
+    def backward(self, grad, need_input_grad: bool):
+        out = self._cache
+        if out is None:
+            raise no_forward(self.layers[-1][1])
+        res = self.layer
+        check_grad(self.layers[-1][1], grad, out.shape, out.dtype)
+        g = kernels.relu_backward(grad, out)
+        g_body = res.body.backward(g, need_input_grad=need_input_grad)
+        g_short = g if res.shortcut is None else res.shortcut.backward(g, need_input_grad=need_input_grad)
+        if not need_input_grad:
+            return None
+        xp = get_array_module(g)
+        # g is this step's own array, read by both branches and now free: the sum goes there unless
+        # a branch handed back (a view of) g itself
+        if (g_body.shape == g.shape and g_short.shape == g.shape and g_body.dtype == g.dtype == g_short.dtype
+                and not xp.may_share_memory(g_body, g)
+                and (g_short is g or not xp.may_share_memory(g_short, g))):
+            return xp.add(g_body, g_short, out=g)
+        return g_body + g_short
+
+    def describe(self) -> str:
+        return super().describe() + ": the sum and the ReLU in one pass, over the body's output"
+
+
 class ReluStep(Step):
     """ReLU, overwriting its input when the plan owns it (``relu_in_place``)."""
 

@@ -198,6 +198,11 @@ def relu_forward(x, inplace: bool = False):
     return for_array(x).relu_forward(x, inplace)
 
 
+def add_relu(a, b, out=None):
+    """a, b: the same shape -> max(a + b, 0), in a's memory layout; into ``out`` (a or b may be it)."""
+    return for_array(a).add_relu(a, b, out)
+
+
 def relu_backward(grad, y):
     """grad, y = relu_forward(x): same shape -> dx = grad where y > 0, else 0."""
     return for_array(grad).relu_backward(grad, y)

@@ -1033,6 +1033,14 @@ def _relu_forward(x, y):
 
 
 @_twins
+def _add_relu(a, b, y):
+    # y = max(a + b, 0): the sum rounded as NumPy's a + b, then _relu_forward's select (the same bits)
+    for i in prange(a.size):
+        v = a[i] + b[i]
+        y[i] = 0 if v < 0 else v
+
+
+@_twins
 def _relu_backward(grad, y, dx):
     for i in prange(grad.size):
         dx[i] = grad[i] if y[i] > 0 else 0
@@ -1064,6 +1072,19 @@ def relu_forward(x, inplace: bool = False):
     yf = xf if inplace else np.empty_like(xf)
     _relu_forward(x.size, xf, yf)                 # elementwise: reading and writing one array is safe
     return x if inplace else _shaped(yf, x.shape, layout)
+
+
+def add_relu(a, b, out=None):
+    """Twin of reference.add_relu: one pass when a, b (and out) share a memory layout."""
+    af, layout = _flat(a)
+    bf, b_layout = _flat(b)
+    of, o_layout = _flat(out) if out is not None else (None, layout)
+    if af is None or b_layout != layout or o_layout != layout or a.shape != b.shape or a.dtype != b.dtype:
+        return reference.add_relu(a, b, out)
+    if out is None:
+        of = np.empty_like(af)
+    _add_relu(a.size, af, bf, of)                 # elementwise: out may be a or b
+    return out if out is not None else _shaped(of, a.shape, layout)
 
 
 def relu_backward(grad, y):

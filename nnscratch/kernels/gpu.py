@@ -165,6 +165,13 @@ def relu_forward(x, inplace: bool = False):
     return _cupy().maximum(x, 0, out=x if inplace else None)
 
 
+def add_relu(a, b, out=None):
+    """max(a + b, 0), into ``out`` if given."""
+    cp = _cupy()
+    y = cp.add(a, b, out=out)
+    return cp.maximum(y, 0, out=y)
+
+
 def relu_backward(grad, y):
     """grad where y > 0, else 0."""
     return grad * (y > 0)

@@ -303,6 +303,13 @@ def relu_forward(x, inplace: bool = False):
     return np.maximum(x, 0, out=x if inplace else None)
 
 
+def add_relu(a, b, out=None):
+    """max(a + b, 0) elementwise (a residual sum and the ReLU after it), into ``out`` if given (which
+    may be a or b)."""
+    y = np.add(a, b, out=out)
+    return relu_forward(y, inplace=True)
+
+
 def relu_backward(grad, y):
     """grad, y = relu_forward(x): the same shape -> dx: grad where y > 0 (i.e. x > 0), else 0."""
     return grad * (y > 0)

@@ -29,12 +29,16 @@ class Residual(Module):
         """x -> body(x) + shortcut(x), the body's output shape (which the shortcut's must equal)."""
         y = self.body.forward(x)
         s = x if self.shortcut is None else self.shortcut.forward(x)
+        self.check_shapes(y, s)
+        self._ran = True
+        return y + s
+
+    def check_shapes(self, y, s):
+        """The body's output y and the shortcut's s must have one shape, or a ValueError says so."""
         if tuple(y.shape) != tuple(s.shape):
             raise ValueError(f"Residual: the body's output has shape {tuple(y.shape)} but the shortcut's "
                              f"{tuple(s.shape)}; give a shortcut that maps the input to the body's output shape "
                              f"(a 1x1 Conv2d with the body's stride, say)")
-        self._ran = True
-        return y + s
 
     def backward(self, grad, need_input_grad: bool = True):
         """grad: dL/dy -> dL/dx, the sum of the two paths' gradients."""
