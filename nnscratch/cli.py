@@ -26,27 +26,30 @@ def run_cli(body) -> int:
     the whole job: the others may be waiting for it in a collective."""
     from . import distributed
     try:
-        code = _run(body, f"rank {distributed.rank()} of {distributed.world_size()}: " if distributed.active() else "")
+        code = _run(body, distributed)
     except BaseException as e:
         if not distributed.active() or isinstance(e, SystemExit) and not e.code:
             raise
         traceback.print_exc()
         distributed.abort(f"{type(e).__name__}: {e}", 1)
     if code and code != 130 and distributed.active():
-        # (130: a stop every rank agreed on, training's checkpoint written by rank 0: each ends itself)
-        distributed.abort(f"exit status {code}", code)
+        # (130: a stop every rank agreed on, training's checkpoint written by rank 0: each ends itself;
+        # otherwise the line above named the error and this rank)
+        distributed.abort(None, code)
     return code
 
 
-def _run(body, who: str) -> int:
+def _run(body, distributed) -> int:
+    def who():                          # (the body joins the job, so asked when an error is printed)
+        return f"rank {distributed.rank()} of {distributed.world_size()}: " if distributed.active() else ""
     try:
         return body() or 0
     except KeyboardInterrupt:           # Ctrl-C outside training (loading data, starting up)
-        print(f"{who}interrupted", file=sys.stderr)
+        print(f"{who()}interrupted", file=sys.stderr)
         return 130
     except UsageError as e:
         first, *rest = str(e).splitlines() or [""]
-        print(f"error: {who}{first}", file=sys.stderr)
+        print(f"error: {who()}{first}", file=sys.stderr)
         for line in rest:
             print(line, file=sys.stderr)
         return 2

@@ -272,10 +272,11 @@ def batch_norm_synced_now() -> bool:
 
 # ---- faults --------------------------------------------------------------------------------------
 
-def abort(message: str, code: int = 1):
-    """Print ``message`` naming this rank, then end every rank of the job (MPI_Abort): the others may
-    be waiting for this one in a collective and would otherwise wait for ever."""
-    print(f"nnscratch: rank {job_rank()} of {job_size()}: {message}", file=sys.stderr, flush=True)
+def abort(message: str | None, code: int = 1):
+    """Print ``message`` (if any) naming this rank, then end every rank of the job (MPI_Abort): the
+    others may be waiting for this one in a collective and would otherwise wait for ever."""
+    if message is not None:
+        print(f"nnscratch: rank {job_rank()} of {job_size()}: {message}", file=sys.stderr, flush=True)
     if _comm[0] is not None:
         _comm[0].Abort(code)
     raise SystemExit(code)

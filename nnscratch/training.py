@@ -271,7 +271,7 @@ def _my_rows(images, labels):
     """(images, labels, whole): in an MPI job, this rank's shard of an in-memory split (each rank
     evaluates its rows; the callers gather or sum the results), else the whole split (whole=True; a
     split streamed from disk is evaluated whole on every rank)."""
-    if not distributed.active() or not hasattr(images, "strides"):
+    if not distributed.active() or not hasattr(images, "strides") or len(images) < distributed.world_size():
         return images, labels, True
     rows = distributed.shard(len(images))
     return images[rows], None if labels is None else labels[rows], False
@@ -358,6 +358,7 @@ def run(config: TrainConfig, dataset: Dataset | None = None, progress: bool = Tr
     config.validate()
     log = log or print_now
     run_dir = Path(config.out) if config.out else default_run_dir(config)
+    distributed.init()                  # under mpiexec / srun: this process is one rank of the job
     runfolder.check_out(run_dir, overwrite)
     distributed.barrier()               # every rank has looked before rank 0 creates the folder
     return _train(config, run_dir, dataset, progress, log, figures,
@@ -373,6 +374,7 @@ def resume(run_dir, epochs: int | None = None, dataset: Dataset | None = None, d
     A completed run is left as it is."""
     run_dir = Path(run_dir)
     log = log or print_now
+    distributed.init()
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run folder")
     if not (run_dir / "config.json").is_file():
@@ -530,6 +532,11 @@ def _train_here(config: TrainConfig, run_dir: Path, dataset, progress: bool, log
     loss_fn, target = make_loss(config, y_train, K, device)
     opt = make_optimizer(config, model)
     n_batches = num_batches(len(y_train), config.batch_size)
+    last, ranks = len(y_train) % config.batch_size, distributed.world_size()
+    if distributed.active() and (config.batch_size < ranks or 0 < last < ranks):
+        what = "batches" if config.batch_size < ranks else f"a last batch of {last} image(s)"
+        raise UsageError(f"--batch-size {config.batch_size} leaves {what} with fewer images than the {ranks} ranks, "
+                         f"which share every batch: choose another --batch-size (or fewer ranks)")
     scheduler, per_batch = make_scheduler(config, opt, n_batches)
     # a recorded CUDA graph holds the step's hyperparameters: a rate that changes every batch would
     # record a graph per batch, so such runs step op by op on a GPU

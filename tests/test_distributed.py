@@ -156,6 +156,19 @@ def test_ctrl_c_stops_every_rank_at_the_same_batch_with_a_checkpoint(tmp_path):
 
 
 @needs_mpi
+def test_a_batch_the_ranks_cannot_share_is_one_line_naming_the_rank(tmp_path):
+    write_medmnist(tmp_path / "tinymnist.npz", classes=3, size=12, channels=3, n=(61, 25, 31))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "nnscratch.train", "--dataset", "tinymnist",
+                           "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--arch", "cnn",
+                           "--batch-size", "60", "--epochs", "1", "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert re.search(r"error: rank [01] of 2: --batch-size 60 leaves a last batch of 1 image", done.stderr)
+    assert not (tmp_path / "run").exists()
+
+
+@needs_mpi
 @pytest.mark.parametrize("mode", ["raise", "kill"])
 def test_a_rank_that_fails_ends_the_job_within_seconds(mode):
     t0 = time.monotonic()
