@@ -47,7 +47,7 @@ KERNELS = ("matmul", "im2col", "col2im", "maxpool_forward", "maxpool_backward", 
            "relu_forward", "relu_backward", "adam_update", "winograd_input", "winograd_output",
            "winograd_grad_output", "winograd_grad_input", "winograd_weight", "winograd_weight_grad",
            "winograd_output_pool", "winograd_grad_output_pool", "batchnorm_forward", "batchnorm_backward",
-           "scale_shift")
+           "scale_shift", "add_relu")
 
 
 def timed_sum(totals, key, fn):
