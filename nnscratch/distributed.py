@@ -85,12 +85,14 @@ def init() -> int:
 
 
 def _share_cores(comm):
-    """Threads per rank = the node's cores / the ranks on that node (at least 1)."""
+    """Threads per rank = the cores this process may run on (a batch system's allocation, else the
+    node's) / the ranks on that node (at least 1)."""
     from mpi4py import MPI
 
     from . import threads
     local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
-    per_rank = max(1, (os.cpu_count() or 1) // local)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = max(1, cores // local)
     threads.set_blas_threads(per_rank)
     with contextlib.suppress(Exception):             # numba's default layer accepts 1..NUMBA_NUM_THREADS
         import numba
