@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import nnscratch as ns  # noqa: E402
 from nnscratch import distributed, threads  # noqa: E402
+from profile_step import timed_sum  # noqa: E402  (benches/, the script's folder)
 
 
 def worker(args):
@@ -41,17 +42,9 @@ def worker(args):
     if args.one_core:
         threads.set_blas_threads(1)
     spent = {"gradient sum": 0.0, "batch norm": 0.0, "loss sum": 0.0}
-
-    def timed(fn, key):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            out = fn(*a, **k)
-            spent[key] += time.perf_counter() - t0
-            return out
-        return wrapper
-    distributed.allreduce_sum = timed(distributed.allreduce_sum, "gradient sum")
-    distributed.gather_in_rank_order = timed(distributed.gather_in_rank_order, "batch norm")
-    distributed.sum_in_rank_order = timed(distributed.sum_in_rank_order, "loss sum")
+    distributed.allreduce_sum = timed_sum(spent, "gradient sum", distributed.allreduce_sum)
+    distributed.gather_in_rank_order = timed_sum(spent, "batch norm", distributed.gather_in_rank_order)
+    distributed.sum_in_rank_order = timed_sum(spent, "loss sum", distributed.sum_in_rank_order)
     ns.manual_seed(0)
     model = getattr(ns.models, args.arch)()
     step = ns.TrainStep(model, ns.CrossEntropyLoss(label_smoothing=0.1),

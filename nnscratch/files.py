@@ -25,8 +25,10 @@ _DISCARD = contextvars.ContextVar("nnscratch_discard_writes", default=False)
 
 @contextlib.contextmanager
 def discarding():
-    """Within this block (in this thread) every file written through ``atomic_path`` goes nowhere: the
-    ranks of an MPI job other than rank 0 run the same training and write nothing."""
+    """Within this block (in this thread) the run's writers (``write_text``/``write_json``,
+    ``save_model``, ``checkpoint.save``, the figures) return before writing: the ranks of an MPI job
+    other than rank 0 run the same training and write nothing. A data set fetched meanwhile is still
+    written (``atomic_path`` itself is not affected): it is a cache every rank reads."""
     token = _DISCARD.set(True)
     try:
         yield
@@ -36,17 +38,7 @@ def discarding():
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
-    Inside ``discarding()`` the writers below return before writing; any other caller gets a
-    temporary file outside ``path``'s folder, removed afterwards, and nothing there is replaced."""
-    if _DISCARD.get():
-        fd, tmp = tempfile.mkstemp(prefix="nnscratch-discarded.", suffix=".tmp")
-        os.close(fd)
-        try:
-            yield Path(tmp)
-        finally:
-            os.unlink(tmp)
-        return
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

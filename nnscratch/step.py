@@ -29,6 +29,7 @@ from . import distributed, execution, parallel
 from .backend import is_gpu_array
 from .clip import clip_grad_norm_
 from .cuda_graphs import GraphedSteps, RecordingFailed
+from .distributed import GradientSum
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -76,7 +77,7 @@ class TrainStep:
         self._seen = {}                   # graph key -> ordinary steps run so far
         self.replays = 0                  # steps served by a graph (for benches and tests)
         self.distributed = distributed
-        self._gradient_sum, self._broadcast = None, False
+        self._gradient_sum, self._broadcast = GradientSum(), False     # (``distributed`` is the flag here)
 
     def __call__(self, x, labels):
         """x: the model's input (B, ...); labels: (B,) ints -> (loss: float, correct: int)."""
@@ -219,8 +220,6 @@ class TrainStep:
             grad = self.loss_fn.backward()
             grad *= shares[distributed.rank()]
             self.model.backward(grad, need_input_grad=False)
-        if self._gradient_sum is None:
-            self._gradient_sum = distributed.GradientSum()
         self._gradient_sum(self.optimizer.params)
         self._update()
         return float(loss), (float(correct) if np.ndim(labels) == 2 else int(round(correct)))

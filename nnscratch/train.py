@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import distributed
 from .cli import ArgumentParser, UsageError, run_cli
 from .medmnist_info import TASK_FLAGS
 from .training import AUGMENTS, LOSSES, OPTIMIZERS, PRESETS, SCHEDULERS, TrainConfig, TrainingDiverged, resume, run
@@ -155,7 +154,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        distributed.init()              # under mpiexec / srun: one rank of the job (a world of 1 otherwise)
         try:
             if args.resume is not None:
                 given = sorted(k for k, v in vars(args).items() if v not in (None, False)
