@@ -70,12 +70,12 @@ RULES = {
     "split_batch": True,
 }
 WINOGRAD_MIN_CHANNELS = 16    # fewer input channels (an RGB image): the transforms cost more than they save
-# winograd_in_blocks: a block's transformed input and output tiles, 16 * tiles * (C + OC) values, take
+# winograd_in_blocks: a block's transformed input and output tiles, K * tiles * (C + OC) values, take
 # at most this many bytes (at least one image a block), and blocks are used only when the whole
 # batch's take more than WINOGRAD_BLOCKS_ABOVE: below, the calls a block makes cost more than the
 # cache saves. Both chosen by measurement (benches/NOTES.md, "The ResNet")
 WINOGRAD_BLOCK_BYTES = 2 << 20
-WINOGRAD_BLOCKS_ABOVE = 20 << 20
+WINOGRAD_BLOCKS_ABOVE = 12 << 20     # the ResNet's stage 2 (18.9 MB a part) in blocks, stage 3 (9.4) whole
 
 _version = [0]                # bumped on every change, so that cached plans made under other rules are not used
 
