@@ -197,6 +197,26 @@ def test_residual_relu_keeps_the_bits_and_the_callers_input(case):
     _assert_same(on, _pass(model, x, g, reference=True), exact=False)
 
 
+@settings(max_examples=25, deadline=None)
+@given(residual_case(), st.sampled_from([np.float32, np.float64]))
+def test_batchnorm_grad_into_winograd_keeps_the_bits(small_winograd, case, dtype):
+    """Batch norm's input gradient computed inside F(4x4)'s output-gradient transform: the same bits as
+    batch norm's own pass then the transform, every basic block's convolutions taking Winograd."""
+    model, shape, seed = case
+    model = model.to(dtype=dtype)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal((shape[0], 3)).astype(dtype)
+    on, off = _pass(model, x, g), _pass(model, x, g, batchnorm_grad_into_winograd=False)
+    _assert_same(on, off, exact=True)
+    model.workers = 1                   # unsplit, so that the plans below are the model's own
+    model(x)
+    deferred = [s for m in model.modules() if isinstance(m, ns.Sequential)
+                for s in getattr(execution.last_plan(m), "steps", []) if getattr(s, "defer_input_grad", False)]
+    blocks = [m for m in model.modules() if isinstance(m, ns.Residual) and len(m.body.layers) == 5]
+    assert len(deferred) >= len(blocks)         # each basic block's second convolution at least
+
+
 @settings(max_examples=15, deadline=None)
 @given(cnn_case())
 def test_planned_models_pass_gradcheck(small_winograd, case):

@@ -451,6 +451,45 @@ def test_batchnorm_backward_from_the_input_has_the_bits_of_the_kept_xhat(B, C, H
             np.testing.assert_array_equal(u, v)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 11), st.integers(1, 11), st.booleans(), st.booleans(),
+       st.sampled_from([np.float32, np.float64]), SEEDS)
+def test_batch_norms_deferred_input_gradient_has_the_bits_of_dx(B, C, H, W, relu, last, dtype, seed):
+    # batchnorm_grad_into_winograd: batch norm hands its input gradient over as its terms, and
+    # F(4x4)'s output-gradient transform computes it tile by tile; what it transforms must be dx
+    # exactly, for the whole batch and for a block of its images written into the batch's dM
+    from nnscratch.kernels import cpu
+    rng = np.random.default_rng(seed)
+    B = 2 if B * H * W < 2 else B
+    x = (rng.standard_normal((B, H, W, C) if last else (B, C, H, W)) * 2 + 1).astype(dtype)
+    x = x.transpose(0, 3, 1, 2) if last else x
+    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    y, _, mean, var = cpu.batchnorm_forward(x, w, b, 1e-5, relu, keep_xhat=False)
+    inv_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+    mask = (y if relu else None, b if relu else None)
+    dx, dw, db = cpu.batchnorm_backward(g, None, w, inv_std, *mask, x=x, mean=mean)
+    terms, dw2, db2 = cpu.batchnorm_backward(g, None, w, inv_std, *mask, x=x, mean=mean, defer=True)
+    if not (last and x.transpose(0, 2, 3, 1).flags.c_contiguous and not x.flags.c_contiguous):
+        # not channels-last rows (or one channel, H = W = 1: both layouts at once): the reference
+        # kernels compute dx itself, deferring nothing
+        np.testing.assert_array_equal(terms, dx)
+        return
+    assert isinstance(terms, cpu.BatchNormInputGrad) and terms.shape == dx.shape and terms.dtype == dx.dtype
+    for u, v in ((terms.compute(), dx), (dw2, dw), (db2, db)):
+        np.testing.assert_array_equal(u, v)
+    tiles = (-(-H // 4), -(-W // 4))
+    np.testing.assert_array_equal(cpu.winograd_grad_output(terms, tiles, m=4), cpu.winograd_grad_output(dx, tiles, m=4))
+    b0, b1 = rng.integers(0, B), B
+    per = tiles[0] * tiles[1]
+    dM = np.full((36, (B + 1) * per, C), np.nan, dtype)
+    cpu.winograd_grad_output(terms[b0:b1], tiles, out=dM, first_tile=(b0 + 1) * per, m=4)
+    np.testing.assert_array_equal(dM[:, (b0 + 1) * per:], cpu.winograd_grad_output(dx[b0:b1], tiles, m=4))
+    # F(2x2)'s transform takes the terms too, through dx
+    tiles2 = (-(-H // 2), -(-W // 2))
+    np.testing.assert_array_equal(cpu.winograd_grad_output(terms, tiles2), cpu.winograd_grad_output(dx, tiles2))
+
+
 def test_the_batchnorm_step_moves_the_running_statistics_as_the_layer_does():
     from nnscratch.fast.norm import BatchNormStep
     x = np.random.default_rng(0).standard_normal((4, 3, 6, 6))

@@ -37,6 +37,9 @@ class BatchNormStep(Step):
         self.relu = relu
         self._cache = None
         self._fixed = False             # whether the last forward used the running statistics
+        # batchnorm_grad_into_winograd: the step before reads the input gradient as its terms
+        # (kernels.batchnorm_backward(defer=True)), so dx is never written out
+        self.defer_input_grad = False
 
     def forward(self, x, owned: bool):
         bn = self.layer
@@ -122,7 +125,8 @@ class BatchNormStep(Step):
             def pool(n_part, sums):
                 every = distributed.gather_in_rank_order(np.concatenate([[n_part], sums.reshape(-1)]))
                 return sum(int(e[0]) for e in every), sum(e[1:].reshape(sums.shape) for e in every)
-        dx, dweight, dbias = kernels.batchnorm_backward(grad, None, weight, inv_std, y, bias, pool, x=x, mean=mean)
+        dx, dweight, dbias = kernels.batchnorm_backward(grad, None, weight, inv_std, y, bias, pool, x=x, mean=mean,
+                                                        defer=self.defer_input_grad and need_input_grad)
         bn = self.layer
         if bn.affine:
             bn.weight.grad += dweight
@@ -133,7 +137,8 @@ class BatchNormStep(Step):
         relu = ", the ReLU in its last pass" if self.relu else ""
         stats = "batch statistics" if self.layer.training or not self.layer.track_running_stats else \
             "running statistics, one scale-and-shift pass"
-        return super().describe() + f": batch-norm kernels, {stats}{relu}"
+        deferred = "; its input gradient computed inside the convolution's transform" if self.defer_input_grad else ""
+        return super().describe() + f": batch-norm kernels, {stats}{relu}{deferred}"
 
 
 class FoldedConvStep(Step):

@@ -212,6 +212,10 @@ def build(model, x, buffers) -> Plan:
             shape = propagate(covered, shape)
         steps.append(step)
         i += used
+    if rules.on("batchnorm_grad_into_winograd"):
+        for before, step in zip(steps, steps[1:]):
+            if isinstance(step, BatchNormStep) and isinstance(before, WinogradStep) and before.takes_deferred_grad():
+                step.defer_input_grad = True
     if not isinstance(x, np.ndarray):
         stand_in = None                 # on a GPU the check would wait for the device: the layer checks
     what = f"{tuple(x.shape)} {x.dtype}" if hasattr(x, "shape") else type(x).__name__

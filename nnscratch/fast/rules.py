@@ -59,6 +59,10 @@ RULES = {
     # ... and the ReLU after such a BatchNorm2d in its last forward pass (and its mask in the backward
     # pass's). Same bits as the kernels then ReLU.
     "relu_into_batchnorm": True,
+    # A batch norm right after an F(4x4) Winograd convolution (no bias, no pooling inside) hands its input
+    # gradient to the convolution as its terms: the output gradient's transform computes it tile by tile
+    # as batch norm's second backward pass would, so that map is never written and read back. Same bits.
+    "batchnorm_grad_into_winograd": True,
     # On the CPU, glibc's malloc is told (once per process, when the first plan is built) to keep freed
     # blocks up to 32 MB for reuse instead of handing them back to the kernel: the next step's maps
     # then cost no page faults (nnscratch/memory.py; NNSCRATCH_KEEP_MEMORY=0 says no). Same bits.

@@ -53,6 +53,12 @@ class WinogradStep(Step):
     def owns_output(self, owned: bool) -> bool:
         return not self.pool                     # the pooled output is kept as the ReLU's mask / for argmax
 
+    def takes_deferred_grad(self) -> bool:
+        """Whether backward reads batch norm's deferred input gradient in its output gradient's transform
+        (``batchnorm_grad_into_winograd``): F(4x4), no pooling inside, no bias (whose gradient would
+        need the map)."""
+        return self.m == 4 and not self.pool and self.layer.bias is None
+
     def _blocks(self, x) -> list:
         """The image ranges [(b0, b1), ...] run one after the other: the whole batch, or with
         ``winograd_in_blocks`` on one core blocks whose transformed tiles fit the core's cache."""
@@ -129,9 +135,12 @@ class WinogradStep(Step):
         if self._cache is None:
             raise no_forward(self.layers[-1][1])
         x, V, U, pooled = self._cache
+        if kernels.is_deferred_grad(grad) and not self.takes_deferred_grad():
+            grad = grad.compute()
         OH, OW = self.out_hw
         shape = (x.shape[0], conv.out_channels) + ((OH // 2, OW // 2) if self.pool else (OH, OW))
-        check_grad(self.layers[-1][1], grad, shape, x.dtype)
+        if not kernels.is_deferred_grad(grad):  # (batch norm's step checked the gradient it was given)
+            check_grad(self.layers[-1][1], grad, shape, x.dtype)
         T = x.shape[0] * self.tiles[0] * self.tiles[1]
         if not self._v_holds_x:         # a second backward after one forward, or eval mode: V again
             V = self.buffers.get(conv, "V", (self.points, T, conv.in_channels), x)

@@ -128,8 +128,15 @@ def winograd_output(M, out_hw, tiles, bias=None, out=None):
 
 def winograd_grad_output(grad, tiles, out=None, first_tile=0, m=2):
     """grad: (B, OC, OH, OW) -> dM: (a * a, B * TH * TW, OC), the adjoint of winograd_output; into ``out``
-    from tile ``first_tile`` on (as winograd_input)."""
+    from tile ``first_tile`` on (as winograd_input). grad may be batch norm's deferred input gradient
+    (batchnorm_backward(defer=True)): F(4x4)'s transform computes it tile by tile."""
     return for_array(grad).winograd_grad_output(grad, tiles, out, first_tile, m)
+
+
+def is_deferred_grad(grad) -> bool:
+    """Whether ``grad`` is batch norm's input gradient deferred as its terms (batchnorm_backward(defer=True))."""
+    cpu = _numba()
+    return cpu is not None and isinstance(grad, cpu.BatchNormInputGrad)
 
 
 def winograd_output_pool(M, tiles, bias=None, relu=False, out=None):
@@ -185,12 +192,18 @@ def scale_shift(x, scale, shift, relu: bool = False):
     return for_array(x).scale_shift(x, scale, shift, relu)
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None, x=None, mean=None):
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None, x=None, mean=None,
+                       defer: bool = False):
     """-> (dx, dweight, dbias) of batchnorm_forward, the gradient masked by y > 0 when y (the rectified
     output) is given; with ``bias`` too, the mask may be recomputed from xhat (the same bits). ``pool``:
     for a part of a split batch, (n, this part's [dbias, dweight]) -> the whole batch's (n, sums).
-    xhat None: recomputed from the forward pass's input ``x`` and ``mean`` as batchnorm_forward did."""
-    return for_array(grad).batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool, x, mean)
+    xhat None: recomputed from the forward pass's input ``x`` and ``mean`` as batchnorm_forward did.
+    ``defer``: dx may come back as its terms, a ``cpu.BatchNormInputGrad`` (numba kernels, x given),
+    which winograd_grad_output reads without dx being written out; ``.compute()`` gives dx."""
+    module = for_array(grad)
+    if defer and module is _numba():
+        return module.batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool, x, mean, defer=True)
+    return module.batchnorm_backward(grad, xhat, weight, inv_std, y, bias, pool, x, mean)
 
 
 def relu_forward(x, inplace: bool = False):

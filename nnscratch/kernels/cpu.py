@@ -669,10 +669,31 @@ def _wino4_output(M, TH, TW, bias, y):
                                 y[b, yy, xx, o] = r[e, o] + bias[o]
 
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _bn_grad_block(g, x, mean, inv_std, w, bb, masked, scale, n, dbias, dweight, b, top, left, d, zero):
+    # d (n, n, C) = image b's block of batch norm's input gradient, computed as _bn_grad_input computes
+    # it (from_x: xhat recomputed from x; the same expression, so the same bits), zeros past the map
+    H, W, C = g.shape[1], g.shape[2], g.shape[3]
+    for r in range(d.shape[0]):
+        yy = top + r
+        for j in range(d.shape[1]):
+            xx = left + j
+            if 0 <= yy < H and 0 <= xx < W:
+                for c in range(C):
+                    h = (x[b, yy, xx, c] - mean[c]) * inv_std[c]
+                    v = g[b, yy, xx, c] if (not masked or w[c] * h + bb[c] > zero) else zero
+                    d[r, j, c] = scale[c] * (n * v - dbias[c] - h * dweight[c])
+            else:
+                for c in range(C):
+                    d[r, j, c] = zero
+
+
 @_twins
-def _wino4_grad_output(g, TH, TW, dM, zero, t0):
+def _wino4_grad_output(g, TH, TW, dM, zero, t0, bn, x, mean, inv_std, w, bb, masked, scale, n, dbias, dweight):
     # g: channels-last (B, OH, OW, OC); dM: (36, T, OC) from tile t0 on: A q AT of each tile's 4x4
-    # gradient q (zeros past the map)
+    # gradient q (zeros past the map). With ``bn``, q is batch norm's input gradient computed from its
+    # terms (g the gradient batch norm received, x its input, ...: see BatchNormInputGrad), never
+    # written out as a map
     B, OH, OW, OC = g.shape
     k2, k4, k8 = g.dtype.type(2), g.dtype.type(4), g.dtype.type(8)
     for b in prange(B):
@@ -681,7 +702,11 @@ def _wino4_grad_output(g, TH, TW, dM, zero, t0):
         for ty in range(TH):
             for tx in range(TW):
                 t = t0 + (b * TH + ty) * TW + tx
-                _block(g, b, 4 * ty, 4 * tx, q, zero)
+                if bn:
+                    _bn_grad_block(g, x, mean, inv_std, w, bb, masked, scale, n, dbias, dweight, b, 4 * ty, 4 * tx,
+                                   q, zero)
+                else:
+                    _block(g, b, 4 * ty, 4 * tx, q, zero)
                 for e in range(4):                                 # A q: rows, per column e
                     for o in range(OC):
                         h[0, e, o] = q[0, e, o]
@@ -928,9 +953,19 @@ def winograd_grad_output(grad, tiles: tuple, out=None, first_tile: int = 0, m: i
     dM = _grad_output_buffer(grad, tiles, out, m)
     count = grad.shape[0] * tiles[0] * tiles[1]
     _check_tiles(dM, first_tile, count)
+    if isinstance(grad, BatchNormInputGrad):
+        if dM.shape[0] != 36:
+            return winograd_grad_output(grad.compute(), tiles, dM, first_tile, m)
+        t = grad
+        _wino4_grad_output(36 * count * grad.shape[1], t.g, tiles[0], tiles[1], dM, t.dtype.type(0), first_tile, True,
+                           t.x, t.mean, t.inv_std, t.weight, t.bias, t.masked, t.scale, t.n, t.dbias, t.dweight)
+        return dM
     if dM.shape[0] == 36:
-        _wino4_grad_output(36 * count * grad.shape[1], _as_channels_last(grad), tiles[0], tiles[1], dM,
-                           grad.dtype.type(0), first_tile)
+        g = _as_channels_last(grad)
+        z = g.dtype.type(0)
+        _wino4_grad_output(36 * count * grad.shape[1], g, tiles[0], tiles[1], dM, z, first_tile, False,
+                           g, g[0, 0, 0], g[0, 0, 0], g[0, 0, 0], g[0, 0, 0], False, g[0, 0, 0], z, g[0, 0, 0],
+                           g[0, 0, 0])   # (batch norm's terms unread)
         return dM
     _winograd_grad_output(16 * count * grad.shape[1], _as_channels_last(grad), tiles[0], tiles[1], dM,
                           grad.dtype.type(0), first_tile)
@@ -1220,11 +1255,43 @@ def scale_shift(x, scale, shift, relu: bool = False):
     return _shaped(y.reshape(-1), x.shape, "cl")
 
 
-def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None, x=None, mean=None):
+class BatchNormInputGrad:
+    """Batch norm's input gradient before it is computed: dx = scale * (n * g' - dbias - xhat * dweight),
+    xhat = (x - mean) * inv_std, g' = g, or g where weight * xhat + bias > 0 with ``masked`` (the fused
+    ReLU); g and x channels-last (B, H, W, C), the rest per channel (C,), scale, n, dbias and dweight
+    as batchnorm_backward computed them. ``winograd_grad_output`` reads it without writing dx out;
+    ``compute()`` gives dx; ``[b0:b1]`` the images b0..b1. shape and dtype are dx's, (B, C, H, W)."""
+
+    def __init__(self, g, x, mean, inv_std, weight, bias, masked, scale, n, dbias, dweight):
+        self.g, self.x, self.mean, self.inv_std, self.weight, self.bias = g, x, mean, inv_std, weight, bias
+        self.masked, self.scale, self.n, self.dbias, self.dweight = masked, scale, n, dbias, dweight
+        B, H, W, C = x.shape
+        self.shape, self.dtype = (B, C, H, W), x.dtype
+
+    def __getitem__(self, images: slice):
+        if not isinstance(images, slice) or images.step not in (None, 1):
+            raise TypeError("BatchNormInputGrad: only a range of images, [b0:b1], can be taken")
+        return BatchNormInputGrad(self.g[images], self.x[images], self.mean, self.inv_std, self.weight, self.bias,
+                                  self.masked, self.scale, self.n, self.dbias, self.dweight)
+
+    def compute(self):
+        """dx, channels-last (B, C, H, W)."""
+        C = self.shape[1]
+        grows, xrows = self.g.reshape(-1, C), self.x.reshape(-1, C)
+        dx = np.empty_like(xrows)
+        _bn_grad_input(grows.size, grows, xrows, self.mean, self.inv_std, True, self.weight, self.bias, self.masked,
+                       self.scale, self.n, self.dbias, self.dweight, self.dtype.type(0), dx)
+        return _shaped(dx.reshape(-1), self.shape, "cl")
+
+
+def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None, x=None, mean=None,
+                       defer: bool = False):
     """Twin of reference.batchnorm_backward for channels-last xhat (or x): two passes, the sums, then dx;
     a gradient in another layout is copied into xhat's first. Given ``bias`` as well as y, the ReLU's
     mask is recomputed from xhat (y = weight * xhat + bias, the same bits) instead of read from y; given
-    x and mean instead of xhat, xhat is recomputed in both passes as the forward pass computed it."""
+    x and mean instead of xhat, xhat is recomputed in both passes as the forward pass computed it.
+    With ``defer`` and x given, dx is returned as its terms (BatchNormInputGrad: the second pass left
+    to whoever reads dx)."""
     from_x = xhat is None
     saved = x if from_x else xhat
     xrows = _rows(saved)
@@ -1246,6 +1313,11 @@ def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None
         n, sums = pool(n, sums)
         total_bias, total_weight = sums.astype(dt)
     scale = (weight * inv_std / dt.type(n)).astype(dt)
+    if defer and from_x:
+        terms = BatchNormInputGrad(grows.reshape(saved.shape[0], saved.shape[2], saved.shape[3], C),
+                                   xrows.reshape(saved.shape[0], saved.shape[2], saved.shape[3], C), mean, inv_std,
+                                   weight, b, masked, scale, dt.type(n), total_bias, total_weight)
+        return terms, dweight, dbias
     dx = np.empty_like(xrows)
     _bn_grad_input(grows.size, grows, xrows, mean, inv_std, from_x, weight, b, masked, scale, dt.type(n), total_bias,
                    total_weight, dt.type(0), dx)
