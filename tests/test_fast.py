@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 import nnscratch as ns
-from nnscratch import execution
+from nnscratch import execution, threads
 from nnscratch.fast import rules as fast_rules  # the module
 from nnscratch.fast.steps import Im2colStep, LayerStep, LinearStep, PoolStep, ReluStep
 from nnscratch.fast.winograd import WinogradStep
@@ -455,6 +455,76 @@ def test_winograd_in_blocks_gives_the_same_bits_as_the_whole_batch(small_winogra
         first = model.backward(g, need_input_grad=True)
         again = model.backward(g, need_input_grad=True)         # backward again after one forward
         np.testing.assert_array_equal(first, again)
+
+
+@st.composite
+def im2col_blocks_case(draw):
+    """A convolution whose blocks' products pass IM2COL_MIN_BLOCK_WORK (2^23 multiply-adds: smaller
+    ones, a single row above all, BLAS rounds otherwise), odd sizes and strides included."""
+    k, stride, pad = draw(st.sampled_from([1, 3, 3])), draw(st.integers(1, 2)), draw(st.integers(0, 1))
+    H, W = draw(st.integers(14, 21)), draw(st.integers(14, 21))
+    return dict(B=draw(st.integers(6, 13)), C=draw(st.integers(12, 25)), OC=draw(st.integers(96, 161)), H=H, W=W, k=k,
+                stride=stride, pad=pad, bias=draw(st.booleans()), dtype=draw(st.sampled_from([np.float32, np.float64])),
+                block=draw(st.integers(1, 400_000)), need=draw(st.booleans()), last=draw(st.booleans()))
+
+
+@given(im2col_blocks_case(), st.integers(0, 2**32 - 1))
+@settings(max_examples=20, deadline=None)
+def test_im2col_in_blocks_gives_the_same_bits_as_the_whole_batch(monkeypatch, case, seed):
+    """On one core an im2col convolution with large columns runs im2col, its product and, in backward,
+    the input gradient's product and col2im a block of images at a time: the same bits as whole, a
+    second backward after one forward included."""
+    from nnscratch.fast.steps import Im2colStep
+    from nnscratch.kernels import serial_kernels
+    monkeypatch.setattr(fast_rules, "IM2COL_BLOCK_BYTES", case["block"])
+    monkeypatch.setattr(fast_rules, "IM2COL_BLOCKS_ABOVE", 0)
+    rng = np.random.default_rng(seed)
+    dt = case["dtype"]
+    model = ns.Sequential(ns.Conv2d(case["C"], case["OC"], case["k"], stride=case["stride"], padding=case["pad"],
+                                    bias=case["bias"], rng=rng)).to(dtype=dt)
+    model.workers = 1
+    shape = (case["B"], case["C"], case["H"], case["W"])
+    x = rng.standard_normal(shape).astype(dt)
+    if case["last"]:                                # a channels-last input, as a ResNet's maps are
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    y = model(x)
+    g = rng.standard_normal(y.shape).astype(dt)
+    # as a part of a split batch runs: serial kernels, OpenBLAS at one thread (its threads would
+    # share a product's columns out otherwise for a block than for the batch, rounding some otherwise)
+    with serial_kernels(), threads.blas_threads(1), fast_rules.switched(winograd=False):
+        step = ns.plan(model, x).plan.steps[0]
+        assert isinstance(step, Im2colStep)
+        pixels = y.shape[2] * y.shape[3]
+        blocks = step._blocks(case["B"], pixels, case["k"] ** 2 * case["C"] + case["bias"], x.itemsize)
+        assert blocks[0][0] == 0 and blocks[-1][1] == case["B"] and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+        assume(len(blocks) > 1)
+        runs = [_pass(model, x, g, need_input_grad=case["need"], im2col_in_blocks=on, winograd=False)
+                for on in (True, False)]
+        _assert_same(*runs, exact=True)
+        with fast_rules.switched(winograd=False):
+            model.zero_grad()
+            model(x)
+            first = model.backward(g, need_input_grad=True)
+            np.testing.assert_array_equal(first, model.backward(g, need_input_grad=True))
+
+
+def test_im2col_blocks_are_cache_sized_large_enough_and_only_on_one_core(monkeypatch):
+    from nnscratch.kernels import serial_kernels
+    model = ns.Sequential(ns.Conv2d(3, 4, 3, padding=1, bias=False))
+    x = np.zeros((10, 3, 5, 5), np.float32)          # columns of 25 rows x 27 an image: 2,700 bytes
+    step = ns.plan(model, x).plan.steps[0]
+    monkeypatch.setattr(fast_rules, "IM2COL_BLOCK_BYTES", 3 * 2700)
+    monkeypatch.setattr(fast_rules, "IM2COL_BLOCKS_ABOVE", 0)
+    monkeypatch.setattr(fast_rules, "IM2COL_MIN_BLOCK_WORK", 1)
+    assert step._blocks(10, 25, 27, 4) == [(0, 10)]                 # all cores: no blocks
+    with serial_kernels():
+        assert step._blocks(10, 25, 27, 4) == [(0, 3), (3, 6), (6, 10)]     # the short last block joins
+        with fast_rules.switched(im2col_in_blocks=False):
+            assert step._blocks(10, 25, 27, 4) == [(0, 10)]
+        monkeypatch.setattr(fast_rules, "IM2COL_MIN_BLOCK_WORK", 5 * 25 * 27 * 4)     # 5 images' work at least
+        assert step._blocks(10, 25, 27, 4) == [(0, 5), (5, 10)]
+        monkeypatch.setattr(fast_rules, "IM2COL_BLOCKS_ABOVE", 10 * 2700)
+        assert step._blocks(10, 25, 27, 4) == [(0, 10)]             # small enough to stay in the cache whole
 
 
 def test_winograd_blocks_are_cache_sized_and_only_on_one_core_for_large_batches(small_winograd, monkeypatch, request):

@@ -53,6 +53,10 @@ RULES = {
     # transformed tiles (16x the block's pixels) are still in the core's cache. The weight gradient's
     # products still sum over the whole batch. Same bits.
     "winograd_in_blocks": True,
+    # Likewise an im2col convolution on one core whose columns pass IM2COL_BLOCKS_ABOVE: im2col and the
+    # product a block of images at a time (the columns still kept whole for the weight gradient), and
+    # in backward each block's input-gradient columns handed to col2im while in the cache. Same bits.
+    "im2col_in_blocks": True,
     # In eval mode, a Conv2d and the BatchNorm2d after it as one convolution whose weights and bias
     # have the batch norm folded in (its statistics are fixed then): no batch-norm pass.
     "batchnorm_into_conv": True,
@@ -77,9 +81,16 @@ WINOGRAD_MIN_CHANNELS = 16    # fewer input channels (an RGB image): the transfo
 # winograd_in_blocks: a block's transformed input and output tiles, K * tiles * (C + OC) values, take
 # at most this many bytes (at least one image a block), and blocks are used only when the whole
 # batch's take more than WINOGRAD_BLOCKS_ABOVE: below, the calls a block makes cost more than the
-# cache saves. Both chosen by measurement (benches/NOTES.md, "The ResNet")
-WINOGRAD_BLOCK_BYTES = 2 << 20
+# cache saves. Both chosen by measurement (benches/NOTES.md, "The ResNet", items 9 and 12)
+WINOGRAD_BLOCK_BYTES = 4 << 20
 WINOGRAD_BLOCKS_ABOVE = 12 << 20     # the ResNet's stage 2 (18.9 MB a part) in blocks, stage 3 (9.4) whole
+
+# im2col_in_blocks: a block's columns take about this many bytes, and a block's product at least
+# IM2COL_MIN_BLOCK_WORK multiply-adds (OpenBLAS runs small products through other kernels, rounded
+# otherwise); blocks only when the batch's columns pass IM2COL_BLOCKS_ABOVE
+IM2COL_BLOCK_BYTES = 2 << 20
+IM2COL_MIN_BLOCK_WORK = 1 << 23
+IM2COL_BLOCKS_ABOVE = 4 << 20
 
 _version = [0]                # bumped on every change, so that cached plans made under other rules are not used
 

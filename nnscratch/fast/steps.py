@@ -8,10 +8,13 @@ The Winograd convolution is in ``winograd.py``.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .. import kernels
 from ..backend import get_array_module
 from ..checks import check_grad, no_forward
 from ..layers import Flatten, Residual
+from . import rules
 from .buffers import accumulate_product
 
 
@@ -242,16 +245,44 @@ class Im2colStep(Step):
             return wm
         return get_array_module(wm).concatenate([wm, conv.bias.data[:, None]], axis=1)
 
+    def _blocks(self, B: int, pixels: int, K: int, itemsize: int) -> list:
+        """The image ranges [(b0, b1), ...] run one after the other: the whole batch, or with
+        ``im2col_in_blocks`` on one core blocks whose columns (``pixels`` rows of K a image) fit the
+        core's cache, each block's product large enough that BLAS rounds it as the whole batch's."""
+        per_image = pixels * K * itemsize
+        size = max(rules.IM2COL_BLOCK_BYTES // per_image,
+                   -(-rules.IM2COL_MIN_BLOCK_WORK // (pixels * K * self.layer.out_channels)))
+        if (not rules.on("im2col_in_blocks") or not kernels.serial() or size >= B
+                or per_image * B <= rules.IM2COL_BLOCKS_ABOVE):
+            return [(0, B)]
+        blocks = [(b, min(b + size, B)) for b in range(0, B, size)]
+        if blocks[-1][1] - blocks[-1][0] < size:         # the last, short block: with the one before
+            blocks[-2:] = [(blocks[-2][0], B)]
+        return blocks
+
     def forward(self, x, owned: bool):
+        """y = cols @ Wm^T: im2col's columns of the whole batch (kept for the weight gradient), and the
+        product; in blocks of images (``_blocks``), each block's product while its columns are in the
+        cache."""
         conv = self.layer
         conv.check_input(x)
         (kh, kw), s, p = conv.kernel_size, conv.stride[0], conv.padding[0]
         B = x.shape[0]
         OH, OW = self.out_hw or conv.output_shape(x.shape)[2:]
         bias = conv.bias is not None
-        cols = kernels.im2col(x, kh, kw, s, p, ones=bias, out_hw=(OH, OW),
-                              out=self.buffers.get(conv, "cols", (B * OH * OW, kh * kw * conv.in_channels + bias), x))
-        y = kernels.matmul(cols, self._weight_matrix(with_bias=True).T)            # (B*OH*OW, OC)
+        K = kh * kw * conv.in_channels + bias
+        cols = self.buffers.get(conv, "cols", (B * OH * OW, K), x)
+        blocks = self._blocks(B, OH * OW, K, x.itemsize) if isinstance(x, np.ndarray) else [(0, B)]
+        if len(blocks) == 1:
+            kernels.im2col(x, kh, kw, s, p, ones=bias, out_hw=(OH, OW), out=cols)
+            y = kernels.matmul(cols, self._weight_matrix(with_bias=True).T)        # (B*OH*OW, OC)
+        else:
+            y = np.empty((B * OH * OW, conv.out_channels), x.dtype)
+            wt = self._weight_matrix(with_bias=True).T
+            for b0, b1 in blocks:
+                r0, r1 = b0 * OH * OW, b1 * OH * OW
+                kernels.im2col(x[b0:b1], kh, kw, s, p, ones=bias, out_hw=(OH, OW), out=cols[r0:r1])
+                kernels.matmul(cols[r0:r1], wt, out=y[r0:r1])
         self._cache = (x, cols, (OH, OW))
         self._cols_hold_x = True      # False once backward has written the input gradient's columns there
         return y.reshape(B, OH, OW, conv.out_channels).transpose(0, 3, 1, 2)   # NCHW view, no copy
@@ -278,9 +309,20 @@ class Im2colStep(Step):
         if not need_input_grad:
             return None
         # the input gradient's columns go into the column matrix's memory, which the weight gradient
-        # above has finished with: one matrix instead of two, still in cache
+        # above has finished with: one matrix instead of two; in blocks of images, a block's columns
+        # go to col2im while in the cache
         self._cols_hold_x = False
-        dcols = cols.reshape(-1)[:g.shape[0] * K].reshape(g.shape[0], K)
-        return kernels.col2im(kernels.matmul(g, self._weight_matrix(with_bias=False), out=dcols), x.shape,
-                              kh, kw, s, p, out_hw=(OH, OW))
+        wm = self._weight_matrix(with_bias=False)
+        blocks = self._blocks(x.shape[0], OH * OW, cols.shape[1], cols.itemsize) if isinstance(x, np.ndarray) \
+            else [(0, x.shape[0])]
+        if len(blocks) == 1:
+            dcols = cols.reshape(-1)[:g.shape[0] * K].reshape(g.shape[0], K)
+            return kernels.col2im(kernels.matmul(g, wm, out=dcols), x.shape, kh, kw, s, p, out_hw=(OH, OW))
+        dx = np.empty((x.shape[0],) + x.shape[2:] + (x.shape[1],), cols.dtype).transpose(0, 3, 1, 2)  # channels-last
+        for b0, b1 in blocks:
+            r0, r1 = b0 * OH * OW, b1 * OH * OW
+            dcols = cols.reshape(-1)[:(r1 - r0) * K].reshape(r1 - r0, K)     # the block's, at the start
+            kernels.col2im(kernels.matmul(g[r0:r1], wm, out=dcols), (b1 - b0,) + x.shape[1:], kh, kw, s, p,
+                           out_hw=(OH, OW), out=dx[b0:b1])
+        return dx
 

@@ -96,9 +96,10 @@ def im2col(x, kh, kw, stride=1, padding=0, out=None, ones=False, out_hw=None):
     return for_array(x).im2col(x, kh, kw, stride, padding, out, ones, out_hw)
 
 
-def col2im(cols, x_shape, kh, kw, stride=1, padding=0, out_hw=None):
-    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), the adjoint of im2col (same ``out_hw``)."""
-    return for_array(cols).col2im(cols, x_shape, kh, kw, stride, padding, out_hw)
+def col2im(cols, x_shape, kh, kw, stride=1, padding=0, out_hw=None, out=None):
+    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), the adjoint of im2col (same ``out_hw``); into
+    ``out`` if given (on the CPU with numba: a channels-last array)."""
+    return for_array(cols).col2im(cols, x_shape, kh, kw, stride, padding, out_hw, out)
 
 
 def maxpool_forward(x, k, stride, relu=False):

@@ -312,11 +312,15 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, one
     return cols
 
 
-def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0, out_hw=None):
-    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), channels-last in memory, overlaps summed."""
+def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0, out_hw=None, out=None):
+    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), channels-last in memory, overlaps summed;
+    into ``out`` (a channels-last (B, C, H, W) array) if given."""
     B, C, H, W = x_shape
     OH, OW = map_size(H, W, kh, kw, stride, padding, out_hw)
-    dx = empty_nchw(x_shape, cols.dtype, last=True)
+    dx = empty_nchw(x_shape, cols.dtype, last=True) if out is None else out
+    if tuple(dx.shape) != tuple(x_shape) or dx.dtype != cols.dtype or not dx.transpose(0, 2, 3, 1).flags.c_contiguous:
+        raise ValueError(f"col2im: out must be a channels-last {cols.dtype} array of shape {tuple(x_shape)}, "
+                         f"got {dx.shape} {dx.dtype}")
     _col2im(dx.size, np.ascontiguousarray(cols), kh, kw, stride, padding, OH, OW, dx.transpose(0, 2, 3, 1))
     return dx
 

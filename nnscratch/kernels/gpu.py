@@ -109,13 +109,16 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, one
     return cols
 
 
-def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0, out_hw=None):
-    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), overlaps summed."""
+def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0, out_hw=None, out=None):
+    """cols: (B * OH * OW, kh * kw * C) -> dx: (B, C, H, W), overlaps summed; into ``out`` if given."""
     cp = _cupy()
     B, C, H, W = x_shape
     OH, OW = map_size(H, W, kh, kw, stride, padding, out_hw)
     dx = cp.empty(x_shape, dtype=cols.dtype)
     _kernels()[1](cp.ascontiguousarray(cols), C, H, W, kh, kw, stride, padding, OH, OW, dx)
+    if out is not None:
+        out[...] = dx
+        return out
     return dx
 
 

@@ -59,8 +59,9 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0, out=None, one
     return out
 
 
-def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0, out_hw=None):
-    """The adjoint of :func:`im2col`: cols (B * OH * OW, kh * kw * C) -> dx (B, C, H, W).
+def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int = 0, out_hw=None, out=None):
+    """The adjoint of :func:`im2col`: cols (B * OH * OW, kh * kw * C) -> dx (B, C, H, W), into ``out``
+    if given.
 
     A pixel that appears in several patches receives the sum of their values,
     which is exactly the gradient of the copy that ``im2col`` made. ``out_hw`` as for im2col.
@@ -72,6 +73,9 @@ def col2im(cols, x_shape: tuple, kh: int, kw: int, stride: int = 1, padding: int
     for i in range(kh):
         for j in range(kw):
             dxp[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride] += patches[:, :, :, i, j].transpose(0, 3, 1, 2)
+    if out is not None:
+        out[...] = dxp[:, :, padding:padding + H, padding:padding + W]
+        return out
     return np.ascontiguousarray(dxp[:, :, padding:padding + H, padding:padding + W])
 
 
