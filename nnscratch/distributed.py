@@ -38,6 +38,7 @@ import contextvars
 import os
 import socket
 import sys
+import time
 
 import numpy as np
 
@@ -46,6 +47,7 @@ from .errors import UsageError
 # what launchers set: MPICH's and Intel MPI's hydra (PMI_*), Open MPI, MVAPICH, PMIx, SLURM's srun
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
 
+ABORT_GRACE_S = 0.3                  # output's time to reach the launcher before MPI_Abort (see abort)
 _comm = [None]                       # the world's communicator once init() joined a job of 2 or more
 _SYNCED = contextvars.ContextVar("nnscratch_distributed_synced", default=False)
 _ALONE = contextvars.ContextVar("nnscratch_distributed_alone", default=False)
@@ -280,5 +282,9 @@ def abort(message: str | None, code: int = 1):
     if message is not None:
         print(f"nnscratch: rank {job_rank()} of {job_size()}: {message}", file=sys.stderr, flush=True)
     if _comm[0] is not None:
+        # the launcher's proxy forwards this rank's output from a pipe; told to abort first, it may end
+        # the job before reading what is in the pipe (the line above lost, about 1 run in 15 here)
+        sys.stdout.flush()
+        time.sleep(ABORT_GRACE_S)
         _comm[0].Abort(code)
     raise SystemExit(code)
