@@ -259,11 +259,13 @@ def gather_rows(local: np.ndarray) -> np.ndarray:
 # ---- batch norm across the ranks -----------------------------------------------------------------
 
 @contextlib.contextmanager
-def synced():
+def synced(rows=None):
     """Within this block the planner's batch-norm steps pool their statistics across the ranks
     (``TrainStep`` runs its forward and backward passes in it: every rank runs the same layers in
-    the same order, so their n-th meetings match; a forward pass elsewhere stays local)."""
-    token = _SYNCED.set(active())
+    the same order, so their n-th meetings match; a forward pass elsewhere stays local). ``rows``:
+    (B, slice), this rank's rows of the global batch of B, for the layers that draw random numbers
+    per image (``batch_rows``)."""
+    token = _SYNCED.set((True, rows) if active() else False)
     try:
         yield
     finally:
@@ -271,7 +273,16 @@ def synced():
 
 
 def batch_norm_synced_now() -> bool:
-    return _SYNCED.get()
+    return bool(_SYNCED.get())
+
+
+def batch_rows():
+    """(B, rows) inside a rank's step of a job (``synced(rows=...)``): the global batch's size and this
+    rank's slice of it; else None. Dropout draws its mask for the whole global batch and keeps these
+    rows, so that the ranks draw what one process draws (the same generator state on every rank
+    would otherwise give every rank's rows the same mask)."""
+    state = _SYNCED.get()
+    return state[1] if state else None
 
 
 # ---- faults --------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ class TrainStep:
         cuts = parallel.cuts(B, size)
         shares = self._shares(target, cuts)
         me = cuts[distributed.rank()]
-        with parallel.whole_batches(), distributed.synced():
+        with parallel.whole_batches(), distributed.synced(rows=(B, me)):
             with np.errstate(over="ignore", invalid="ignore"):      # a diverging step is reported below
                 logits = self.model(x[me])
                 loss = self.loss_fn(logits, target[me])

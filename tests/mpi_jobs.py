@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nnscratch as ns  # noqa: E402
 from nnscratch import distributed  # noqa: E402
 
-NETWORKS = ("cnn", "resnet", "mlnn")
+NETWORKS = ("cnn", "resnet", "mlnn", "dropout")
 
 
 def network(name):
@@ -33,6 +33,9 @@ def network(name):
     if name == "resnet":                   # batch norm pooled across the ranks
         model = ns.models.resnet(widths=(8, 16), blocks=(1, 1))
         return model, ns.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    if name == "dropout":                  # the masks one process draws for the whole batch
+        model = ns.Sequential(ns.Flatten(), ns.Linear(3 * 28 * 28, 64), ns.ReLU(), ns.Dropout(0.5), ns.Linear(64, 8))
+        return model, ns.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model = ns.models.mlnn(hidden_size=64)
     return model, ns.SGD(model.parameters(), lr=0.05)
 

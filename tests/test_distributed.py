@@ -88,8 +88,9 @@ def test_a_launcher_without_mpi4py_is_one_clear_error(monkeypatch):
 
 @needs_mpi
 def test_two_ranks_compute_what_one_process_computes(tmp_path):
-    # four steps of the CNN, a ResNet (batch norm pooled across the ranks) and the MLNN on global
-    # batches of 37 images (shares of 18 and 19), against the same steps in this process
+    # four steps of the CNN, a ResNet (batch norm pooled across the ranks), the MLNN and a network
+    # with dropout (the ranks' masks are rows of one mask) on global batches of 37 images (shares of
+    # 18 and 19), against the same steps in this process
     done = mpiexec("steps", tmp_path)
     assert done.returncode == 0, done.stderr
     job = np.load(tmp_path / "params.npz")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import distributed
 from ..backend import is_gpu_array, to_device
 from ..checks import check_array, check_grad, no_forward
 from ..random import default_rng, resolve_rng
@@ -21,7 +22,9 @@ class Dropout(Module):
     rng: None draws from the package's default generator at each pass (``ns.manual_seed``
     makes runs repeatable, as ``torch.manual_seed`` does), or an int seed or a
     ``numpy.random.Generator`` of the layer's own. The mask is drawn on the CPU and moved
-    to a GPU input's device, so a seed gives the same masks on both.
+    to a GPU input's device, so a seed gives the same masks on both. In a rank's step of a
+    data-parallel job (``ns.distributed``) the mask is drawn for the whole global batch and the
+    rank keeps its rows: the masks one process would draw.
     """
 
     def __init__(self, p: float = 0.5, rng=None):
@@ -44,7 +47,12 @@ class Dropout(Module):
             self._cache = (x.shape, x.dtype, None)          # no mask: the gradient passes unchanged
             return x
         rng = self._rng if self._rng is not None else default_rng()
-        keep = rng.random(x.shape, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64) >= self.p
+        dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
+        rows = distributed.batch_rows()             # a rank of a data-parallel job: its rows of the batch's mask
+        if rows is not None and x.ndim >= 1 and x.shape[0] == rows[1].stop - rows[1].start:
+            keep = rng.random((rows[0],) + x.shape[1:], dtype=dtype)[rows[1]] >= self.p
+        else:
+            keep = rng.random(x.shape, dtype=dtype) >= self.p
         scale = 0.0 if self.p == 1 else 1 / (1 - self.p)
         mask = keep.astype(x.dtype) * x.dtype.type(scale)
         mask = to_device(mask, "gpu") if is_gpu_array(x) else mask
