@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 RULES = {
     # ReLU then MaxPool2d as one pooling kernel that rectifies what it outputs: ReLU is monotonic, so it
     # does not change which element wins a window, and a window whose maximum is <= 0 passes no gradient
@@ -51,11 +53,13 @@ RULES = {
     # A Winograd convolution run on one core (a part of a split batch) takes its images a block at a
     # time: each block's transform, products and inverse transform in turn, while the block's
     # transformed tiles (16x the block's pixels) are still in the core's cache. The weight gradient's
-    # products still sum over the whole batch. Same bits.
+    # products still sum over the whole batch. Float32 only; the same bits for the ResNet's layers,
+    # for other shapes the same up to the products' rounding (see BLOCKED_DTYPES below).
     "winograd_in_blocks": True,
     # Likewise an im2col convolution on one core whose columns pass IM2COL_BLOCKS_ABOVE: im2col and the
     # product a block of images at a time (the columns still kept whole for the weight gradient), and
-    # in backward each block's input-gradient columns handed to col2im while in the cache. Same bits.
+    # in backward each block's input-gradient columns handed to col2im while in the cache. As
+    # winograd_in_blocks: float32 only, the ResNet's bits, other shapes to the products' rounding.
     "im2col_in_blocks": True,
     # In eval mode, a Conv2d and the BatchNorm2d after it as one convolution whose weights and bias
     # have the batch norm folded in (its statistics are fixed then): no batch-norm pass.
@@ -85,12 +89,20 @@ WINOGRAD_MIN_CHANNELS = 16    # fewer input channels (an RGB image): the transfo
 WINOGRAD_BLOCK_BYTES = 4 << 20
 WINOGRAD_BLOCKS_ABOVE = 12 << 20     # the ResNet's stage 2 (18.9 MB a part) in blocks, stage 3 (9.4) whole
 
-# im2col_in_blocks: a block's columns take about this many bytes, and a block's product at least
-# IM2COL_MIN_BLOCK_WORK multiply-adds (OpenBLAS runs small products through other kernels, rounded
-# otherwise); blocks only when the batch's columns pass IM2COL_BLOCKS_ABOVE
+# im2col_in_blocks: a block's columns take about this many bytes; blocks only when the batch's columns
+# pass IM2COL_BLOCKS_ABOVE
 IM2COL_BLOCK_BYTES = 2 << 20
-IM2COL_MIN_BLOCK_WORK = 1 << 23
 IM2COL_BLOCKS_ABOVE = 4 << 20
+# Both block rules give the whole batch's bits where a block's products run through the same BLAS
+# kernels as the batch's. OpenBLAS picks kernels by a product's size (on this CPU, one thread: its
+# "direct" kernel below about 7 million multiply-adds, for some shapes its small-matrix kernels, else
+# the packed ones), so for some shapes a block's rows round otherwise than the same rows of the batch:
+# hypothesis found Winograd layers of 24-128 channels whose blocks differ in the last bit. The
+# ResNet's layers keep their bits (``tests/test_fast.py`` checks its shapes exactly, random shapes to
+# rounding). Its double-precision kernels round a product's last rows otherwise too (im2col blocks of
+# 507 rows against the batch's 1,014), so only float32, training's dtype, runs in blocks: float64
+# results never depend on the block sizes
+BLOCKED_DTYPES = (np.dtype(np.float32),)
 
 _version = [0]                # bumped on every change, so that cached plans made under other rules are not used
 

@@ -245,15 +245,15 @@ class Im2colStep(Step):
             return wm
         return get_array_module(wm).concatenate([wm, conv.bias.data[:, None]], axis=1)
 
-    def _blocks(self, B: int, pixels: int, K: int, itemsize: int) -> list:
+    def _blocks(self, B: int, pixels: int, K: int, dtype) -> list:
         """The image ranges [(b0, b1), ...] run one after the other: the whole batch, or with
         ``im2col_in_blocks`` on one core blocks whose columns (``pixels`` rows of K a image) fit the
-        core's cache, each block's product large enough that BLAS rounds it as the whole batch's."""
-        per_image = pixels * K * itemsize
-        size = max(rules.IM2COL_BLOCK_BYTES // per_image,
-                   -(-rules.IM2COL_MIN_BLOCK_WORK // (pixels * K * self.layer.out_channels)))
+        core's cache (float32 only: ``rules.BLOCKED_DTYPES``)."""
+        dtype = np.dtype(dtype)
+        per_image = pixels * K * dtype.itemsize
+        size = max(1, rules.IM2COL_BLOCK_BYTES // per_image)
         if (not rules.on("im2col_in_blocks") or not kernels.serial() or size >= B
-                or per_image * B <= rules.IM2COL_BLOCKS_ABOVE):
+                or dtype not in rules.BLOCKED_DTYPES or per_image * B <= rules.IM2COL_BLOCKS_ABOVE):
             return [(0, B)]
         blocks = [(b, min(b + size, B)) for b in range(0, B, size)]
         if blocks[-1][1] - blocks[-1][0] < size:         # the last, short block: with the one before
@@ -272,7 +272,7 @@ class Im2colStep(Step):
         bias = conv.bias is not None
         K = kh * kw * conv.in_channels + bias
         cols = self.buffers.get(conv, "cols", (B * OH * OW, K), x)
-        blocks = self._blocks(B, OH * OW, K, x.itemsize) if isinstance(x, np.ndarray) else [(0, B)]
+        blocks = self._blocks(B, OH * OW, K, x.dtype) if isinstance(x, np.ndarray) else [(0, B)]
         if len(blocks) == 1:
             kernels.im2col(x, kh, kw, s, p, ones=bias, out_hw=(OH, OW), out=cols)
             y = kernels.matmul(cols, self._weight_matrix(with_bias=True).T)        # (B*OH*OW, OC)
@@ -313,7 +313,7 @@ class Im2colStep(Step):
         # go to col2im while in the cache
         self._cols_hold_x = False
         wm = self._weight_matrix(with_bias=False)
-        blocks = self._blocks(x.shape[0], OH * OW, cols.shape[1], cols.itemsize) if isinstance(x, np.ndarray) \
+        blocks = self._blocks(x.shape[0], OH * OW, cols.shape[1], cols.dtype) if isinstance(x, np.ndarray) \
             else [(0, x.shape[0])]
         if len(blocks) == 1:
             dcols = cols.reshape(-1)[:g.shape[0] * K].reshape(g.shape[0], K)

@@ -64,15 +64,18 @@ class WinogradStep(Step):
         ``winograd_in_blocks`` on one core blocks whose transformed tiles fit the core's cache."""
         B, conv = x.shape[0], self.layer
         tiles = self.tiles[0] * self.tiles[1]
-        per_image = self.points * tiles * (conv.in_channels + conv.out_channels) * x.itemsize
+        C, OC = conv.in_channels, conv.out_channels
+        per_image = self.points * tiles * (C + OC) * x.itemsize
         size = max(-(-MIN_BLOCK_TILES // tiles), rules.WINOGRAD_BLOCK_BYTES // per_image)
         # (one input or output channel: the products have one column, which BLAS computes as a
-        # matrix-vector product, rounded otherwise for few rows than for many)
+        # matrix-vector product, rounded otherwise for few rows than for many; float64: see
+        # rules.BLOCKED_DTYPES)
         if (not rules.on("winograd_in_blocks") or not kernels.serial() or size >= B
-                or per_image * B <= rules.WINOGRAD_BLOCKS_ABOVE or min(conv.in_channels, conv.out_channels) < 2):
+                or x.dtype not in rules.BLOCKED_DTYPES
+                or per_image * B <= rules.WINOGRAD_BLOCKS_ABOVE or min(C, OC) < 2):
             return [(0, B)]
         blocks = [(b, min(b + size, B)) for b in range(0, B, size)]
-        if (blocks[-1][1] - blocks[-1][0]) * tiles < MIN_BLOCK_TILES:     # the last, short block: with the one before
+        if blocks[-1][1] - blocks[-1][0] < size:         # the last, short block: with the one before
             blocks[-2:] = [(blocks[-2][0], B)]
         return blocks
 
