@@ -6,7 +6,9 @@
 
 Every rule computes what the textbook layers compute: the same bits, or (where the sums run in
 another order: ``crop_before_pool``, ``winograd``, ``winograd_4x4``, ``split_batch``,
-``batchnorm_kernels``) the same values up to rounding.
+``batchnorm_kernels``; and the block rules, ``winograd_in_blocks`` and ``im2col_in_blocks``, for
+shapes whose blocks BLAS multiplies with other kernels than the whole batch) the same values up to
+rounding.
 Each is tested equal to the layers it replaces (``tests/test_fast.py``).
 """
 from __future__ import annotations
