@@ -958,7 +958,7 @@ def winograd_grad_output(grad, tiles: tuple, out=None, first_tile: int = 0, m: i
     count = grad.shape[0] * tiles[0] * tiles[1]
     _check_tiles(dM, first_tile, count)
     if isinstance(grad, BatchNormInputGrad):
-        if dM.shape[0] != 36:
+        if dM.shape[0] != 36 or not grad.from_x:
             return winograd_grad_output(grad.compute(), tiles, dM, first_tile, m)
         t = grad
         _wino4_grad_output(36 * count * grad.shape[1], t.g, tiles[0], tiles[1], dM, t.dtype.type(0), first_tile, True,
@@ -1261,14 +1261,16 @@ def scale_shift(x, scale, shift, relu: bool = False):
 
 class BatchNormInputGrad:
     """Batch norm's input gradient before it is computed: dx = scale * (n * g' - dbias - xhat * dweight),
-    xhat = (x - mean) * inv_std, g' = g, or g where weight * xhat + bias > 0 with ``masked`` (the fused
-    ReLU); g and x channels-last (B, H, W, C), the rest per channel (C,), scale, n, dbias and dweight
-    as batchnorm_backward computed them. ``winograd_grad_output`` reads it without writing dx out;
-    ``compute()`` gives dx; ``[b0:b1]`` the images b0..b1. shape and dtype are dx's, (B, C, H, W)."""
+    xhat = (x - mean) * inv_std (``from_x``; else x is xhat itself), g' = g, or g where weight * xhat +
+    bias > 0 with ``masked`` (the fused ReLU); g and x channels-last (B, H, W, C), the rest per channel
+    (C,), scale, n, dbias and dweight as batchnorm_backward computed them. ``winograd_grad_output``
+    reads it (from_x only) without writing dx out; ``compute()`` gives dx; ``[b0:b1]`` the images
+    b0..b1. shape and dtype are dx's, (B, C, H, W)."""
 
-    def __init__(self, g, x, mean, inv_std, weight, bias, masked, scale, n, dbias, dweight):
+    def __init__(self, g, x, mean, inv_std, weight, bias, masked, scale, n, dbias, dweight, from_x=True):
         self.g, self.x, self.mean, self.inv_std, self.weight, self.bias = g, x, mean, inv_std, weight, bias
         self.masked, self.scale, self.n, self.dbias, self.dweight = masked, scale, n, dbias, dweight
+        self.from_x = from_x
         B, H, W, C = x.shape
         self.shape, self.dtype = (B, C, H, W), x.dtype
 
@@ -1276,15 +1278,15 @@ class BatchNormInputGrad:
         if not isinstance(images, slice) or images.step not in (None, 1):
             raise TypeError("BatchNormInputGrad: only a range of images, [b0:b1], can be taken")
         return BatchNormInputGrad(self.g[images], self.x[images], self.mean, self.inv_std, self.weight, self.bias,
-                                  self.masked, self.scale, self.n, self.dbias, self.dweight)
+                                  self.masked, self.scale, self.n, self.dbias, self.dweight, self.from_x)
 
     def compute(self):
-        """dx, channels-last (B, C, H, W)."""
+        """dx, channels-last (B, C, H, W): batch norm's second backward pass, row by row."""
         C = self.shape[1]
         grows, xrows = self.g.reshape(-1, C), self.x.reshape(-1, C)
         dx = np.empty_like(xrows)
-        _bn_grad_input(grows.size, grows, xrows, self.mean, self.inv_std, True, self.weight, self.bias, self.masked,
-                       self.scale, self.n, self.dbias, self.dweight, self.dtype.type(0), dx)
+        _bn_grad_input(grows.size, grows, xrows, self.mean, self.inv_std, self.from_x, self.weight, self.bias,
+                       self.masked, self.scale, self.n, self.dbias, self.dweight, self.dtype.type(0), dx)
         return _shaped(dx.reshape(-1), self.shape, "cl")
 
 
@@ -1317,15 +1319,10 @@ def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None
         n, sums = pool(n, sums)
         total_bias, total_weight = sums.astype(dt)
     scale = (weight * inv_std / dt.type(n)).astype(dt)
-    if defer and from_x:
-        terms = BatchNormInputGrad(grows.reshape(saved.shape[0], saved.shape[2], saved.shape[3], C),
-                                   xrows.reshape(saved.shape[0], saved.shape[2], saved.shape[3], C), mean, inv_std,
-                                   weight, b, masked, scale, dt.type(n), total_bias, total_weight)
-        return terms, dweight, dbias
-    dx = np.empty_like(xrows)
-    _bn_grad_input(grows.size, grows, xrows, mean, inv_std, from_x, weight, b, masked, scale, dt.type(n), total_bias,
-                   total_weight, dt.type(0), dx)
-    return _shaped(dx.reshape(-1), saved.shape, "cl"), dweight, dbias
+    B, _, H, W = saved.shape
+    terms = BatchNormInputGrad(grows.reshape(B, H, W, C), xrows.reshape(B, H, W, C), mean, inv_std, weight, b,
+                               masked, scale, dt.type(n), total_bias, total_weight, from_x)
+    return (terms if defer and from_x else terms.compute()), dweight, dbias
 
 
 # ---- optimizer updates: one fused pass over the flattened arrays instead of NumPy's ~8 ----------
