@@ -424,6 +424,17 @@ def test_batchnorm_kernels_equal_the_reference_in_both_layouts(B, C, H, W, relu,
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
 
 
+def _batchnorm_case(B, C, H, W, last, dtype, seed):
+    """(x, weight, bias, gradient, the generator for more draws) of a batch norm on (B, C, H, W) (at least
+    two values a channel), x channels-last in memory with ``last``."""
+    rng = np.random.default_rng(seed)
+    B = 2 if B * H * W < 2 else B
+    x = (rng.standard_normal((B, H, W, C) if last else (B, C, H, W)) * 2 + 1).astype(dtype)
+    x = x.transpose(0, 3, 1, 2) if last else x
+    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    return x, w, b, rng.standard_normal(x.shape).astype(dtype), rng
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 6), st.integers(1, 6), st.booleans(), st.booleans(),
        st.sampled_from([np.float32, np.float64]), SEEDS)
@@ -431,12 +442,7 @@ def test_batchnorm_backward_from_the_input_has_the_bits_of_the_kept_xhat(B, C, H
     # BatchNormStep keeps x and the mean instead of writing xhat out: both kernels' backward passes,
     # recomputing xhat, must give exactly what they give from the forward pass's xhat
     from nnscratch.kernels import cpu, reference
-    rng = np.random.default_rng(seed)
-    B = 2 if B * H * W < 2 else B
-    x = (rng.standard_normal((B, H, W, C) if last else (B, C, H, W)) * 2 + 1).astype(dtype)
-    x = x.transpose(0, 3, 1, 2) if last else x
-    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
-    g = rng.standard_normal(x.shape).astype(dtype)
+    x, w, b, g, _ = _batchnorm_case(B, C, H, W, last, dtype, seed)
     for k in (cpu, reference):
         y, xhat, mean, var = k.batchnorm_forward(x, w, b, 1e-5, relu)
         y2, none, mean2, var2 = k.batchnorm_forward(x, w, b, 1e-5, relu, keep_xhat=False)
@@ -459,12 +465,8 @@ def test_batch_norms_deferred_input_gradient_has_the_bits_of_dx(B, C, H, W, relu
     # F(4x4)'s output-gradient transform computes it tile by tile; what it transforms must be dx
     # exactly, for the whole batch and for a block of its images written into the batch's dM
     from nnscratch.kernels import cpu
-    rng = np.random.default_rng(seed)
-    B = 2 if B * H * W < 2 else B
-    x = (rng.standard_normal((B, H, W, C) if last else (B, C, H, W)) * 2 + 1).astype(dtype)
-    x = x.transpose(0, 3, 1, 2) if last else x
-    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
-    g = rng.standard_normal(x.shape).astype(dtype)
+    x, w, b, g, rng = _batchnorm_case(B, C, H, W, last, dtype, seed)
+    B = x.shape[0]
     y, _, mean, var = cpu.batchnorm_forward(x, w, b, 1e-5, relu, keep_xhat=False)
     inv_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
     mask = (y if relu else None, b if relu else None)
