@@ -5,13 +5,13 @@ so that a wrong shape deep inside a model points at the layer that refused it.
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import numbers
 
 import numpy as np
 
 from .backend import device_of, get_array_module, is_gpu_array
+from .scoped import scoped
 
 # Set while a Sequential runs its layers after the first: those layers are fed by the layer before
 # them, not by a user, so they skip the one check that reads every element (finiteness), which on a
@@ -20,15 +20,10 @@ from .backend import device_of, get_array_module, is_gpu_array
 _TRUSTED = contextvars.ContextVar("nnscratch_trusted_input", default=False)
 
 
-@contextlib.contextmanager
 def trusted_inputs(trusted: bool = True):
     """Within this block, layers skip the finiteness check of their input (shapes are still checked);
     ``trusted=False`` turns the check back on inside such a block."""
-    token = _TRUSTED.set(trusted)
-    try:
-        yield
-    finally:
-        _TRUSTED.reset(token)
+    return scoped(_TRUSTED, trusted)
 
 
 def inputs_trusted() -> bool:

@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from .errors import UsageError
+from .scoped import scoped
 
 # what launchers set: MPICH's and Intel MPI's hydra (PMI_*), Open MPI, MVAPICH, PMIx, SLURM's srun
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
@@ -121,15 +122,10 @@ def world_size() -> int:
     return 1 if _world() is None else _world().Get_size()
 
 
-@contextlib.contextmanager
 def alone():
     """Within this block (in this thread) this rank works as a process of its own: a world of one,
     rank 0, writing its own files (``reproduce`` shares its runs out over the ranks this way)."""
-    token = _ALONE.set(True)
-    try:
-        yield
-    finally:
-        _ALONE.reset(token)
+    return scoped(_ALONE, True)
 
 
 def job_rank() -> int:
@@ -258,18 +254,13 @@ def gather_rows(local: np.ndarray) -> np.ndarray:
 
 # ---- batch norm across the ranks -----------------------------------------------------------------
 
-@contextlib.contextmanager
 def synced(rows=None):
     """Within this block the planner's batch-norm steps pool their statistics across the ranks
     (``TrainStep`` runs its forward and backward passes in it: every rank runs the same layers in
     the same order, so their n-th meetings match; a forward pass elsewhere stays local). ``rows``:
     (B, slice), this rank's rows of the global batch of B, for the layers that draw random numbers
     per image (``batch_rows``)."""
-    token = _SYNCED.set((True, rows) if active() else False)
-    try:
-        yield
-    finally:
-        _SYNCED.reset(token)
+    return scoped(_SYNCED, (True, rows) if active() else False)
 
 
 def batch_norm_synced_now() -> bool:

@@ -18,22 +18,18 @@ import numpy as np
 
 from .backend import to_numpy
 from .errors import CheckpointError, UsageError
+from .scoped import scoped
 
 
 _DISCARD = contextvars.ContextVar("nnscratch_discard_writes", default=False)
 
 
-@contextlib.contextmanager
 def discarding():
     """Within this block (in this thread) the run's writers (``write_text``/``write_json``,
     ``save_model``, ``checkpoint.save``, the figures) return before writing: the ranks of an MPI job
     other than rank 0 run the same training and write nothing. A data set fetched meanwhile is still
     written (``atomic_path`` itself is not affected): it is a cache every rank reads."""
-    token = _DISCARD.set(True)
-    try:
-        yield
-    finally:
-        _DISCARD.reset(token)
+    return scoped(_DISCARD, True)
 
 
 @contextlib.contextmanager

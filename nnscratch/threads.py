@@ -21,11 +21,12 @@ nothing, and no batch is split unless ``workers`` says so.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import contextvars
 import ctypes
 import functools
 import threading
+
+from .scoped import scoped
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,14 +97,9 @@ def set_blas_threads(n: int):
 _WHOLE = contextvars.ContextVar("nnscratch_whole_batch", default=False)
 
 
-@contextlib.contextmanager
 def whole_batches():
     """Within this block (in this thread) no model splits its batch."""
-    token = _WHOLE.set(True)
-    try:
-        yield
-    finally:
-        _WHOLE.reset(token)
+    return scoped(_WHOLE, True)
 
 
 def splitting_allowed() -> bool:
