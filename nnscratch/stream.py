@@ -192,16 +192,18 @@ class _Map:
 class StreamedImages:
     """A split's uint8 images (N, H, W) or (N, H, W, C) in a memory-mapped ``.npy``, indexed like the
     float32 (N, C, H, W) array ``convert`` (``data.normalize``) would make of them all: ``images[a:b]``
-    and ``images[index_array]`` return that array's rows (read from disk now); ``limit(n)`` the first n."""
+    and ``images[index_array]`` return that array's rows (read from disk now); ``limit(n)`` the first n,
+    ``view(a, b)`` images a..b-1, both as StreamedImages over the same map (nothing read)."""
 
     dtype = np.dtype(np.float32)
     ndim = 4
 
-    def __init__(self, path, convert, _map: _Map | None = None, n: int | None = None):
+    def __init__(self, path, convert, _map: _Map | None = None, n: int | None = None, start: int = 0):
         self._map = _map or _Map(path)
         self.convert = convert           # uint8 rows -> float32 (B, C, H, W): data.normalize
         raw = self._map.array
-        self.n = raw.shape[0] if n is None else min(n, raw.shape[0])
+        self.start = start               # the file's row of this one's image 0
+        self.n = raw.shape[0] - start if n is None else min(n, raw.shape[0] - start)
         channels = 1 if raw.ndim == 3 else raw.shape[3]
         self.shape = (self.n, channels) + raw.shape[1:3]
         self.path = self._map.path
@@ -219,11 +221,17 @@ class StreamedImages:
 
     def limit(self, n: int) -> StreamedImages:
         """The first ``n`` images (all when fewer), sharing this one's map."""
-        return StreamedImages(self.path, self.convert, self._map, min(n, self.n))
+        return self.view(0, n)
+
+    def view(self, start: int, stop: int) -> StreamedImages:
+        """Images start..stop-1 (clipped to this one's, as a slice is), sharing this one's map: an MPI
+        rank's shard of a split (``training._my_rows``)."""
+        start, stop, _ = slice(start, stop).indices(self.n)
+        return StreamedImages(self.path, self.convert, self._map, max(0, stop - start), self.start + start)
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, slice):
-            rows = self._map.rows(slice(*key.indices(self.n)))
+            rows = self._map.rows(self.start + np.arange(*key.indices(self.n)))
         else:
             idx = np.asarray(key)
             if idx.ndim != 1 or idx.dtype.kind not in "iu":
@@ -234,7 +242,7 @@ class StreamedImages:
             # read in the file's order (the disk's), then put the rows back in the order asked for
             order = np.argsort(idx, kind="stable")
             rows = np.empty((idx.size,) + self._map.array.shape[1:], np.uint8)
-            rows[order] = self._map.rows(idx[order])
+            rows[order] = self._map.rows(self.start + idx[order])
         return self.convert(rows)
 
     def __array__(self, *args, **kwargs):

@@ -53,9 +53,9 @@ def test_a_set_over_the_budget_is_streamed_with_the_numbers_of_the_one_in_memory
     assert again.streamed_from == streamed.streamed_from
 
 
-@given(idx=st.lists(st.integers(-50, 49), max_size=70), start=st.integers(0, 60), stop=st.integers(0, 60),
-       step=st.integers(1, 4))
-def test_any_rows_read_from_the_map_equal_the_loaded_arrays_rows(idx, start, stop, step, big, cache):
+@given(idx=st.lists(st.integers(-50, 49), max_size=70), start=st.integers(-60, 60), stop=st.integers(-60, 60),
+       step=st.sampled_from([1, 2, 4, -1, -3]), a=st.integers(0, 55), b=st.integers(0, 55))
+def test_any_rows_read_from_the_map_equal_the_loaded_arrays_rows(idx, start, stop, step, a, b, big, cache):
     whole = data.load_file(big, memory_budget=1 << 30).train.images
     streamed = data.load_file(big, memory_budget=TINY, log=lambda _: None).train.images
     idx = np.array(idx, dtype=np.int64)
@@ -65,6 +65,13 @@ def test_any_rows_read_from_the_map_equal_the_loaded_arrays_rows(idx, start, sto
     assert np.array_equal(streamed.limit(7)[0:100], whole[:7])
     with pytest.raises(IndexError):
         streamed[np.array([50])]
+    # a view (an MPI rank's shard) reads its own rows, by slice or index, as the array's slice does
+    part, rows = streamed.view(a, b), whole[a:b]
+    assert len(part) == len(rows) and part.shape == rows.shape
+    assert np.array_equal(part[start:stop:step], rows[start:stop:step])
+    inside = idx[(idx >= -len(rows)) & (idx < len(rows))]
+    assert np.array_equal(part[inside], rows[inside])
+    assert np.array_equal(part.limit(3)[0:10], rows[:3]) and np.array_equal(part.view(1, 4)[0:9], rows[1:4])
 
 
 def test_batches_read_ahead_give_the_same_batches_in_the_same_order(big, cache):
