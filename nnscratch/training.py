@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, checkpoint, distributed, files, losses, lr_scheduler, models, optim, plots, runfolder
+from . import __version__, checkpoint, distributed, files, losses, lr_scheduler, models, optim, plots, runfolder, stream
 from .augment import SYMMETRIES, Augment, dihedral
 from .backend import device_of, gpu_available, to_device, to_numpy
 from .checkpoint import generator_state, set_generator_state
@@ -268,13 +268,14 @@ def predict(model, images, batch_size: int | None = None, tta: bool = False, mul
 
 
 def _my_rows(images, labels):
-    """(images, labels, whole): in an MPI job, this rank's shard of an in-memory split (each rank
-    evaluates its rows; the callers gather or sum the results), else the whole split (whole=True; a
-    split streamed from disk is evaluated whole on every rank)."""
-    if not distributed.active() or not hasattr(images, "strides") or len(images) < distributed.world_size():
+    """(images, labels, whole): in an MPI job, this rank's shard of the split (each rank evaluates its
+    rows; the callers gather or sum the results; a split streamed from disk as a view of its rows,
+    read by this rank alone), else the whole split (whole=True)."""
+    if not distributed.active() or len(images) < distributed.world_size():
         return images, labels, True
     rows = distributed.shard(len(images))
-    return images[rows], None if labels is None else labels[rows], False
+    mine = images.view(rows.start, rows.stop) if stream.is_streamed(images) else images[rows]
+    return mine, None if labels is None else labels[rows], False
 
 
 def _device(model) -> str:

@@ -6,6 +6,8 @@
     train OUT DATA_DIR FLAGS..  python -m nnscratch.train, every real file write recorded: each rank
                                 prints "WROTE <rank> <json list of paths>"
     fault raise|kill            rank 1 raises (or is killed) in the middle of a run of collectives
+    evaluate OUT FILE           a test split streamed from disk, predicted and evaluated; rank 0 writes
+                                OUT/evaluated.npz with the rows each rank read from the file
 """
 import json
 import os
@@ -88,6 +90,41 @@ def job_train(out, data_dir, *flags):
     return code
 
 
+def evaluate_streamed(path, budget=1000):
+    """(probabilities, loss, accuracy, rows read from the file) of a seeded small ResNet on the test
+    split of a MedMNIST-format file loaded within ``budget`` bytes (streamed from disk when it exceeds
+    them), in eval batches of 8: in one process, or as a rank of a job."""
+    from nnscratch import data, stream, training
+    read, real = [0], stream._Map.rows
+
+    def rows(self, index):
+        out = real(self, index)
+        read[0] += len(out)
+        return out
+    stream._Map.rows = rows
+    try:
+        ds = data.load_file(path, memory_budget=budget, log=lambda _: None, progress=False)
+        test = ds.split("test")
+        ns.manual_seed(0)
+        model = ns.models.resnet(in_channels=ds.channels, image_size=ds.image_size, num_classes=ds.num_classes,
+                                 widths=(4, 8), blocks=(1, 1))
+        model.eval()
+        labels = test.labels.reshape(-1)
+        probs = training.predict(model, test.images, batch_size=8)
+        loss, acc = training.evaluate_split(model, test.images, labels, ns.CrossEntropyLoss(), lambda y: y,
+                                            batch_size=8)
+    finally:
+        stream._Map.rows = real
+    return probs, loss, acc, read[0]
+
+
+def job_evaluate(out, path):
+    probs, loss, acc, read = evaluate_streamed(path)
+    every = distributed._world().allgather(read)
+    if distributed.is_main():
+        np.savez(Path(out) / "evaluated.npz", probs=probs, loss=loss, acc=acc, read=np.array(every))
+
+
 def job_fault(mode):
     from nnscratch import cli
 
@@ -111,3 +148,5 @@ if __name__ == "__main__":
         sys.exit(job_train(*args))
     elif job == "fault":
         sys.exit(job_fault(*args))
+    elif job == "evaluate":
+        job_evaluate(*args)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnscratch import distributed
+from nnscratch import distributed, stream
 from nnscratch.errors import UsageError
 
 import mpi_jobs
@@ -102,6 +102,23 @@ def test_two_ranks_compute_what_one_process_computes(tmp_path):
             assert relative_difference(value, job[f"{name}/{key}"]) < 1e-5, f"{name} {key}"
     # and they moved: a job that trained nothing would pass the comparison above only by accident
     assert relative_difference(mpi_jobs.network("cnn")[0].state_dict()["0.weight"], job["cnn/0.weight"]) > 1e-4
+
+
+@needs_mpi
+def test_a_split_streamed_from_disk_is_shared_out_each_rank_reading_its_rows(tmp_path, monkeypatch):
+    # a test split of 31 images, over the memory budget: each rank reads and predicts its 15 or 16,
+    # and the gathered predictions and the summed loss and accuracy are one process's
+    path = write_medmnist(tmp_path / "bigmnist.npz", classes=4, size=12, channels=3, n=(20, 10, 31))
+    monkeypatch.setenv(stream.CACHE_ENV, str(tmp_path / "cache"))
+    done = mpiexec("evaluate", tmp_path, path)
+    assert done.returncode == 0, done.stderr
+    job = np.load(tmp_path / "evaluated.npz")
+    # predict and evaluate_split each read the rank's rows once
+    assert job["read"].tolist() == [2 * 15, 2 * 16]
+    probs, loss, acc, read = mpi_jobs.evaluate_streamed(path)
+    assert read == 2 * 31 and probs.shape == job["probs"].shape == (31, 4)
+    assert relative_difference(probs, job["probs"]) < 1e-5
+    assert float(job["loss"]) == pytest.approx(loss, rel=1e-5) and float(job["acc"]) == acc
 
 
 @needs_mpi
