@@ -462,8 +462,15 @@ def test_winograd_in_blocks_computes_what_the_whole_batch_does(small_winograd, m
         assert blocks[0][0] == 0 and blocks[-1][1] == case["B"]
         assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
         assume(len(blocks) > 1)
-        runs = [_pass(model, x, g, need_input_grad=case["need"], winograd_in_blocks=on) for on in (True, False)]
-        _assert_float32_rounding(*runs)
+        # in blocks with the weight gradient summed over them, in blocks with it summed whole, whole
+        runs = [_pass(model, x, g, need_input_grad=case["need"], winograd_in_blocks=on,
+                      winograd_weight_grad_in_blocks=summed) for on, summed in ((True, True), (True, False),
+                                                                                (False, True))]
+        _assert_float32_rounding(runs[0], runs[2])
+        _assert_float32_rounding(runs[1], runs[2])
+        # the sums over the blocks change the weight gradient (with the input gradient asked for) and
+        # nothing else: the outputs and the input gradient keep the bits of the blocks without them
+        _assert_same([runs[0][0], runs[0][1], runs[0][2][1:]], [runs[1][0], runs[1][1], runs[1][2][1:]], exact=True)
         model.zero_grad()
         model(x)
         first = model.backward(g, need_input_grad=True)
@@ -524,7 +531,8 @@ def test_im2col_in_blocks_computes_what_the_whole_batch_does(monkeypatch, case, 
 def test_the_resnets_layers_keep_their_bits_in_blocks():
     """What one core runs of the ResNet's training step (64 images, ``ns.models.resnet()``), with both
     block rules and without: the same bits, at the shapes the preset trains (random shapes are held
-    to rounding above: BLAS picks its kernels by a product's size)."""
+    to rounding above: BLAS picks its kernels by a product's size); with the weight gradients summed
+    over the blocks, the same up to float32 rounding."""
     from nnscratch.kernels import serial_kernels
     if cpu_kernels() != "numba":
         pytest.skip("the blocks run with the numba kernels only")
@@ -534,9 +542,11 @@ def test_the_resnets_layers_keep_their_bits_in_blocks():
     model = ns.models.resnet()
     model.workers = 1
     with serial_kernels(), threads.blas_threads(1):
-        on = _pass(model, x, g)
+        on = _pass(model, x, g, winograd_weight_grad_in_blocks=False)
         off = _pass(model, x, g, winograd_in_blocks=False, im2col_in_blocks=False)
+        summed = _pass(model, x, g)
     _assert_same(on, off, exact=True)
+    _assert_float32_rounding(summed, off)
 
 
 def test_im2col_blocks_are_cache_sized_and_only_on_one_core_in_float32(monkeypatch):

@@ -6,9 +6,9 @@
 
 Every rule computes what the textbook layers compute: the same bits, or (where the sums run in
 another order: ``crop_before_pool``, ``winograd``, ``winograd_4x4``, ``split_batch``,
-``batchnorm_kernels``; and the block rules, ``winograd_in_blocks`` and ``im2col_in_blocks``, for
-shapes whose blocks BLAS multiplies with other kernels than the whole batch) the same values up to
-rounding.
+``batchnorm_kernels``, ``winograd_weight_grad_in_blocks``; and the block rules, ``winograd_in_blocks``
+and ``im2col_in_blocks``, for shapes whose blocks BLAS multiplies with other kernels than the whole
+batch) the same values up to rounding.
 Each is tested equal to the layers it replaces (``tests/test_fast.py``).
 """
 from __future__ import annotations
@@ -55,9 +55,14 @@ RULES = {
     # A Winograd convolution run on one core (a part of a split batch) takes its images a block at a
     # time: each block's transform, products and inverse transform in turn, while the block's
     # transformed tiles (16x the block's pixels) are still in the core's cache. The weight gradient's
-    # products still sum over the whole batch. Float32 only; the same bits for the ResNet's layers,
+    # products sum over the whole batch (but see the next rule). Float32 only; the same bits for the ResNet's layers,
     # for other shapes the same up to the products' rounding (see BLOCKED_DTYPES below).
     "winograd_in_blocks": True,
+    # ... and in backward such a convolution sums its weight gradient over the blocks: each block's
+    # output gradient (its transform dM, the layer's largest array) multiplied into the weight gradient
+    # while it is in the cache, never written whole and read back. The same values up to float32
+    # rounding (the sum over the tiles in another order).
+    "winograd_weight_grad_in_blocks": True,
     # Likewise an im2col convolution on one core whose columns pass IM2COL_BLOCKS_ABOVE: im2col and the
     # product a block of images at a time (the columns still kept whole for the weight gradient), and
     # in backward each block's input-gradient columns handed to col2im while in the cache. As

@@ -133,7 +133,8 @@ class WinogradStep(Step):
         """The adjoint of each step of forward: dM = the output gradient's transform, dU = V[k]^T dM[k]
         (the weight gradient through the weight transform's adjoint), and for the input
         dV = dM[k] U[k]^T through the input transform's adjoint; a block of images at a time as in
-        forward, dM kept whole for the weight gradient."""
+        forward, dM kept whole for the weight gradient, or with ``winograd_weight_grad_in_blocks`` dU
+        summed over the blocks, each block's dM used while it is in the cache and never written whole."""
         conv = self.layer
         if self._cache is None:
             raise no_forward(self.layers[-1][1])
@@ -150,8 +151,9 @@ class WinogradStep(Step):
             kernels.winograd_input(x, conv.padding[0], self.tiles, out=V)
             self._cache = (x, V, U, pooled)
             self._v_holds_x = True
-        dM = self.buffers.get(conv, "M", (self.points, T, conv.out_channels), x)
         blocks = self._blocks(x) if need_input_grad else [(0, x.shape[0])]
+        summed_in_blocks = len(blocks) > 1 and rules.on("winograd_weight_grad_in_blocks")
+        dM = None if summed_in_blocks else self.buffers.get(conv, "M", (self.points, T, conv.out_channels), x)
         per_image = self.tiles[0] * self.tiles[1]
         # U^T copied: OpenBLAS multiplies a few rows by a transposed matrix with other roundings than
         # many rows (its small-matrix path), by a plain one with the same, so blocks keep the bits
@@ -159,23 +161,31 @@ class WinogradStep(Step):
         dx = None
         if len(blocks) > 1:
             dx = np.empty((x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype).transpose(0, 3, 1, 2)
+        dU = None
         for b0, b1 in blocks:
             t0, t1 = b0 * per_image, b1 * per_image
+            # the block's dM: rows t0..t1 of the whole batch's, or a block's own buffer
+            out, first = (self._block_buffer("dM", t1 - t0, conv.out_channels, x), 0) if summed_in_blocks else (dM, t0)
             if pooled is None:
-                kernels.winograd_grad_output(grad[b0:b1], self.tiles, out=dM, first_tile=t0)
+                kernels.winograd_grad_output(grad[b0:b1], self.tiles, out=out, first_tile=first)
             else:                       # grad is the pooling's: (B, OC, OH / 2, OW / 2)
                 argmax, rectified = pooled
                 kernels.winograd_grad_output_pool(grad[b0:b1], argmax[b0:b1], self.tiles,
                                                   None if rectified is None else rectified[b0:b1],
-                                                  out=dM, first_tile=t0)
+                                                  out=out, first_tile=first)
+            dMb = out[:, first:first + t1 - t0]
+            if summed_in_blocks:        # this block's share of dU while its dM is in the cache
+                part = kernels.matmul(V[:, t0:t1].transpose(0, 2, 1), dMb)
+                dU = part if dU is None else np.add(dU, part, out=dU)
             if dx is not None:          # this block's input gradient while its dM is in the cache
-                dV = kernels.matmul(dM[:, t0:t1], UT,
-                                    out=self._block_buffer("dV", t1 - t0, conv.in_channels, x))
+                dV = kernels.matmul(dMb, UT, out=self._block_buffer("dV", t1 - t0, conv.in_channels, x))
                 kernels.winograd_grad_input(dV, (b1 - b0,) + x.shape[1:], conv.padding[0], self.tiles,
                                             out=dx[b0:b1])
         # each window passes its gradient to one pixel (none where the ReLU's output is 0)
         gsum = grad if pooled is None or pooled[1] is None else grad * (pooled[1] > 0)
-        conv.weight.grad += kernels.winograd_weight_grad(kernels.matmul(V.transpose(0, 2, 1), dM))
+        if dU is None:
+            dU = kernels.matmul(V.transpose(0, 2, 1), dM)
+        conv.weight.grad += kernels.winograd_weight_grad(dU)
         if conv.bias is not None:
             conv.bias.grad += gsum.transpose(0, 2, 3, 1).reshape(-1, conv.out_channels).sum(axis=0)
         if not need_input_grad or dx is not None:
