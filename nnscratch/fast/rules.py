@@ -92,8 +92,9 @@ WINOGRAD_MIN_CHANNELS = 16    # fewer input channels (an RGB image): the transfo
 # winograd_in_blocks: a block's transformed input and output tiles, K * tiles * (C + OC) values, take
 # at most this many bytes (at least one image a block), and blocks are used only when the whole
 # batch's take more than WINOGRAD_BLOCKS_ABOVE: below, the calls a block makes cost more than the
-# cache saves. Both chosen by measurement (benches/NOTES.md, "The ResNet", items 9 and 12)
-WINOGRAD_BLOCK_BYTES = 4 << 20
+# cache saves. Both chosen by measurement (benches/NOTES.md, "The ResNet", items 9, 12 and 16: 4 MB
+# blocks until the weight gradient was summed in blocks, 2 MB since)
+WINOGRAD_BLOCK_BYTES = 2 << 20
 WINOGRAD_BLOCKS_ABOVE = 12 << 20     # the ResNet's stage 2 (18.9 MB a part) in blocks, stage 3 (9.4) whole
 
 # im2col_in_blocks: a block's columns take about this many bytes; blocks only when the batch's columns
