@@ -27,8 +27,9 @@ import statistics
 import time
 
 import numpy as np
+from tqdm import tqdm
 
-from nnscratch import threads
+from nnscratch import progress, threads
 from nnscratch.fast import rules
 
 POINTS = 36
@@ -74,12 +75,13 @@ def main(argv=None):
         print(f"one thread; the core's copy speed: {copy_gbs(args.pool_mb):.1f} GB/s (read + written)\n")
         print("| V[k] @ U[k], 36 k | MB of V, of M | FLOP a byte | hot | cold V | cold M | cold both |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-        for tiles, C, OC in shapes():
+        for tiles, C, OC in tqdm(shapes(), desc="shapes", leave=False, disable=not progress.bars()):
             V0 = rng.standard_normal((POINTS, tiles, C)).astype(np.float32)
             U = rng.standard_normal((POINTS, C, OC)).astype(np.float32)
             count = max(2, (args.pool_mb << 20) // (V0.nbytes + V0.nbytes * OC // C))
             Vs = [V0] + [V0.copy() for _ in range(count - 1)]
-            Ms = [np.empty((POINTS, tiles, OC), np.float32) for _ in range(count)]
+            Ms = [np.full((POINTS, tiles, OC), 0.0, np.float32) for _ in range(count)]     # written once:
+            # their pages mapped now, so that no call below pays a page fault
             flop = 2 * POINTS * tiles * C * OC
             moved = Vs[0].nbytes + Ms[0].nbytes
             cells = []
