@@ -18,6 +18,15 @@ from . import rules
 from .buffers import accumulate_product
 
 
+def image_blocks(B: int, size: int) -> list:
+    """[(b0, b1), ...]: B images in consecutive blocks of ``size`` (size < B), the last, short block
+    joined to the one before (the block rules of Im2colStep and WinogradStep)."""
+    blocks = [(b, min(b + size, B)) for b in range(0, B, size)]
+    if blocks[-1][1] - blocks[-1][0] < size:
+        blocks[-2:] = [(blocks[-2][0], B)]
+    return blocks
+
+
 class Step:
     """Base: the layers a step stands for (``layers``: [(index in the Sequential, layer)])."""
 
@@ -255,10 +264,7 @@ class Im2colStep(Step):
         if (not rules.on("im2col_in_blocks") or not kernels.serial() or size >= B
                 or dtype not in rules.BLOCKED_DTYPES or per_image * B <= rules.IM2COL_BLOCKS_ABOVE):
             return [(0, B)]
-        blocks = [(b, min(b + size, B)) for b in range(0, B, size)]
-        if blocks[-1][1] - blocks[-1][0] < size:         # the last, short block: with the one before
-            blocks[-2:] = [(blocks[-2][0], B)]
-        return blocks
+        return image_blocks(B, size)
 
     def forward(self, x, owned: bool):
         """y = cols @ Wm^T: im2col's columns of the whole batch (kept for the weight gradient), and the

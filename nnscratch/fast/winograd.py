@@ -21,7 +21,7 @@ from .. import kernels
 from ..checks import check_grad, no_forward
 from ..kernels.reference import winograd_tiles
 from . import rules
-from .steps import Step
+from .steps import Step, image_blocks
 
 
 # the fewest tiles (rows of its products) a block may have: a product of a single row is a matrix-vector
@@ -74,10 +74,7 @@ class WinogradStep(Step):
                 or x.dtype not in rules.BLOCKED_DTYPES
                 or per_image * B <= rules.WINOGRAD_BLOCKS_ABOVE or min(C, OC) < 2):
             return [(0, B)]
-        blocks = [(b, min(b + size, B)) for b in range(0, B, size)]
-        if blocks[-1][1] - blocks[-1][0] < size:         # the last, short block: with the one before
-            blocks[-2:] = [(blocks[-2][0], B)]
-        return blocks
+        return image_blocks(B, size)
 
     def _block_buffer(self, name: str, tiles: int, channels: int, like):
         """A kept (K, tiles, channels) array for one block (the last, smaller block has its own)."""
