@@ -424,6 +424,42 @@ def test_batchnorm_kernels_equal_the_reference_in_both_layouts(B, C, H, W, relu,
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 2500), st.integers(2, 40), st.booleans(), SEEDS)
+def test_float32_batch_norm_sums_by_chunks_equal_float64_to_rounding_on_any_core_count(B, C, relu, seed):
+    # the kernels sum a float32 map in float32 over chunks of BN_CHUNK_ROWS rows and add the chunks'
+    # sums in float64: the float64 sums to float32 rounding (relative to the sums of the magnitudes,
+    # which a sum that cancels does not shrink), for maps of two rows to several chunks (odd sizes, a
+    # short last chunk), and the same bits from the threaded and the serial kernels (a chunk's sum
+    # does not depend on which thread takes it)
+    from nnscratch.kernels import cpu
+    rng = np.random.default_rng(seed)
+    N = 2 * B                                                            # B images of 1 x 2 pixels
+    rows = (rng.standard_normal((N, C)) * 3 + rng.standard_normal(C) * 5).astype(np.float32)
+    x = rows.reshape(B, 1, 2, C).transpose(0, 3, 1, 2)                   # (B, C, 1, 2), channels-last
+    assert cpu._rows(x) is not None                                      # (the kernels' path, not NumPy's)
+    w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    g = rng.standard_normal((N, C)).astype(np.float32)
+    y, _, mean, var = cpu.batchnorm_forward(x, w, b, 1e-5, relu)
+    u = rows.astype(np.float64) - rows[0]                                 # the kernel's shift: the first row
+    def within(ours, exact, bound):                                       # per channel
+        assert np.all(np.abs(ours - exact) <= bound), (ours, exact, bound)
+    within(mean, rows.astype(np.float64).mean(axis=0), 1e-5 * np.abs(u).max(axis=0) + 1e-6)
+    within(var, rows.astype(np.float64).var(axis=0), 1e-5 * (u * u).mean(axis=0))
+    inv_std = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
+    _, dw, db = cpu.batchnorm_backward(g.reshape(B, 1, 2, C).transpose(0, 3, 1, 2), None, w, inv_std,
+                                       y if relu else None, b if relu else None, x=x, mean=mean)
+    xhat = ((rows - mean.astype(np.float32)) * inv_std).astype(np.float64)       # as the kernels recompute it
+    g1 = np.where((w * xhat + b > 0) | (not relu), g, 0).astype(np.float64)
+    within(db, g1.sum(axis=0), 1e-5 * np.abs(g1).sum(axis=0))
+    within(dw, (g1 * xhat).sum(axis=0), 1e-5 * np.abs(g1 * xhat).sum(axis=0))
+    shift = rows[0].copy()
+    parts = [np.empty((cpu._chunks(N), 2, C)) for _ in range(2)]
+    cpu._bn_sums.serial(rows, shift, cpu.BN_CHUNK_ROWS, parts[0])
+    cpu._bn_sums.threaded(rows, shift, cpu.BN_CHUNK_ROWS, parts[1])
+    np.testing.assert_array_equal(parts[0], parts[1])
+
+
 def _batchnorm_case(B, C, H, W, last, dtype, seed):
     """(x, weight, bias, gradient, the generator for more draws) of a batch norm on (B, C, H, W) (at least
     two values a channel), x channels-last in memory with ``last``."""

@@ -1145,23 +1145,33 @@ def relu_backward(grad, y):
 # ---- batch normalization: per-channel sums over an (N, C) matrix, channel innermost ---------------
 #
 # A channels-last map (what a convolution's product writes) is an (N = B*H*W, C) matrix whose rows
-# hold one pixel's channels. Each sum over the rows is split into BN_CHUNKS fixed blocks of rows,
-# summed side by side in float64 and then added in order: the same result on one core or many.
+# hold one pixel's channels. Each sum over the rows is split into fixed chunks of BN_CHUNK_ROWS rows,
+# each summed in the map's dtype, and the chunks' sums are then added in float64, in order: the same
+# result on one core or many. Float32 sums (training's dtype) run eight channels to a vector where
+# float64 runs four, with no conversions; a chunk keeps each float32 sum to at most BN_CHUNK_ROWS
+# values (a relative error of about sqrt(BN_CHUNK_ROWS) * 6e-8, 2e-6, typically), and the float64
+# sums of the chunks' sums carry that to maps of any size. PyTorch's CPU batch norm sums float32 maps
+# in float32 too (benches/NOTES.md, "The ResNet", item 17, for what the float64 sums cost).
 
-BN_CHUNKS = 16
+BN_CHUNK_ROWS = 1024
+
+
+def _chunks(N: int) -> int:
+    """The number of BN_CHUNK_ROWS-row chunks of an N-row map (the last may be shorter)."""
+    return max(1, -(-N // BN_CHUNK_ROWS))
 
 
 @_twins
-def _bn_sums(a, shift, chunks, out):
-    # out[k, 0, c], out[k, 1, c] = the sums of (a - shift[c]) and of its square over the rows of
-    # chunk k: one pass for mean and variance, shifted by a sample so that the square's sum does not
-    # cancel against the mean's
+def _bn_sums(a, shift, rows, out):
+    # out[k, 0, c], out[k, 1, c] = the sums of (a - shift[c]) and of its square over the ``rows`` rows
+    # of chunk k, in a's dtype: one pass for mean and variance, shifted by a sample so that the
+    # square's sum does not cancel against the mean's
     N, C = a.shape
-    for k in prange(chunks):
-        acc = np.zeros((2, C), dtype=np.float64)
-        for i in range(k * N // chunks, (k + 1) * N // chunks):
+    for k in prange(out.shape[0]):
+        acc = np.zeros((2, C), dtype=a.dtype)
+        for i in range(k * rows, min((k + 1) * rows, N)):
             for c in range(C):
-                u = np.float64(a[i, c] - shift[c])
+                u = a[i, c] - shift[c]
                 acc[0, c] += u
                 acc[1, c] += u * u
         out[k] = acc
@@ -1192,15 +1202,15 @@ def _bn_scale_shift(x, scale, shift, relu, zero, y):
 
 
 @_twins
-def _bn_grad_sums(g, xs, mean, inv_std, from_x, w, b, masked, chunks, zero, out):
-    # out[k, 0, c] = sum of g', out[k, 1, c] = sum of g' * xhat over chunk k, where g' = g, or with
-    # ``masked`` g where the forward pass's y = w * xhat + b was > 0 (recomputed: the same bits as y).
-    # xs is xhat, or with ``from_x`` the layer's input x, and xhat = (x - mean) * inv_std is
-    # recomputed as _bn_apply computed it (the same bits)
+def _bn_grad_sums(g, xs, mean, inv_std, from_x, w, b, masked, rows, zero, out):
+    # out[k, 0, c] = sum of g', out[k, 1, c] = sum of g' * xhat over the ``rows`` rows of chunk k, in
+    # g's dtype, where g' = g, or with ``masked`` g where the forward pass's y = w * xhat + b was > 0
+    # (recomputed: the same bits as y). xs is xhat, or with ``from_x`` the layer's input x, and
+    # xhat = (x - mean) * inv_std is recomputed as _bn_apply computed it (the same bits)
     N, C = g.shape
-    for k in prange(chunks):
-        acc = np.zeros((2, C), dtype=np.float64)
-        for i in range(k * N // chunks, (k + 1) * N // chunks):
+    for k in prange(out.shape[0]):
+        acc = np.zeros((2, C), dtype=g.dtype)
+        for i in range(k * rows, min((k + 1) * rows, N)):
             for c in range(C):
                 h = (xs[i, c] - mean[c]) * inv_std[c] if from_x else xs[i, c]
                 v = g[i, c] if (not masked or w[c] * h + b[c] > zero) else zero
@@ -1233,9 +1243,9 @@ def batchnorm_forward(x, weight, bias, eps: float, relu: bool = False, pool=None
     if rows is None:
         return reference.batchnorm_forward(x, weight, bias, eps, relu, pool, keep_xhat)
     n, C, dt = rows.shape[0], rows.shape[1], x.dtype
-    parts = np.empty((BN_CHUNKS, 2, C), dtype=np.float64)
+    parts = np.empty((_chunks(n), 2, C), dtype=np.float64)
     shift = rows[0].copy()
-    _bn_sums(rows.size, rows, shift, BN_CHUNKS, parts)
+    _bn_sums(rows.size, rows, shift, BN_CHUNK_ROWS, parts)
     s1, s2 = parts.sum(axis=0) / n
     mean = shift + s1
     var = np.maximum(s2 - s1 * s1, 0.0)
@@ -1310,8 +1320,9 @@ def batchnorm_backward(grad, xhat, weight, inv_std, y=None, bias=None, pool=None
     masked = y is not None
     b = bias if masked else weight          # unread without the mask; any (C,) array of the dtype will do
     mean = mean.astype(dt) if from_x else weight        # (unread without from_x)
-    parts = np.empty((BN_CHUNKS, 2, C), dtype=np.float64)
-    _bn_grad_sums(grows.size, grows, xrows, mean, inv_std, from_x, weight, b, masked, BN_CHUNKS, dt.type(0), parts)
+    parts = np.empty((_chunks(n), 2, C), dtype=np.float64)
+    _bn_grad_sums(grows.size, grows, xrows, mean, inv_std, from_x, weight, b, masked, BN_CHUNK_ROWS, dt.type(0),
+                  parts)
     sums = parts.sum(axis=0)
     dbias, dweight = sums.astype(dt)
     total_bias, total_weight = dbias, dweight
