@@ -21,7 +21,8 @@ def pool_statistics(parts: list) -> tuple:
 class BatchNormStep(Step):
     """A BatchNorm2d, and with ``relu`` the ReLU after it: what the layer computes (the layer's
     docstring has the formulas). With batch statistics (training) through
-    ``kernels.batchnorm_forward``/``batchnorm_backward``, the statistics summed in float64, moving the
+    ``kernels.batchnorm_forward``/``batchnorm_backward`` (the statistics summed in the map's dtype over
+    chunks of 1,024 rows, the chunks' sums added in float64: ``kernels/cpu.py``), moving the
     layer's running statistics as the layer does; with the running statistics (eval mode) one pass of
     ``kernels.scale_shift``, y = x * scale + shift with scale = weight / sqrt(running_var + eps) and
     shift = bias - running_mean * scale.

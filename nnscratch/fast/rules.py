@@ -49,8 +49,9 @@ RULES = {
     # instead of being allocated anew. Same bits.
     "kept_buffers": True,
     # BatchNorm2d on the CPU (numba kernels) through batch-norm kernels that read a channels-last map
-    # row by row: in training the statistics in float64, summed in fixed blocks, two passes each way
-    # where NumPy's reductions over the (B, H, W) axes make many; in eval mode one scale-and-shift pass.
+    # row by row: in training the statistics summed in the map's dtype over fixed chunks of rows and the
+    # chunks' sums added in float64, two passes each way where NumPy's reductions over the (B, H, W)
+    # axes make many; in eval mode one scale-and-shift pass.
     "batchnorm_kernels": True,
     # A Winograd convolution run on one core (a part of a split batch) takes its images a block at a
     # time: each block's transform, products and inverse transform in turn, while the block's
