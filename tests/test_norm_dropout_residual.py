@@ -458,6 +458,10 @@ def test_float32_batch_norm_sums_by_chunks_equal_float64_to_rounding_on_any_core
     cpu._bn_sums.serial(rows, shift, cpu.BN_CHUNK_ROWS, parts[0])
     cpu._bn_sums.threaded(rows, shift, cpu.BN_CHUNK_ROWS, parts[1])
     np.testing.assert_array_equal(parts[0], parts[1])
+    grad_args = (g, rows, mean.astype(np.float32), inv_std, True, w, b, relu, cpu.BN_CHUNK_ROWS, np.float32(0))
+    cpu._bn_grad_sums.serial(*grad_args, parts[0])
+    cpu._bn_grad_sums.threaded(*grad_args, parts[1])
+    np.testing.assert_array_equal(parts[0], parts[1])
 
 
 def _batchnorm_case(B, C, H, W, last, dtype, seed):
