@@ -479,6 +479,81 @@ def test_winograd_in_blocks_computes_what_the_whole_batch_does(small_winograd, m
 
 
 @st.composite
+def compiled_blocks_case(draw):
+    """A Winograd F(4x4, 3x3) convolution, alone or with a batch norm and a ReLU after it (whose input
+    gradient reaches the convolution as its terms: ``batchnorm_grad_into_winograd``), in float32 on
+    a batch that runs in blocks; odd sizes included."""
+    H, W = draw(st.integers(3, 14)), draw(st.integers(3, 14))
+    return dict(B=draw(st.integers(2, 9)), C=draw(st.integers(2, 40)), OC=draw(st.integers(2, 40)), H=H, W=W,
+                pad=draw(st.integers(0, 1)), bias=draw(st.booleans()), bn=draw(st.booleans()),
+                block=draw(st.integers(1, 1 << 19)), need=draw(st.booleans()), train=draw(st.booleans()),
+                last=draw(st.booleans()))
+
+
+@given(compiled_blocks_case(), st.integers(0, 2**32 - 1))
+@settings(max_examples=30, deadline=None)
+def test_the_compiled_block_loop_gives_the_python_loops_bits(small_winograd, monkeypatch, case, seed):
+    """``winograd_blocks_compiled``: the block loop of a Winograd convolution on one core as one
+    compiled call (kernels/winograd_blocks.py) gives the bits of the same loop in Python, forward and
+    backward, in training and in eval mode, with and without batch norm's deferred input gradient, and
+    is the path taken."""
+    from nnscratch.kernels import cblas, serial_kernels
+    if cpu_kernels() != "numba" or not cblas.AVAILABLE:
+        pytest.skip("the compiled loop needs the numba kernels and NumPy's bundled OpenBLAS")
+    monkeypatch.setattr(fast_rules, "WINOGRAD_BLOCK_BYTES", case["block"])
+    monkeypatch.setattr(fast_rules, "WINOGRAD_BLOCKS_ABOVE", 0)
+    taken = []
+    for name in ("_forward_compiled", "_backward_compiled"):
+        real = getattr(WinogradStep, name)
+        monkeypatch.setattr(WinogradStep, name,
+                            lambda self, *a, _real=real, _name=name: taken.append(_name) or _real(self, *a))
+    rng = np.random.default_rng(seed)
+    layers = [ns.Conv2d(case["C"], case["OC"], 3, padding=case["pad"], bias=case["bias"], rng=rng)]
+    layers += [ns.BatchNorm2d(case["OC"]), ns.ReLU()] if case["bn"] else []
+    model = ns.Sequential(*layers).to(dtype=np.float32).train(case["train"])
+    model.workers = 1
+    x = rng.standard_normal((case["B"], case["C"], case["H"], case["W"])).astype(np.float32)
+    if case["last"]:                                # a channels-last input, as a ResNet's maps are
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    y = model(x)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    with serial_kernels(), threads.blas_threads(1):
+        step = ns.plan(model, x).plan.steps[0]
+        step = getattr(step, "inner", step)       # in eval mode batch norm folded into the convolution
+        assert isinstance(step, WinogradStep) and step.m == 4
+        assume(len(step._blocks(x)) > 1)
+        off = _pass(model, x, g, need_input_grad=case["need"], winograd_blocks_compiled=False)
+        assert not taken
+        on = _pass(model, x, g, need_input_grad=case["need"])
+    _assert_same(on, off, exact=True)
+    assert "_forward_compiled" in taken
+    assert ("_backward_compiled" in taken) == case["need"]      # (blocks in backward only for an input gradient)
+
+
+@given(st.integers(2, 40), st.integers(2, 40), st.integers(2, 40), st.integers(1, 5), st.booleans(), st.booleans(),
+       st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None)
+def test_products_through_numpys_blas_from_numba_equal_numpys_to_the_bit(M, K, N, stack, ta, tb, seed):
+    """kernels.cblas.batched makes np.matmul's BLAS calls: the same bits for any sizes of at least two
+    (a row, a column or a sum of one term NumPy computes otherwise; the block loops' products have at
+    least 8 rows and 2 columns and sum at least 2 terms), operands plain or transposed views, cut out
+    of larger arrays."""
+    from nnscratch.kernels import cblas
+    if not cblas.AVAILABLE:
+        pytest.skip("NumPy does not use its bundled OpenBLAS here")
+    rng = np.random.default_rng(seed)
+    side = 2 * (M + K)
+    big = rng.standard_normal((stack, side, side)).astype(np.float32)
+    a = big[:, M:2 * M, K:2 * K] if not ta else big[:, K:2 * K, M:2 * M].transpose(0, 2, 1)
+    b = rng.standard_normal((stack, N, K) if tb else (stack, K, N)).astype(np.float32)
+    b = b.transpose(0, 2, 1) if tb else b
+    c = np.empty((stack, M, N), np.float32)
+    with threads.blas_threads(1):
+        cblas.batched(a, b, c)
+        np.testing.assert_array_equal(c, np.matmul(a, b))
+
+
+@st.composite
 def im2col_blocks_case(draw):
     """A convolution in float32 (the dtype that runs in blocks), odd sizes and strides included."""
     k, stride, pad = draw(st.sampled_from([1, 3, 3])), draw(st.integers(1, 2)), draw(st.integers(0, 1))
@@ -532,7 +607,8 @@ def test_the_resnets_layers_keep_their_bits_in_blocks():
     """What one core runs of the ResNet's training step (64 images, ``ns.models.resnet()``), with both
     block rules and without: the same bits, at the shapes the preset trains (random shapes are held
     to rounding above: BLAS picks its kernels by a product's size); with the weight gradients summed
-    over the blocks, the same up to float32 rounding."""
+    over the blocks, the same up to float32 rounding, and the same bits with the block loops
+    compiled (``winograd_blocks_compiled``) or in Python."""
     from nnscratch.kernels import serial_kernels
     if cpu_kernels() != "numba":
         pytest.skip("the blocks run with the numba kernels only")
@@ -545,8 +621,10 @@ def test_the_resnets_layers_keep_their_bits_in_blocks():
         on = _pass(model, x, g, winograd_weight_grad_in_blocks=False)
         off = _pass(model, x, g, winograd_in_blocks=False, im2col_in_blocks=False)
         summed = _pass(model, x, g)
+        in_python = _pass(model, x, g, winograd_blocks_compiled=False)
     _assert_same(on, off, exact=True)
     _assert_float32_rounding(summed, off)
+    _assert_same(summed, in_python, exact=True)         # the block loops compiled or in Python
 
 
 def test_im2col_blocks_are_cache_sized_and_only_on_one_core_in_float32(monkeypatch):

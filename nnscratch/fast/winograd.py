@@ -80,6 +80,54 @@ class WinogradStep(Step):
         """A kept (K, tiles, channels) array for one block (the last, smaller block has its own)."""
         return self.buffers.get(self.layer, f"{name} of {tiles} tiles", (self.points, tiles, channels), like)
 
+    def _compiled(self, x, blocks) -> bool:
+        """Whether the block loop runs as one compiled call (``winograd_blocks_compiled``): F(4x4) without
+        pooling, in blocks (so float32, numba's kernels, one core), products by NumPy's bundled BLAS."""
+        if len(blocks) < 2 or self.m != 4 or self.pool or not rules.on("winograd_blocks_compiled"):
+            return False
+        from ..kernels import cblas
+        return cblas.AVAILABLE and x.dtype == np.float32
+
+    def _two_buffers(self, name: str, blocks, channels: int, like) -> tuple:
+        """The block buffers of the regular blocks and of the last (``steps.image_blocks``)."""
+        per_image = self.tiles[0] * self.tiles[1]
+        return tuple(self._block_buffer(name, (b1 - b0) * per_image, channels, like) for b0, b1 in (blocks[0], blocks[-1]))
+
+    def _forward_compiled(self, x, blocks, U, bias, out, V):
+        """forward's block loop through kernels.winograd_blocks.forward; V: the whole batch's, kept for
+        the weight gradient, or None (eval mode: a block's own)."""
+        from ..kernels import cpu, winograd_blocks
+        conv = self.layer
+        starts = np.array([b0 for b0, _ in blocks] + [x.shape[0]], dtype=np.int64)
+        Mr, Ml = self._two_buffers("M", blocks, conv.out_channels, x)
+        Vr, Vl = (V, V) if V is not None else self._two_buffers("V", blocks, conv.in_channels, x)
+        bias = np.zeros(conv.out_channels, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
+        winograd_blocks.forward(cpu._as_channels_last(x), self.tiles[0], self.tiles[1], conv.padding[0],
+                                x.dtype.type(0), starts, U, bias, out.transpose(0, 2, 3, 1),
+                                Vr if V is None else V, V is not None, Vr, Vl, Mr, Ml)
+
+    def _backward_compiled(self, grad, x, blocks, V, UT, dx):
+        """backward's block loop through kernels.winograd_blocks.backward: writes dx, returns dU."""
+        from ..kernels import cpu, winograd_blocks
+        conv = self.layer
+        C, OC = conv.in_channels, conv.out_channels
+        starts = np.array([b0 for b0, _ in blocks] + [x.shape[0]], dtype=np.int64)
+        dMr, dMl = self._two_buffers("dM", blocks, OC, x)
+        dVr, dVl = self._two_buffers("dV", blocks, C, x)
+        dU, part = np.empty((self.points, C, OC), x.dtype), np.empty((self.points, C, OC), x.dtype)
+        zero = x.dtype.type(0)
+        if kernels.is_deferred_grad(grad):
+            t = grad
+            terms = (True, t.x, t.mean, t.inv_std, t.weight, t.bias, t.masked, t.scale, t.n, t.dbias, t.dweight)
+            g = t.g
+        else:
+            g = cpu._as_channels_last(grad)
+            s = g[0, 0, 0]      # batch norm's terms, unread
+            terms = (False, g, s, s, s, s, False, s, zero, s, s)
+        winograd_blocks.backward(g, self.tiles[0], self.tiles[1], conv.padding[0], zero, starts, V, UT, dU, part,
+                                 dx.transpose(0, 2, 3, 1), dMr, dMl, dVr, dVl, *terms)
+        return dU
+
     def forward(self, x, owned: bool):
         """forward as Winograd: V = input transform (K, T, C), U = weight transform (K, C, OC),
         M = V[k] @ U[k] for the K k, y = output transform of M plus the bias; a block of images at a
@@ -105,6 +153,9 @@ class WinogradStep(Step):
             out = (np.empty(shape, x.dtype).transpose(0, 3, 1, 2), np.empty(shape, np.int32).transpose(0, 3, 1, 2))
         else:
             out = np.empty((B,) + tuple(self.out_hw) + (OC,), x.dtype).transpose(0, 3, 1, 2)
+        if self._compiled(x, blocks):   # the loop below as one compiled call (the same bits)
+            self._forward_compiled(x, blocks, U, bias, out, V if keep else None)
+            blocks = []
         for b0, b1 in blocks:
             if len(blocks) > 1:
                 t0, t1 = b0 * per_image, b1 * per_image
@@ -159,6 +210,10 @@ class WinogradStep(Step):
         if len(blocks) > 1:
             dx = np.empty((x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype).transpose(0, 3, 1, 2)
         dU = None
+        if (summed_in_blocks and pooled is None and dx is not None and self._compiled(x, blocks)
+                and (not kernels.is_deferred_grad(grad) or grad.from_x)):
+            dU = self._backward_compiled(grad, x, blocks, V, UT, dx)    # the loop below, one call, the same bits
+            blocks = []
         for b0, b1 in blocks:
             t0, t1 = b0 * per_image, b1 * per_image
             # the block's dM: rows t0..t1 of the whole batch's, or a block's own buffer
