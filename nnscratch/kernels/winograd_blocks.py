@@ -17,6 +17,7 @@ blocks of the regular size, ``l`` for the last (which may be larger: ``steps.ima
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from .cblas import batched
@@ -24,6 +25,9 @@ from .cpu import _wino4_grad_input, _wino4_grad_output, _wino4_input, _wino4_out
 
 _input, _output = _wino4_input.serial, _wino4_output.serial
 _grad_output, _grad_input = _wino4_grad_output.serial, _wino4_grad_input.serial
+# a block buffer's first tile: an int64, not the literal 0, for which numba would compile the kernels
+# a second time (Literal[int](0) is a type of its own; 10 s of a cold start)
+NO_OFFSET = np.int64(0)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -42,7 +46,7 @@ def forward(x, TH, TW, padding, zero, starts, U, bias, y, V, keep, Vr, Vl, Mr, M
             batched(V[:, b0 * per:b1 * per], U, M)
         else:
             Vb = Vl if last else Vr
-            _input(x[b0:b1], TH, TW, padding, Vb, zero, 0)
+            _input(x[b0:b1], TH, TW, padding, Vb, zero, NO_OFFSET)
             batched(Vb, U, M)
         _output(M, TH, TW, bias, y[b0:b1])
 
@@ -68,7 +72,7 @@ def backward(g, TH, TW, padding, zero, starts, V, UT, dU, part, dx, dMr, dMl, dV
         b0, b1 = starts[i], starts[i + 1]
         last = i == count - 1
         dM = dMl if last else dMr
-        _grad_output(g[b0:b1], TH, TW, dM, zero, 0, bn, bx[b0:b1], mean, inv_std, w, bb, masked, scale, n,
+        _grad_output(g[b0:b1], TH, TW, dM, zero, NO_OFFSET, bn, bx[b0:b1], mean, inv_std, w, bb, masked, scale, n,
                      dbias, dweight)
         Vt = V[:, b0 * per:b1 * per].transpose(0, 2, 1)
         if i == 0:
