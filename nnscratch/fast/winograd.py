@@ -91,27 +91,31 @@ class WinogradStep(Step):
     def _two_buffers(self, name: str, blocks, channels: int, like) -> tuple:
         """The block buffers of the regular blocks and of the last (``steps.image_blocks``)."""
         per_image = self.tiles[0] * self.tiles[1]
-        return tuple(self._block_buffer(name, (b1 - b0) * per_image, channels, like) for b0, b1 in (blocks[0], blocks[-1]))
+        return tuple(self._block_buffer(name, (b1 - b0) * per_image, channels, like)
+                     for b0, b1 in (blocks[0], blocks[-1]))
+
+    @staticmethod
+    def _starts(blocks) -> np.ndarray:
+        """The blocks' first images, then the last one's end: the compiled loops' ``starts``."""
+        return np.array([b0 for b0, _ in blocks] + [blocks[-1][1]], dtype=np.int64)
 
     def _forward_compiled(self, x, blocks, U, bias, out, V):
         """forward's block loop through kernels.winograd_blocks.forward; V: the whole batch's, kept for
         the weight gradient, or None (eval mode: a block's own)."""
         from ..kernels import cpu, winograd_blocks
         conv = self.layer
-        starts = np.array([b0 for b0, _ in blocks] + [x.shape[0]], dtype=np.int64)
         Mr, Ml = self._two_buffers("M", blocks, conv.out_channels, x)
         Vr, Vl = (V, V) if V is not None else self._two_buffers("V", blocks, conv.in_channels, x)
         bias = np.zeros(conv.out_channels, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
         winograd_blocks.forward(cpu._as_channels_last(x), self.tiles[0], self.tiles[1], conv.padding[0],
-                                x.dtype.type(0), starts, U, bias, out.transpose(0, 2, 3, 1),
-                                Vr if V is None else V, V is not None, Vr, Vl, Mr, Ml)
+                                x.dtype.type(0), self._starts(blocks), U, bias, out.transpose(0, 2, 3, 1),
+                                Vr, V is not None, Vr, Vl, Mr, Ml)      # (V unread without keep: any array)
 
     def _backward_compiled(self, grad, x, blocks, V, UT, dx):
         """backward's block loop through kernels.winograd_blocks.backward: writes dx, returns dU."""
         from ..kernels import cpu, winograd_blocks
         conv = self.layer
         C, OC = conv.in_channels, conv.out_channels
-        starts = np.array([b0 for b0, _ in blocks] + [x.shape[0]], dtype=np.int64)
         dMr, dMl = self._two_buffers("dM", blocks, OC, x)
         dVr, dVl = self._two_buffers("dV", blocks, C, x)
         dU, part = np.empty((self.points, C, OC), x.dtype), np.empty((self.points, C, OC), x.dtype)
@@ -124,8 +128,8 @@ class WinogradStep(Step):
             g = cpu._as_channels_last(grad)
             s = g[0, 0, 0]      # batch norm's terms, unread
             terms = (False, g, s, s, s, s, False, s, zero, s, s)
-        winograd_blocks.backward(g, self.tiles[0], self.tiles[1], conv.padding[0], zero, starts, V, UT, dU, part,
-                                 dx.transpose(0, 2, 3, 1), dMr, dMl, dVr, dVl, *terms)
+        winograd_blocks.backward(g, self.tiles[0], self.tiles[1], conv.padding[0], zero, self._starts(blocks), V, UT,
+                                 dU, part, dx.transpose(0, 2, 3, 1), dMr, dMl, dVr, dVl, *terms)
         return dU
 
     def forward(self, x, owned: bool):
