@@ -64,10 +64,11 @@ RULES = {
     # while it is in the cache, never written whole and read back. The same values up to float32
     # rounding (the sum over the tiles in another order).
     "winograd_weight_grad_in_blocks": True,
-    # ... and such a convolution's block loop (F(4x4, 3x3), no pooling inside, both rules above) runs as
-    # one compiled call instead of four or five kernel calls a block from Python: the same kernels and
-    # the products through NumPy's own BLAS (kernels/cblas.py), so the same bits; fewer hand-overs of
-    # the interpreter lock between the parts' threads. Off where NumPy links another BLAS.
+    # ... and such a convolution's block loop (F(4x4, 3x3), no pooling inside; in backward with its weight
+    # gradient summed over the blocks) runs as one compiled call instead of four or five kernel calls a
+    # block from Python: the same kernels and the products through NumPy's own BLAS (kernels/cblas.py),
+    # so the same bits; fewer hand-overs of the interpreter lock between the parts' threads. Where NumPy
+    # links another BLAS the loop stays in Python.
     "winograd_blocks_compiled": True,
     # Likewise an im2col convolution on one core whose columns pass IM2COL_BLOCKS_ABOVE: im2col and the
     # product a block of images at a time (the columns still kept whole for the weight gradient), and

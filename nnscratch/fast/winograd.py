@@ -83,7 +83,8 @@ class WinogradStep(Step):
     def _compiled(self, x, blocks) -> bool:
         """Whether the block loop runs as one compiled call (``winograd_blocks_compiled``): F(4x4) without
         pooling, in blocks (so float32, numba's kernels, one core), products by NumPy's bundled BLAS."""
-        if len(blocks) < 2 or self.m != 4 or self.pool or not rules.on("winograd_blocks_compiled"):
+        if (len(blocks) < 2 or self.m != 4 or self.pool or not rules.on("winograd_blocks_compiled")
+                or kernels.cpu_kernels() != "numba"):
             return False
         from ..kernels import cblas
         return cblas.AVAILABLE and x.dtype == np.float32
