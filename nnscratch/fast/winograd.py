@@ -120,17 +120,10 @@ class WinogradStep(Step):
         dMr, dMl = self._two_buffers("dM", blocks, OC, x)
         dVr, dVl = self._two_buffers("dV", blocks, C, x)
         dU, part = np.empty((self.points, C, OC), x.dtype), np.empty((self.points, C, OC), x.dtype)
-        zero = x.dtype.type(0)
-        if kernels.is_deferred_grad(grad):
-            t = grad
-            terms = (True, t.x, t.mean, t.inv_std, t.weight, t.bias, t.masked, t.scale, t.n, t.dbias, t.dweight)
-            g = t.g
-        else:
-            g = cpu._as_channels_last(grad)
-            s = g[0, 0, 0]      # batch norm's terms, unread
-            terms = (False, g, s, s, s, s, False, s, zero, s, s)
-        winograd_blocks.backward(g, self.tiles[0], self.tiles[1], conv.padding[0], zero, self._starts(blocks), V, UT,
-                                 dU, part, dx.transpose(0, 2, 3, 1), dMr, dMl, dVr, dVl, *terms)
+        g, terms = cpu.wino4_grad_output_args(grad)        # (batch norm's deferred gradient as its terms)
+        winograd_blocks.backward(g, self.tiles[0], self.tiles[1], conv.padding[0], x.dtype.type(0),
+                                 self._starts(blocks), V, UT, dU, part, dx.transpose(0, 2, 3, 1), dMr, dMl, dVr, dVl,
+                                 *terms)
         return dU
 
     def forward(self, x, owned: bool):

@@ -952,24 +952,28 @@ def winograd_output(M, out_hw: tuple, tiles: tuple, bias=None, out=None):
     return y.transpose(0, 3, 1, 2)
 
 
+def wino4_grad_output_args(grad) -> tuple:
+    """(g, terms) for _wino4_grad_output(g, TH, TW, dM, zero, t0, *terms): batch norm's deferred input
+    gradient (a BatchNormInputGrad with from_x) as its terms, or a gradient's channels-last array with
+    stand-ins for the terms, which the kernel then does not read."""
+    if isinstance(grad, BatchNormInputGrad):
+        t = grad
+        return t.g, (True, t.x, t.mean, t.inv_std, t.weight, t.bias, t.masked, t.scale, t.n, t.dbias, t.dweight)
+    g = _as_channels_last(grad)
+    s = g[0, 0, 0]
+    return g, (False, g, s, s, s, s, False, s, g.dtype.type(0), s, s)
+
+
 def winograd_grad_output(grad, tiles: tuple, out=None, first_tile: int = 0, m: int = 2):
     """Twin of reference.winograd_grad_output."""
     dM = _grad_output_buffer(grad, tiles, out, m)
     count = grad.shape[0] * tiles[0] * tiles[1]
     _check_tiles(dM, first_tile, count)
-    if isinstance(grad, BatchNormInputGrad):
-        if dM.shape[0] != 36 or not grad.from_x:
-            return winograd_grad_output(grad.compute(), tiles, dM, first_tile, m)
-        t = grad
-        _wino4_grad_output(36 * count * grad.shape[1], t.g, tiles[0], tiles[1], dM, t.dtype.type(0), first_tile, True,
-                           t.x, t.mean, t.inv_std, t.weight, t.bias, t.masked, t.scale, t.n, t.dbias, t.dweight)
-        return dM
+    if isinstance(grad, BatchNormInputGrad) and (dM.shape[0] != 36 or not grad.from_x):
+        return winograd_grad_output(grad.compute(), tiles, dM, first_tile, m)
     if dM.shape[0] == 36:
-        g = _as_channels_last(grad)
-        z = g.dtype.type(0)
-        _wino4_grad_output(36 * count * grad.shape[1], g, tiles[0], tiles[1], dM, z, first_tile, False,
-                           g, g[0, 0, 0], g[0, 0, 0], g[0, 0, 0], g[0, 0, 0], False, g[0, 0, 0], z, g[0, 0, 0],
-                           g[0, 0, 0])   # (batch norm's terms unread)
+        g, terms = wino4_grad_output_args(grad)
+        _wino4_grad_output(36 * count * grad.shape[1], g, tiles[0], tiles[1], dM, g.dtype.type(0), first_tile, *terms)
         return dM
     _winograd_grad_output(16 * count * grad.shape[1], _as_channels_last(grad), tiles[0], tiles[1], dM,
                           grad.dtype.type(0), first_tile)
