@@ -110,7 +110,7 @@ class WinogradStep(Step):
         bias = np.zeros(conv.out_channels, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
         winograd_blocks.forward(cpu._as_channels_last(x), self.tiles[0], self.tiles[1], conv.padding[0],
                                 x.dtype.type(0), self._starts(blocks), U, bias, out.transpose(0, 2, 3, 1),
-                                Vr, V is not None, Vr, Vl, Mr, Ml)      # (V unread without keep: any array)
+                                V is not None, Vr, Vl, Mr, Ml)
 
     def _backward_compiled(self, grad, x, blocks, V, UT, dx):
         """backward's block loop through kernels.winograd_blocks.backward: writes dx, returns dU."""

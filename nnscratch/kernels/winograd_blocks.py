@@ -31,10 +31,10 @@ NO_OFFSET = np.int64(0)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def forward(x, TH, TW, padding, zero, starts, U, bias, y, V, keep, Vr, Vl, Mr, Ml):
+def forward(x, TH, TW, padding, zero, starts, U, bias, y, keep, Vr, Vl, Mr, Ml):
     """y[b0:b1] = A^T (V_b[k] @ U[k]) A + bias for each block b0..b1; V_b = B^T d B of the block's
-    tiles, written into V's rows of the block when ``keep`` (training: the weight gradient reads them),
-    else into the block buffer Vr / Vl."""
+    tiles, written with ``keep`` into the block's rows of Vr, the whole batch's V (training: the
+    weight gradient reads them), else into the block buffer Vr / Vl."""
     per = TH * TW
     count = starts.shape[0] - 1
     for i in range(count):
@@ -42,8 +42,8 @@ def forward(x, TH, TW, padding, zero, starts, U, bias, y, V, keep, Vr, Vl, Mr, M
         last = i == count - 1
         M = Ml if last else Mr
         if keep:
-            _input(x[b0:b1], TH, TW, padding, V, zero, b0 * per)
-            batched(V[:, b0 * per:b1 * per], U, M)
+            _input(x[b0:b1], TH, TW, padding, Vr, zero, b0 * per)
+            batched(Vr[:, b0 * per:b1 * per], U, M)
         else:
             Vb = Vl if last else Vr
             _input(x[b0:b1], TH, TW, padding, Vb, zero, NO_OFFSET)
